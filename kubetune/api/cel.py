@@ -1,0 +1,76 @@
+"""Evaluate the CRD's CEL rules (``x-kubernetes-validations``) in Python.
+
+The rules are written once, on the pydantic models, and land in the CRD; this module
+walks the generated schema beside an object and runs the very same expressions with
+``cel-python``, so the CLI and the operator reach the API server's verdicts without a
+second hand-written copy of the rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import celpy
+
+from kubetune.api.problems import Problem, join_path
+
+_ENV = celpy.Environment()
+
+
+@lru_cache(maxsize=512)
+def _program(expression: str) -> celpy.Runner:
+    return _ENV.program(_ENV.compile(expression))
+
+
+def _evaluate(expression: str, self_value: Any, old_value: Any | None) -> Any:
+    activation: dict[str, Any] = {"self": celpy.json_to_cel(self_value)}
+    if old_value is not None:
+        activation["oldSelf"] = celpy.json_to_cel(old_value)
+    return _program(expression).evaluate(activation)
+
+
+def _is_transition_rule(rule: Mapping[str, Any]) -> bool:
+    return "oldSelf" in rule["rule"]
+
+
+def _check_node(schema: Mapping[str, Any], value: Any, old: Any | None, path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        if _is_transition_rule(rule) and old is None:
+            continue  # like the API server: transition rules apply to updates only
+        where = join_path(path, rule.get("fieldPath", ""))
+        try:
+            verdict = _evaluate(rule["rule"], value, old)
+        except Exception as err:  # a rule that cannot run is a refusal, not a pass
+            problems.append(Problem(where, f"rule {rule['rule']!r} failed to evaluate: {err}"))
+            continue
+        if not bool(verdict):
+            message = rule["message"]
+            if "messageExpression" in rule:
+                with contextlib.suppress(Exception):  # fall back to the static message
+                    message = str(_evaluate(rule["messageExpression"], value, old))
+            problems.append(Problem(where, message))
+    return problems
+
+
+def check(
+    schema: Mapping[str, Any], value: Any, old: Any | None = None, path: str = ""
+) -> list[Problem]:
+    """Every CEL rule in ``schema`` that ``value`` (and, on update, ``old``) breaks."""
+    problems = _check_node(schema, value, old, path)
+    if isinstance(value, Mapping):
+        for key, sub_schema in schema.get("properties", {}).items():
+            if key in value:
+                old_sub = old.get(key) if isinstance(old, Mapping) else None
+                problems += check(sub_schema, value[key], old_sub, join_path(path, key))
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            for key, item in value.items():
+                problems += check(extra, item, None, f"{path}[{key}]")
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            problems += check(schema["items"], item, None, f"{path}[{index}]")
+    return problems

@@ -1,0 +1,231 @@
+"""The FineTuneJob resource: its spec (what the user wants) and the whole object."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from kubetune.api.base import ApiModel, cel, validations
+from kubetune.api.common import DNSSubdomain, EnvVar, LocalObjectReference
+from kubetune.api.infra import (
+    CheckpointSpec,
+    DistributedSpec,
+    OutputSpec,
+    ResourcesSpec,
+    RunPolicy,
+)
+from kubetune.api.methods import (
+    LORA_METHODS,
+    MERGEABLE_METHODS,
+    PEFT_METHODS,
+    PREFERENCE_METHODS,
+    RLHF_METHODS,
+    UNSUPPORTED_METHODS,
+    Method,
+    cel_list,
+)
+from kubetune.api.sources import DatasetSpec, ModelSource
+from kubetune.api.status import FineTuneJobStatus
+from kubetune.api.training import HealthSpec, Hyperparameters, PeftSpec, RlhfSpec
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION: Final = "kubetune.io/v1alpha1"
+KIND: Final = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+CATEGORIES = ["kubetune", "all"]
+
+# Pod names are <job>-a<attempt>-<rank> and the Service is named after the job: keep
+# job names DNS-1035 labels with room for the suffixes.
+MAX_JOB_NAME_LENGTH = 40
+
+
+def _only_with(block: str, methods: tuple[str, ...], what: str) -> dict[str, Any]:
+    parent = block.rpartition(".")[0]
+    present = f"has(self.{parent}) && has(self.{block})" if parent else f"has(self.{block})"
+    return cel(
+        f"!({present}) || self.method in {cel_list(methods)}",
+        f"{block} applies only to method {what}",
+        field_path=f".{block}",
+    )
+
+
+def _unsupported(method: str) -> dict[str, Any]:
+    return cel(
+        f"self.method != '{method}'",
+        f"method {method} is not supported in this version of kubetune",
+        field_path=".method",
+        reason="FieldValueNotSupported",
+    )
+
+
+_IMMUTABLE = "cannot change after creation; create a new FineTuneJob instead"
+
+SPEC_RULES: list[dict[str, Any]] = [
+    *(_unsupported(m) for m in UNSUPPORTED_METHODS),
+    _only_with("peft", PEFT_METHODS, "lora, qlora, prefix, prompt or adapter"),
+    _only_with("peft.lora", LORA_METHODS, "lora or qlora"),
+    _only_with("peft.quantization", ("qlora",), "qlora"),
+    _only_with("peft.prefix", ("prefix",), "prefix"),
+    _only_with("peft.prompt", ("prompt",), "prompt"),
+    _only_with("peft.adapter", ("adapter",), "adapter"),
+    _only_with("rlhf", RLHF_METHODS, "reward, ppo or dpo"),
+    _only_with("rlhf.dpo", ("dpo",), "dpo"),
+    _only_with("rlhf.ppo", ("ppo",), "ppo"),
+    cel(
+        "self.method != 'ppo' || (has(self.rlhf) && has(self.rlhf.ppo))",
+        "method ppo needs rlhf.ppo.rewardModel",
+        field_path=".rlhf",
+    ),
+    cel(
+        f"self.method in {cel_list(PREFERENCE_METHODS)} "
+        "? self.dataset.format == 'preference' : self.dataset.format != 'preference'",
+        "dataset.format must be preference for methods reward and dpo, and must not be "
+        "preference for the other methods",
+        field_path=".dataset.format",
+    ),
+    cel(
+        f"!self.output.mergeAdapter || self.method in {cel_list(MERGEABLE_METHODS)}",
+        "output.mergeAdapter applies only to lora and qlora (other adapters cannot be "
+        "folded into the base weights)",
+        field_path=".output.mergeAdapter",
+    ),
+    cel(
+        "self.resources.nodes * self.resources.gpusPerNode >= 1",
+        "the job needs at least one GPU in total (nodes x gpusPerNode)",
+        field_path=".resources.gpusPerNode",
+    ),
+    {
+        "rule": "self.resources.gpusPerNode == 0 || self.hyperparameters.globalBatchSize % "
+        "(self.hyperparameters.microBatchSize * self.resources.nodes * "
+        "self.resources.gpusPerNode) == 0",
+        "messageExpression": "'globalBatchSize ' + string(self.hyperparameters.globalBatchSize)"
+        " + ' is not a multiple of microBatchSize x nodes x gpusPerNode = ' + "
+        "string(self.hyperparameters.microBatchSize * self.resources.nodes * "
+        "self.resources.gpusPerNode) + ', so gradient accumulation cannot be derived'",
+        "message": "globalBatchSize must be a multiple of microBatchSize x nodes x gpusPerNode",
+        "fieldPath": ".hyperparameters.globalBatchSize",
+    },
+    # Transition rules: evaluated on update only (they name oldSelf).
+    cel("self.method == oldSelf.method", f"method {_IMMUTABLE}", field_path=".method"),
+    cel("self.model == oldSelf.model", f"model {_IMMUTABLE}", field_path=".model"),
+    cel("self.dataset == oldSelf.dataset", f"dataset {_IMMUTABLE}", field_path=".dataset"),
+    cel(
+        "self.hyperparameters == oldSelf.hyperparameters",
+        f"hyperparameters {_IMMUTABLE}",
+        field_path=".hyperparameters",
+    ),
+    cel(
+        "has(self.peft) == has(oldSelf.peft) && (!has(self.peft) || self.peft == oldSelf.peft)",
+        f"peft {_IMMUTABLE}",
+        field_path=".peft",
+    ),
+    cel("self.output == oldSelf.output", f"output {_IMMUTABLE}", field_path=".output"),
+    cel(
+        "oldSelf.runPolicy.suspend || (self.resources == oldSelf.resources && "
+        "self.distributed == oldSelf.distributed)",
+        "resources and distributed can change only while the job is suspended "
+        "(runPolicy.suspend: true)",
+        field_path=".resources",
+    ),
+]
+
+Image = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^\S+$")]
+
+
+class FineTuneJobSpec(ApiModel):
+    """What to fine-tune, on which data, with which method and on how many GPUs."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": validations(*SPEC_RULES)}
+
+    method: Method = Field(
+        description="Training method: full (all weights), lora/qlora (low-rank adapters; "
+        "qlora on a 4-bit base), prefix/prompt (virtual tokens), adapter (bottleneck "
+        "adapter layers), reward (reward model on preference pairs), ppo, dpo (direct "
+        "preference optimisation)."
+    )
+    model: ModelSource = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="Training and evaluation data.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Optimisation settings."
+    )
+    peft: PeftSpec | None = Field(
+        default=None, description="Settings of the PEFT method; only with PEFT methods."
+    )
+    rlhf: RlhfSpec | None = Field(
+        default=None, description="Settings of the RLHF stage; only with reward, ppo, dpo."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="The gang of pods and its GPUs."
+    )
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec, description="Data/model parallel strategy."
+    )
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="Checkpointing and resumption."
+    )
+    output: OutputSpec = Field(description="Where results go.")
+    health: HealthSpec = Field(default_factory=HealthSpec, description="Numerical health checks.")
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Retries, deadlines, suspension, queueing."
+    )
+    image: Image | None = Field(
+        default=None, description="Trainer image; default: the operator's configured image."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy of the trainer containers."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=8, description="Secrets for pulling the image."
+    )
+    service_account_name: DNSSubdomain | None = Field(
+        default=None,
+        description="ServiceAccount of the training pods (for workload identity to the "
+        "object store). Its token is not mounted: the trainer needs no API access.",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra environment variables; credentials only via valueFrom.secretKeyRef.",
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The parts of Kubernetes object metadata kubetune reads; the rest passes through."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str | None = None
+    namespace: str | None = None
+    generate_name: str | None = Field(default=None, alias="generateName")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+
+
+ROOT_RULES: list[dict[str, Any]] = [
+    cel(
+        f"!has(self.metadata.name) || (self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} "
+        "&& self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))",
+        f"metadata.name must be a DNS-1035 label (lower case letters, digits and '-', "
+        f"starting with a letter) of at most {MAX_JOB_NAME_LENGTH} characters: pod and "
+        "Service names are derived from it",
+        field_path=".metadata.name",
+    ),
+]
+
+
+class FineTuneJob(ApiModel):
+    """A fine-tuning run of an LLM on Kubernetes."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(
+        default=API_VERSION, description="APIVersion of this object."
+    )
+    kind: Literal["FineTuneJob"] = Field(default=KIND, description="Kind of this object.")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard metadata.")
+    spec: FineTuneJobSpec = Field(description="Desired state.")
+    status: FineTuneJobStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,146 @@
+"""Turn a validated FineTuneJob into the document the trainer runs.
+
+Every default is filled here, once, so the trainer never re-derives policy and the
+operator can hash exactly what ran. The trainer reads ``ResolvedJob`` from the file the
+operator mounts (``kubetune.contract.paths.CONFIG_ENV``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from kubetune.api.base import ApiModel
+from kubetune.api.defaults import DEFAULT_EVAL_SPLIT, DEFAULT_ZERO_STAGE, METHOD_DEFAULTS
+from kubetune.api.job import API_VERSION, FineTuneJob, FineTuneJobSpec
+from kubetune.api.training import (
+    AdapterSettings,
+    DpoSettings,
+    LoraSettings,
+    PeftSpec,
+    QuantizationSettings,
+    RlhfSpec,
+    VirtualTokenSettings,
+)
+
+
+class ResolutionError(ValueError):
+    """The spec is valid on its own but cannot be run as asked."""
+
+
+class Derived(ApiModel):
+    """Values computed from the spec (and the place it runs)."""
+
+    world_size: int = Field(ge=1, description="Training processes in the gang.")
+    nproc_per_node: int = Field(ge=1, description="Processes per pod (torchrun).")
+    nodes: int = Field(ge=1, description="Pods in the gang.")
+    gradient_accumulation_steps: int = Field(ge=1, description="Micro-batches per step.")
+    global_batch_size: int = Field(ge=1, description="Samples per optimizer step.")
+
+
+class ResolvedJob(ApiModel):
+    """The operator-to-trainer document: the spec with every default filled in."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
+    kind: Literal["ResolvedFineTuneJob"] = "ResolvedFineTuneJob"
+    name: str = Field(description="FineTuneJob name.")
+    namespace: str = Field(default="default", description="FineTuneJob namespace.")
+    uid: str | None = Field(default=None, description="FineTuneJob UID.")
+    attempt: int = Field(default=1, ge=1, description="Gang attempt (1 + restarts).")
+    spec: FineTuneJobSpec
+    derived: Derived
+
+    def config_hash(self) -> str:
+        """sha256 of what determines the result (not name, attempt or placement)."""
+        canonical = json.dumps(
+            self.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _fill_method_blocks(spec: FineTuneJobSpec) -> None:
+    method = spec.method
+    if method in ("lora", "qlora", "prefix", "prompt", "adapter"):
+        peft = spec.peft or PeftSpec()
+        if method in ("lora", "qlora") and peft.lora is None:
+            peft.lora = LoraSettings()
+        if method == "qlora" and peft.quantization is None:
+            peft.quantization = QuantizationSettings()
+        if method == "prefix" and peft.prefix is None:
+            peft.prefix = VirtualTokenSettings()
+        if method == "prompt" and peft.prompt is None:
+            peft.prompt = VirtualTokenSettings()
+        if method == "adapter" and peft.adapter is None:
+            peft.adapter = AdapterSettings()
+        spec.peft = peft
+    if method == "dpo":
+        rlhf = spec.rlhf or RlhfSpec()
+        if rlhf.dpo is None:
+            rlhf.dpo = DpoSettings()
+        spec.rlhf = rlhf
+
+
+def resolve(
+    job: FineTuneJob,
+    *,
+    attempt: int = 1,
+    nodes: int | None = None,
+    nproc_per_node: int | None = None,
+) -> ResolvedJob:
+    """Fill defaults and derive gradient accumulation.
+
+    ``nodes``/``nproc_per_node`` override the placement (``kubetune run --local`` runs
+    a GPU manifest on CPU processes); the global batch is then kept when it divides and
+    otherwise rounded to the nearest multiple, which the caller reports.
+    """
+    spec = job.spec.model_copy(deep=True)
+    defaults = METHOD_DEFAULTS[spec.method]
+    hp = spec.hyperparameters
+    if hp.learning_rate is None:
+        hp.learning_rate = defaults.learning_rate
+    if hp.epochs is None and hp.max_steps is None:
+        hp.epochs = defaults.epochs
+    if hp.weight_decay is None:
+        hp.weight_decay = defaults.weight_decay
+    data = spec.dataset
+    if data.eval is None and data.eval_split is None:
+        data.eval_split = DEFAULT_EVAL_SPLIT
+    if data.packing is None:
+        data.packing = data.format != "preference"
+    if spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage is None:
+        spec.distributed.zero_stage = DEFAULT_ZERO_STAGE
+    _fill_method_blocks(spec)
+
+    n_nodes = nodes if nodes is not None else spec.resources.nodes
+    nproc = nproc_per_node if nproc_per_node is not None else spec.resources.gpus_per_node
+    if n_nodes < 1 or nproc < 1:
+        raise ResolutionError("the gang needs at least one process")
+    world = n_nodes * nproc
+    per_step = hp.micro_batch_size * world
+    global_batch = hp.global_batch_size
+    if global_batch % per_step:
+        if nodes is None and nproc_per_node is None:
+            raise ResolutionError(
+                f"spec.hyperparameters.globalBatchSize {global_batch} is not a multiple of "
+                f"microBatchSize x world size = {per_step}"
+            )
+        global_batch = max(per_step, round(global_batch / per_step) * per_step)
+    return ResolvedJob(
+        name=job.metadata.name or "local",
+        namespace=job.metadata.namespace or "default",
+        uid=job.metadata.uid,
+        attempt=attempt,
+        spec=spec,
+        derived=Derived(
+            world_size=world,
+            nproc_per_node=nproc,
+            nodes=n_nodes,
+            gradient_accumulation_steps=global_batch // per_step,
+            global_batch_size=global_batch,
+        ),
+    )

@@ -1,0 +1,119 @@
+"""The observed state of a FineTuneJob, written only by the operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from kubetune.api.base import ApiModel
+
+Phase = Literal["Pending", "Validating", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+PHASES: tuple[str, ...] = (
+    "Pending",
+    "Validating",
+    "Queued",
+    "Running",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+)
+TERMINAL_PHASES: tuple[str, ...] = ("Succeeded", "Failed")
+
+# Condition types (positive polarity, as the API conventions ask).
+CONDITION_VALIDATED = "Validated"
+CONDITION_ADMITTED = "Admitted"
+CONDITION_RUNNING = "Running"
+CONDITION_SUSPENDED = "Suspended"
+CONDITION_SUCCEEDED = "Succeeded"
+CONDITION_FAILED = "Failed"
+CONDITION_CONFIG_WARNING = "ConfigWarning"
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Validated, Running.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    last_transition_time: datetime = Field(description="When the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation the condition was set for."
+    )
+
+
+class Progress(ApiModel):
+    """Training progress, mirrored from the trainer's rank-0 progress document."""
+
+    step: int = Field(default=0, ge=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, ge=0, description="Optimizer steps planned.")
+    epoch: float = Field(default=0.0, ge=0.0, description="Fractional epoch.")
+    percent: int = Field(default=0, ge=0, le=100, description="step / totalSteps in percent.")
+    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds left.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    tokens_per_second: float | None = Field(
+        default=None, ge=0.0, description="Training throughput across the gang."
+    )
+    summary: str | None = Field(
+        default=None, max_length=128, description="Short form for kubectl, e.g. 120/300 (40%)."
+    )
+    last_update_time: datetime | None = Field(
+        default=None, description="When the trainer last reported progress."
+    )
+
+
+class CheckpointStatus(ApiModel):
+    """The newest complete checkpoint."""
+
+    step: int = Field(ge=0, description="Optimizer step of the checkpoint.")
+    path: str = Field(max_length=2048, description="Location of the checkpoint.")
+    time: datetime | None = Field(default=None, description="When it was completed.")
+
+
+class Lineage(ApiModel):
+    """What went into the tuned model, for reproducibility and audits."""
+
+    base_model_digest: str | None = Field(
+        default=None, max_length=128, description="sha256 of the base-model weights and config."
+    )
+    dataset_digest: str | None = Field(
+        default=None, max_length=128, description="sha256 of the training (and eval) data."
+    )
+    resolved_config_hash: str | None = Field(
+        default=None, max_length=128, description="sha256 of the resolved spec the trainer ran."
+    )
+    image: str | None = Field(default=None, max_length=1024, description="Trainer image used.")
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob."""
+
+    phase: Phase = Field(default="Pending", description="High-level lifecycle phase.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Standard conditions (Validated, Admitted, Running, Suspended, "
+        "Succeeded, Failed, ConfigWarning).",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation last acted on."
+    )
+    attempts: int = Field(default=0, ge=0, description="Gangs started so far (1 + restarts).")
+    gpus: int | None = Field(default=None, ge=0, description="GPUs the gang requests in total.")
+    start_time: datetime | None = Field(default=None, description="When the first gang started.")
+    completion_time: datetime | None = Field(default=None, description="When the job finished.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    last_checkpoint: CheckpointStatus | None = Field(
+        default=None, description="Newest complete checkpoint."
+    )
+    output_uri: str | None = Field(
+        default=None, max_length=1024, description="Where the results were written."
+    )
+    lineage: Lineage | None = Field(default=None, description="Inputs of the tuned model.")

@@ -1,0 +1,104 @@
+"""The ``kubetune`` command line."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from kubetune.api.crd import CRD_FILENAME, render_crd_yaml
+from kubetune.api.validation import load_documents, validate_manifest
+
+app = typer.Typer(
+    name="kubetune",
+    help="Distributed LLM fine-tuning on Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_CRD_DIR = Path("crds")
+
+
+@app.command()
+def crd(
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Directory to write the CRD into; '-' for stdout."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail if the file differs from a fresh generation.")
+    ] = False,
+) -> None:
+    """Generate the FineTuneJob CRD from the API models."""
+    text = render_crd_yaml()
+    if output is not None and str(output) == "-":
+        out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    target = (output or DEFAULT_CRD_DIR) / CRD_FILENAME
+    if check:
+        current = target.read_text() if target.exists() else ""
+        if current != text:
+            console.print(
+                f"[red]{target} is stale[/red]: run `kubetune crd` and commit the result."
+            )
+            raise typer.Exit(1)
+        console.print(f"[green]{target} is up to date[/green]")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    console.print(f"wrote {target}")
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Manifest files or directories.")],
+) -> None:
+    """Validate FineTuneJob manifests as the API server would, and show warnings."""
+    failed = 0
+    checked = 0
+    for path in paths:
+        for name, doc in load_documents(path):
+            if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
+                continue
+            checked += 1
+            report = validate_manifest(doc)
+            if report.ok:
+                out.print(f"[green]✓[/green] {name}")
+            else:
+                failed += 1
+                out.print(f"[red]✗[/red] {name}")
+                for problem in report.errors:
+                    out.print(f"    [red]error[/red]  {problem}", markup=True, highlight=False)
+            for problem in report.warnings:
+                out.print(f"    [yellow]warning[/yellow] {problem}", highlight=False)
+    if checked == 0:
+        console.print("[red]no FineTuneJob manifests found[/red]")
+        raise typer.Exit(2)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _register_optional(module: str, attr: str, name: str, as_command: bool) -> None:
+    """Wire in sub-commands whose dependencies may be absent (e.g. no torch)."""
+    try:
+        target = getattr(importlib.import_module(module), attr)
+    except ImportError:
+        return
+    if as_command:
+        app.command(name=name)(target)
+    else:
+        app.add_typer(target, name=name)
+
+
+_register_optional("kubetune.cli.run", "run", "run", as_command=True)
+_register_optional("kubetune.cli.dev", "app", "dev", as_command=False)
+_register_optional("kubetune.cli.operator", "app", "operator", as_command=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,41 @@
+"""The rank-0 progress document: the trainer writes it, the operator reads it.
+
+Served as JSON on the trainer's metrics port at ``/progress`` and mirrored to a file,
+so the operator can follow training without training pods having any API rights.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class ProgressDocument(BaseModel):
+    """A snapshot of training progress on rank 0."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    state: Literal["validating", "loading", "training", "evaluating", "saving", "done"] = "loading"
+    step: int = Field(default=0, ge=0)
+    total_steps: int = Field(default=0, ge=0)
+    epoch: float = Field(default=0.0, ge=0)
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    last_checkpoint_step: int | None = None
+    last_checkpoint_path: str | None = None
+    updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def percent(self) -> int:
+        if self.total_steps <= 0:
+            return 0
+        return min(100, int(100 * self.step / self.total_steps))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
