@@ -105,19 +105,21 @@ def _models_by_name(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
     return found
 
 
-def _defaults_to_empty_object(model: type[BaseModel] | None, alias: str) -> bool:
-    """A field whose default is a whole sub-model gets ``default: {}`` in the CRD.
+def _sub_model_default(model: type[BaseModel] | None, alias: str) -> dict[str, Any] | None:
+    """The CRD default of a field whose default is a whole sub-model.
 
-    The API server then creates the object and applies the nested defaults, so CEL
-    rules may rely on e.g. ``self.resources.nodes`` existing.
+    The API server then creates the object, so CEL rules may rely on e.g.
+    ``self.resources.nodes`` existing. It is the fully defaulted object, not ``{}``:
+    the server checks a default against the object's own rules without defaulting it.
     """
     if model is None:
-        return False
+        return None
     for name, field in model.model_fields.items():
         if (field.alias or name) == alias and field.default_factory is not None:
             factory = field.default_factory
-            return isinstance(factory, type) and issubclass(factory, BaseModel)
-    return False
+            if isinstance(factory, type) and issubclass(factory, BaseModel):
+                return factory().model_dump(mode="json", by_alias=True, exclude_none=True)
+    return None
 
 
 class _Converter:
@@ -162,8 +164,9 @@ class _Converter:
                 props = {}
                 for alias, sub in value.items():
                     converted = self.convert(sub)
-                    if "default" not in converted and _defaults_to_empty_object(model, alias):
-                        converted["default"] = {}
+                    default = _sub_model_default(model, alias)
+                    if "default" not in converted and default is not None:
+                        converted["default"] = default
                     props[alias] = converted
                 out["properties"] = props
             elif key == "items":
@@ -197,7 +200,7 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "APIVersion defines the versioned schema of this object.",
             },
             "kind": {"type": "string", "description": "Kind is the type of this object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},
             "spec": structural_schema(FineTuneJobSpec),
             "status": structural_schema(FineTuneJobStatus),
         },

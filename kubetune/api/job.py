@@ -58,7 +58,7 @@ def _unsupported(method: str) -> dict[str, Any]:
         f"self.method != '{method}'",
         f"method {method} is not supported in this version of kubetune",
         field_path=".method",
-        reason="FieldValueNotSupported",
+        reason="FieldValueForbidden",
     )
 
 
@@ -102,11 +102,8 @@ SPEC_RULES: list[dict[str, Any]] = [
         "rule": "self.resources.gpusPerNode == 0 || self.hyperparameters.globalBatchSize % "
         "(self.hyperparameters.microBatchSize * self.resources.nodes * "
         "self.resources.gpusPerNode) == 0",
-        "messageExpression": "'globalBatchSize ' + string(self.hyperparameters.globalBatchSize)"
-        " + ' is not a multiple of microBatchSize x nodes x gpusPerNode = ' + "
-        "string(self.hyperparameters.microBatchSize * self.resources.nodes * "
-        "self.resources.gpusPerNode) + ', so gradient accumulation cannot be derived'",
-        "message": "globalBatchSize must be a multiple of microBatchSize x nodes x gpusPerNode",
+        "message": "globalBatchSize must be a multiple of microBatchSize x nodes x gpusPerNode "
+        "(gradient accumulation steps are derived from it)",
         "fieldPath": ".hyperparameters.globalBatchSize",
     },
     # Transition rules: evaluated on update only (they name oldSelf).
@@ -214,7 +211,6 @@ ROOT_RULES: list[dict[str, Any]] = [
         f"metadata.name must be a DNS-1035 label (lower case letters, digits and '-', "
         f"starting with a letter) of at most {MAX_JOB_NAME_LENGTH} characters: pod and "
         "Service names are derived from it",
-        field_path=".metadata.name",
     ),
 ]
 

@@ -7,21 +7,7 @@ from typing import Any
 
 import pytest
 
-
-def minimal_manifest() -> dict[str, Any]:
-    """The smallest valid FineTuneJob."""
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "demo", "namespace": "team-a"},
-        "spec": {
-            "method": "lora",
-            "model": {"uri": "pvc://models/llama-3-8b"},
-            "dataset": {"train": "pvc://data/train.jsonl", "format": "chat"},
-            "resources": {"nodes": 1, "gpusPerNode": 8},
-            "output": {"uri": "pvc://out/demo"},
-        },
-    }
+from tests.fixtures.manifests import minimal_manifest
 
 
 @pytest.fixture

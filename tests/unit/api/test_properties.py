@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from kubetune.api.resolve import resolve
 from kubetune.api.validation import validate_manifest
-
-from .conftest import minimal_manifest
+from tests.fixtures.manifests import minimal_manifest
 
 # field path -> (lowest allowed, highest allowed, integer?)
 EXCLUSIVE_LOW = {"spec.hyperparameters.maxGradNorm", "spec.hyperparameters.learningRate"}
@@ -151,4 +150,4 @@ def test_indivisible_batches_are_refused(
     report = validate_manifest(doc)
     assert not report.ok
     problem = next(p for p in report.errors if p.path == "spec.hyperparameters.globalBatchSize")
-    assert f"= {per_step}" in problem.message
+    assert "multiple of microBatchSize x nodes x gpusPerNode" in problem.message
