@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint crd crd-check ci clean
+.PHONY: demo test lint crd crd-check ci clean cluster-binaries venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ demo: $(STAMP)
 	$(BIN)/kubetune run examples/local/lora-sft.yaml --local
 
 ## Every test tier that runs without a GPU (unit, control-plane e2e, trainer).
-test: $(STAMP)
+test: $(STAMP) cluster-binaries
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## etcd, kube-*, kubectl, KWOK and helm built from source at pinned versions (cached).
+cluster-binaries:
+	bash hack/cluster/build.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -36,7 +36,9 @@ def _is_transition_rule(rule: Mapping[str, Any]) -> bool:
     return "oldSelf" in rule["rule"]
 
 
-def _check_node(schema: Mapping[str, Any], value: Any, old: Any | None, path: str) -> list[Problem]:
+def _check_node(
+    schema: Mapping[str, Any], value: Any, old: Any | None, path: str, strict: bool
+) -> list[Problem]:
     problems: list[Problem] = []
     for rule in schema.get("x-kubernetes-validations", []):
         if _is_transition_rule(rule) and old is None:
@@ -45,6 +47,8 @@ def _check_node(schema: Mapping[str, Any], value: Any, old: Any | None, path: st
         try:
             verdict = _evaluate(rule["rule"], value, old)
         except Exception as err:  # a rule that cannot run is a refusal, not a pass
+            if not strict:
+                continue
             problems.append(Problem(where, f"rule {rule['rule']!r} failed to evaluate: {err}"))
             continue
         if not bool(verdict):
@@ -57,20 +61,46 @@ def _check_node(schema: Mapping[str, Any], value: Any, old: Any | None, path: st
 
 
 def check(
-    schema: Mapping[str, Any], value: Any, old: Any | None = None, path: str = ""
+    schema: Mapping[str, Any],
+    value: Any,
+    old: Any | None = None,
+    path: str = "",
+    *,
+    strict: bool = True,
 ) -> list[Problem]:
-    """Every CEL rule in ``schema`` that ``value`` (and, on update, ``old``) breaks."""
-    problems = _check_node(schema, value, old, path)
+    """Every CEL rule in ``schema`` that ``value`` (and, on update, ``old``) breaks.
+
+    With ``strict=False`` a rule that cannot be evaluated (the object already has type
+    errors reported elsewhere) is skipped instead of reported.
+    """
+    problems = _check_node(schema, value, old, path, strict)
     if isinstance(value, Mapping):
         for key, sub_schema in schema.get("properties", {}).items():
             if key in value:
                 old_sub = old.get(key) if isinstance(old, Mapping) else None
-                problems += check(sub_schema, value[key], old_sub, join_path(path, key))
+                problems += check(
+                    sub_schema, value[key], old_sub, join_path(path, key), strict=strict
+                )
         extra = schema.get("additionalProperties")
         if isinstance(extra, Mapping):
             for key, item in value.items():
-                problems += check(extra, item, None, f"{path}[{key}]")
+                problems += check(extra, item, None, f"{path}[{key}]", strict=strict)
     elif isinstance(value, list) and "items" in schema:
         for index, item in enumerate(value):
-            problems += check(schema["items"], item, None, f"{path}[{index}]")
+            problems += check(schema["items"], item, None, f"{path}[{index}]", strict=strict)
     return problems
+
+
+def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
+    """A copy of ``value`` with the schema's defaults filled in, as the API server does."""
+    if isinstance(value, Mapping):
+        out = dict(value)
+        for key, sub in schema.get("properties", {}).items():
+            if key not in out and "default" in sub:
+                out[key] = apply_defaults(sub, sub["default"])
+            elif key in out:
+                out[key] = apply_defaults(sub, out[key])
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value

@@ -136,6 +136,12 @@ def validate_manifest(doc: Any, old: Mapping[str, Any] | None = None) -> Validat
         errors += [
             Problem(_loc_to_path(err["loc"]), _pydantic_message(err)) for err in exc.errors()
         ]
+        # Still run the cross-field rules that can run, so one pass reports everything.
+        reported = {p.path for p in errors}
+        defaulted = cel.apply_defaults(_schema(), dict(doc))
+        errors += [
+            p for p in cel.check(_schema(), defaulted, None, strict=False) if p.path not in reported
+        ]
         return ValidationReport(None, errors)
     # The CEL rules see the defaulted object, as they do after API-server defaulting.
     obj = job.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,202 @@
+"""``kubetune dev``: developer tooling.
+
+``kubetune dev cluster build|up|down|env|status`` manages a real local control plane (etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler) with KWOK fake GPU nodes, built from
+source at pinned versions (see hack/cluster/versions.env).
+
+Progress goes to stderr; ``up`` and ``env`` print shell lines on stdout, so
+``eval "$(kubetune dev cluster up)"`` points the current shell at the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kubetune.devcluster import DevCluster, DevClusterError
+from kubetune.devcluster.build import build as build_binaries
+from kubetune.devcluster.versions import COMPONENT_BINARIES, Binaries
+
+app = typer.Typer(help="Developer tooling for kubetune.", no_args_is_help=True)
+cluster_app = typer.Typer(
+    help="A local control plane with fake GPU nodes (etcd + kube-apiserver + "
+    "kube-controller-manager + kube-scheduler + KWOK), built from source.",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
+
+err = Console(stderr=True, log_path=False)
+out = Console(highlight=False, soft_wrap=True)
+
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="State directory (default: $KUBETUNE_STATE_DIR or ~/.local/state/kubetune/cluster).",
+    ),
+]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(1)
+
+
+@cluster_app.command("build")
+def build_cmd(
+    components: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help=f"Components to build (default: missing ones): {list(COMPONENT_BINARIES)}"
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached.")] = False,
+) -> None:
+    """Build the control plane binaries from source and cache them per version."""
+    for c in components or []:
+        if c not in COMPONENT_BINARIES:
+            raise _fail(
+                ValueError(f"unknown component {c!r}; choose from {list(COMPONENT_BINARIES)}")
+            )
+    try:
+        binaries = Binaries.default()
+        wanted = components or (list(COMPONENT_BINARIES) if force else binaries.missing())
+        if not wanted:
+            err.print(f"[green]all binaries cached[/] under {binaries.root}")
+            return
+        lines: deque[str] = deque(maxlen=1)
+        with err.status(f"building {', '.join(wanted)} (cold builds take many minutes)") as status:
+
+            def on_line(line: str) -> None:
+                lines.append(line)
+                if line.startswith("[build.sh"):
+                    err.print(line, markup=False, highlight=False)
+                status.update(f"building {', '.join(wanted)}: {line[:100]}")
+
+            build_binaries(wanted, force=force, on_line=on_line)
+    except DevClusterError as exc:
+        raise _fail(exc) from exc
+    err.print(f"[green]binaries ready[/] under {binaries.root}")
+    for component in wanted:
+        err.print(f"  {component:<11} {binaries.component_dir(component)}")
+
+
+@cluster_app.command("up")
+def up_cmd(
+    state_dir: StateDirOpt = None,
+    apiserver_port: Annotated[
+        int,
+        typer.Option(
+            "--apiserver-port", envvar="KUBETUNE_APISERVER_PORT", help="0 = pick a free port."
+        ),
+    ] = 0,
+    gpu_nodes: Annotated[int, typer.Option(help="Number of fake GPU nodes.")] = 4,
+    cpu_nodes: Annotated[int, typer.Option(help="Number of fake CPU-only nodes.")] = 2,
+    gpus_per_node: Annotated[int, typer.Option(help="nvidia.com/gpu per GPU node.")] = 8,
+    build: Annotated[
+        bool, typer.Option("--build/--no-build", help="Build missing binaries first.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 120.0,
+) -> None:
+    """Start the cluster (reusing a running one) and print `export KUBECONFIG=...`."""
+    cluster = DevCluster(state_dir)
+    try:
+        with err.status("starting the dev cluster") as status:
+
+            def progress(msg: str) -> None:
+                err.log(msg)
+                status.update(msg)
+
+            def build_line(line: str) -> None:
+                status.update(f"building: {line[:100]}")
+
+            state = cluster.up(
+                apiserver_port=apiserver_port,
+                gpu_nodes=gpu_nodes,
+                cpu_nodes=cpu_nodes,
+                gpus_per_node=gpus_per_node,
+                build=build,
+                timeout=timeout,
+                progress=progress,
+                build_output=build_line,
+            )
+    except DevClusterError as exc:
+        raise _fail(exc) from exc
+    err.print(
+        f"[green]cluster up[/] at {state.server} ({len(state.nodes)} fake nodes, "
+        f"kubernetes {state.versions.get('kubernetes')}); logs in {cluster.logs_dir}"
+    )
+    for line in cluster.env_lines():
+        out.print(line)
+
+
+@cluster_app.command("down")
+def down_cmd(state_dir: StateDirOpt = None) -> None:
+    """Stop every process of the cluster and remove its state directory."""
+    cluster = DevCluster(state_dir)
+    if not cluster.state_dir.exists():
+        err.print(f"no cluster in {cluster.state_dir}")
+        return
+    try:
+        with err.status("stopping the dev cluster"):
+            stuck = cluster.down()
+    except DevClusterError as exc:
+        raise _fail(exc) from exc
+    if stuck:
+        raise _fail(DevClusterError(f"could not stop: {', '.join(stuck)}"))
+    err.print(f"[green]cluster down[/], removed {cluster.state_dir}")
+
+
+@cluster_app.command("env")
+def env_cmd(state_dir: StateDirOpt = None) -> None:
+    """Print the shell lines that point kubectl/helm/clients at the cluster."""
+    cluster = DevCluster(state_dir)
+    if not cluster.is_running():
+        err.print(f"[yellow]warning:[/] no running cluster in {cluster.state_dir}")
+    try:
+        lines = cluster.env_lines()
+    except DevClusterError as exc:
+        raise _fail(exc) from exc
+    for line in lines:
+        out.print(line)
+
+
+@cluster_app.command("status")
+def status_cmd(
+    state_dir: StateDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show processes, ports and nodes of the cluster; exit 1 when it is not running."""
+    cluster = DevCluster(state_dir)
+    st = cluster.status()
+    if as_json:
+        out.print(json.dumps(st, indent=2))
+    elif not st.get("processes"):
+        err.print(f"no cluster in {st['state_dir']}")
+    else:
+        colour = "green" if st["running"] else "red"
+        out.print(
+            f"[{colour}]{'running' if st['running'] else 'NOT running'}[/] "
+            f"{st['server']}  kubeconfig={st['kubeconfig']}"
+        )
+        procs = Table("process", "pid", "alive", "RSS MiB", "log", title="processes")
+        for p in st["processes"]:
+            procs.add_row(p["name"], str(p["pid"]), str(p["alive"]), str(p["rss_mib"]), p["log"])
+        out.print(procs)
+        if st["nodes"]:
+            nodes = Table("node", "pool", "ready", "nvidia.com/gpu", title="nodes")
+            for n in st["nodes"]:
+                nodes.add_row(n["name"], str(n["pool"]), str(n["ready"]), str(n["gpus"]))
+            out.print(nodes)
+    if not st.get("running"):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,90 @@
+"""Build (and cache) the control plane binaries by running ``hack/cluster/build.sh``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kubetune.devcluster.versions import Binaries, DevClusterError, find_repo_root
+
+FALLBACK_GO = Path("/usr/local/go/bin/go")
+
+
+def find_go() -> Path | None:
+    """The Go toolchain used for builds: ``$GO``, ``go`` on PATH, or /usr/local/go/bin/go."""
+    env = os.environ.get("GO")
+    if env and Path(env).is_file():
+        return Path(env)
+    found = shutil.which("go")
+    if found:
+        return Path(found)
+    if FALLBACK_GO.is_file():
+        return FALLBACK_GO
+    return None
+
+
+def build(
+    components: list[str] | None = None,
+    *,
+    force: bool = False,
+    log_path: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    repo_root: Path | None = None,
+) -> Binaries:
+    """Build every missing component (or ``components``) and return the binary paths.
+
+    Output of the build goes to ``log_path`` (if given) and, line by line, to ``on_line``.
+    Raises DevClusterError with the tail of the log when the build fails.
+    """
+    root = repo_root or find_repo_root()
+    binaries = Binaries.default(root)
+    wanted = components if components is not None else binaries.missing()
+    if not wanted and not force:
+        return binaries
+    go = find_go()
+    if go is None:
+        raise DevClusterError(
+            "no Go toolchain found: install Go >= "
+            f"{binaries.versions.go_min} or set GO=/path/to/go to build the dev cluster"
+        )
+    script = root / "hack" / "cluster" / "build.sh"
+    cmd = ["bash", str(script), *(["--force"] if force else []), *wanted]
+    env = dict(os.environ, GO=str(go))
+    tail: list[str] = []
+    started = time.monotonic()
+    log = log_path.open("a") if log_path else None
+    try:
+        with subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if log:
+                    log.write(line)
+                    log.flush()
+                tail = [*tail[-40:], line.rstrip()]
+                if on_line:
+                    on_line(line.rstrip())
+            rc = proc.wait()
+    finally:
+        if log:
+            log.close()
+    if rc != 0:
+        raise DevClusterError(
+            f"{' '.join(cmd)} failed with exit code {rc} after "
+            f"{time.monotonic() - started:.0f}s:\n" + "\n".join(tail)
+        )
+    missing = binaries.missing()
+    if components is None and missing:
+        raise DevClusterError(f"build finished but components are still missing: {missing}")
+    return binaries

@@ -1,0 +1,768 @@
+"""Run a real local control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler) with KWOK fake nodes, from the binaries built by ``hack/cluster/build.sh``.
+
+Everything listens on 127.0.0.1 on ports chosen at start (the API server port can be fixed), so
+several clusters (CI and a developer's) can run side by side with different state directories.
+The state directory holds the PKI, kubeconfigs, etcd data, logs and ``state.json`` (process ids,
+ports); ``down`` stops the processes and removes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune.devcluster import certs, manifests
+from kubetune.devcluster.procs import (
+    ProcInfo,
+    free_ports,
+    port_in_use,
+    rss_kib,
+    spawn,
+    terminate,
+)
+from kubetune.devcluster.versions import Binaries, DevClusterError
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+POD_CIDR = "10.244.0.1/16"
+#: fake node InternalIP: loopback, so nothing ever dials a real address for a fake kubelet
+NODE_IP = "127.0.0.1"
+CLUSTER_NAME = "kubetune-dev"
+STATE_VERSION = 1
+#: components needed to run the cluster (helm is built and cached too, for chart work)
+RUNTIME_COMPONENTS = ("etcd", "kubernetes", "kwok")
+#: what a state directory may hold (anything else means it is not ours)
+STATE_ENTRIES = frozenset(
+    {"state.json", "state.tmp", "kubeconfig", "kubeconfigs", "pki", "etcd", "kwok", "logs"}
+)
+STARTUP_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+Progress = Callable[[str], None]
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("KUBETUNE_STATE_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".local" / "state" / "kubetune" / "cluster"
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def write_kubeconfig(
+    path: Path, server: str, ca: Path, cert: Path, key: Path, user: str = "admin"
+) -> Path:
+    """Write a self-contained kubeconfig (credentials embedded)."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": CLUSTER_NAME,
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": _b64(cert),
+                    "client-key-data": _b64(key),
+                },
+            }
+        ],
+        "contexts": [{"name": CLUSTER_NAME, "context": {"cluster": CLUSTER_NAME, "user": user}}],
+        "current-context": CLUSTER_NAME,
+        "preferences": {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class ClusterState:
+    """What ``state.json`` records about a running cluster."""
+
+    state_dir: str
+    kubeconfig: str
+    server: str
+    ports: dict[str, int]
+    processes: list[ProcInfo]
+    versions: dict[str, str]
+    binaries: dict[str, str]
+    started_at: float
+    up_seconds: float = 0.0
+    nodes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state_version": STATE_VERSION,
+            "state_dir": self.state_dir,
+            "kubeconfig": self.kubeconfig,
+            "server": self.server,
+            "ports": self.ports,
+            "processes": [p.to_json() for p in self.processes],
+            "versions": self.versions,
+            "binaries": self.binaries,
+            "started_at": self.started_at,
+            "up_seconds": self.up_seconds,
+            "nodes": self.nodes,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClusterState:
+        return cls(
+            state_dir=data["state_dir"],
+            kubeconfig=data["kubeconfig"],
+            server=data["server"],
+            ports={k: int(v) for k, v in data["ports"].items()},
+            processes=[ProcInfo.from_json(p) for p in data["processes"]],
+            versions=dict(data["versions"]),
+            binaries=dict(data["binaries"]),
+            started_at=float(data["started_at"]),
+            up_seconds=float(data.get("up_seconds", 0.0)),
+            nodes=list(data.get("nodes", [])),
+        )
+
+
+class _Api:
+    """A tiny client for the API server (stdlib only), authenticated as the admin."""
+
+    def __init__(self, server: str, pki: certs.Pki) -> None:
+        self.server = server
+        self.ctx = ssl.create_default_context(cafile=str(pki.ca_crt))
+        self.ctx.load_cert_chain(str(pki.client_crt("admin")), str(pki.client_key("admin")))
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(
+                self.server + path, context=self.ctx, timeout=timeout
+            ) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def get_json(self, path: str) -> Any:
+        code, body = self.get(path)
+        if code != 200:
+            return None
+        return json.loads(body)
+
+
+def _healthz_insecure(url: str, timeout: float = 2.0) -> bool:
+    """GET a component's /healthz over TLS on loopback (components self-sign their cert)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _log_tail(path: str | Path, lines: int = 25) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    for cond in node.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def _startup_tainted(node: dict[str, Any]) -> bool:
+    """True while the node still has the taints a new node gets until the node lifecycle
+    controller has seen it Ready (pods would wait for it to go)."""
+    taints = node.get("spec", {}).get("taints") or []
+    return any(t.get("key") in STARTUP_TAINTS for t in taints)
+
+
+class DevCluster:
+    """A local control plane rooted at ``state_dir``.
+
+    ``DevCluster().up()`` starts it (building missing binaries first when ``build=True``),
+    ``down()`` stops every process and removes the state directory.
+    """
+
+    def __init__(self, state_dir: Path | None = None, binaries: Binaries | None = None) -> None:
+        self.state_dir = (state_dir or default_state_dir()).absolute()
+        self._binaries = binaries
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def binaries(self) -> Binaries:
+        if self._binaries is None:
+            self._binaries = Binaries.default()
+        return self._binaries
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def pki(self) -> certs.Pki:
+        return certs.Pki(self.state_dir / "pki")
+
+    @property
+    def kubectl_path(self) -> Path:
+        return self.binaries.kubectl
+
+    @property
+    def helm_path(self) -> Path:
+        return self.binaries.helm
+
+    # -- state ---------------------------------------------------------------------------------
+    def load_state(self) -> ClusterState | None:
+        try:
+            return ClusterState.from_json(json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save_state(self, state: ClusterState) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state.to_json(), indent=2))
+        tmp.replace(self.state_file)
+
+    def is_running(self) -> bool:
+        state = self.load_state()
+        return bool(state and state.processes and all(p.alive() for p in state.processes))
+
+    def api(self) -> _Api:
+        state = self.load_state()
+        if state is None:
+            raise DevClusterError(f"no cluster state in {self.state_dir}")
+        return _Api(state.server, self.pki)
+
+    # -- kubectl -------------------------------------------------------------------------------
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the built kubectl against this cluster."""
+        cmd = [str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args]
+        proc = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and proc.returncode != 0:
+            raise DevClusterError(
+                f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
+        return proc
+
+    def env_lines(self) -> list[str]:
+        """Shell lines that point kubectl, helm and clients at this cluster."""
+        b = self.binaries
+        return [
+            f"export KUBECONFIG={shlex.quote(str(self.kubeconfig))}",
+            f"export KUBETUNE_KUBECTL={shlex.quote(str(b.kubectl))}",
+            f"export KUBETUNE_HELM={shlex.quote(str(b.helm))}",
+            f'export PATH="{b.component_dir("kubernetes")}:{b.component_dir("helm")}:$PATH"',
+        ]
+
+    # -- up ------------------------------------------------------------------------------------
+    def up(
+        self,
+        *,
+        apiserver_port: int = 0,
+        gpu_nodes: int = 4,
+        cpu_nodes: int = 2,
+        gpus_per_node: int = 8,
+        build: bool = True,
+        die_with_parent: bool = False,
+        timeout: float = 120.0,
+        progress: Progress | None = None,
+        build_output: Callable[[str], None] | None = None,
+    ) -> ClusterState:
+        """Start the cluster and wait until it is ready; returns its state.
+
+        If a healthy cluster already runs in ``state_dir`` it is reused. A stale state directory
+        (processes gone) is cleaned up first. On failure everything started is stopped again.
+        """
+        say = progress or (lambda _msg: None)
+        existing = self.load_state()
+        if existing is not None:
+            if self.is_running() and self._apiserver_ready(existing):
+                say("cluster already running")
+                return existing
+            say("cleaning up a stale cluster state")
+            self.down()
+        elif self.state_dir.exists():
+            self._remove_state_dir()
+
+        missing = self.binaries.missing()
+        if not build:
+            # helm is cached alongside but not needed to run the cluster
+            missing = [c for c in missing if c in RUNTIME_COMPONENTS]
+        if missing:
+            if not build:
+                raise DevClusterError(
+                    f"binaries missing for {missing}: run `kubetune dev cluster build` "
+                    "(or hack/cluster/build.sh) first"
+                )
+            from kubetune.devcluster.build import build as build_binaries
+
+            say(f"building {', '.join(missing)} from source (cold builds take many minutes)")
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            build_binaries(missing, on_line=build_output)
+
+        t0 = time.monotonic()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        infos: list[ProcInfo] = []
+        try:
+            state = self._start(
+                infos,
+                apiserver_port=apiserver_port,
+                nodes=manifests.default_nodes(gpu_nodes, cpu_nodes, gpus_per_node),
+                die_with_parent=die_with_parent,
+                deadline=time.monotonic() + timeout,
+                say=say,
+            )
+        except BaseException:
+            terminate(infos, self._popens)
+            raise
+        state.up_seconds = round(time.monotonic() - t0, 2)
+        self._save_state(state)
+        say(f"cluster ready in {state.up_seconds:.1f}s")
+        return state
+
+    def _start(
+        self,
+        infos: list[ProcInfo],
+        *,
+        apiserver_port: int,
+        nodes: list[manifests.NodeSpec],
+        die_with_parent: bool,
+        deadline: float,
+        say: Progress,
+    ) -> ClusterState:
+        b = self.binaries
+        sd = self.state_dir
+        say("generating certificates")
+        pki = certs.generate(sd / "pki")
+
+        ports_list = free_ports(6)
+        if apiserver_port:
+            if port_in_use(apiserver_port):
+                raise DevClusterError(f"API server port {apiserver_port} is already in use")
+            ports_list = [*[p for p in ports_list if p != apiserver_port][:5], apiserver_port]
+        ports = dict(
+            zip(
+                ["etcd", "etcd_peer", "kube_controller_manager", "kube_scheduler", "kwok"],
+                ports_list[:5],
+                strict=True,
+            )
+        )
+        ports["apiserver"] = ports_list[5]
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        kc_dir = sd / "kubeconfigs"
+        write_kubeconfig(
+            self.kubeconfig, server, pki.ca_crt, pki.client_crt("admin"), pki.client_key("admin")
+        )
+        component_kc = {
+            name: write_kubeconfig(
+                kc_dir / f"{name}.kubeconfig",
+                server,
+                pki.ca_crt,
+                pki.client_crt(name),
+                pki.client_key(name),
+                user=name,
+            )
+            for name in ("kube-controller-manager", "kube-scheduler", "kwok")
+        }
+        state = ClusterState(
+            state_dir=str(sd),
+            kubeconfig=str(self.kubeconfig),
+            server=server,
+            ports=ports,
+            processes=infos,
+            versions={
+                c: self.binaries.versions.of(c) for c in ("kubernetes", "etcd", "kwok", "helm")
+            },
+            binaries={
+                n: str(b.path(n))
+                for n in (
+                    "etcd",
+                    "kube-apiserver",
+                    "kube-controller-manager",
+                    "kube-scheduler",
+                    "kubectl",
+                    "kwok",
+                    "helm",
+                )
+            },
+            started_at=time.time(),
+            nodes=[n.name for n in nodes],
+        )
+
+        def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+            proc, info = spawn(
+                name,
+                argv,
+                self.logs_dir / f"{name}.log",
+                env=env,
+                cwd=sd,
+                die_with_parent=die_with_parent,
+            )
+            self._popens[proc.pid] = proc
+            infos.append(info)
+            self._save_state(state)
+
+        def wait_for(what: str, check: Callable[[], bool], log_of: str) -> None:
+            while True:
+                if check():
+                    return
+                dead = [p.name for p in infos if not p.alive()]
+                if dead:
+                    raise DevClusterError(
+                        f"{', '.join(dead)} exited while waiting for {what}; log of {dead[0]}:\n"
+                        + _log_tail(self.logs_dir / f"{dead[0]}.log")
+                    )
+                if time.monotonic() > deadline:
+                    raise DevClusterError(
+                        f"timed out waiting for {what}; log of {log_of}:\n"
+                        + _log_tail(self.logs_dir / f"{log_of}.log")
+                    )
+                time.sleep(0.1)
+
+        # etcd ----------------------------------------------------------------------------------
+        say("starting etcd")
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+        start(
+            "etcd",
+            [
+                str(b.etcd),
+                "--name=kubetune",
+                f"--data-dir={sd / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=kubetune={peer_url}",
+                "--initial-cluster-state=new",
+                # a throw-away dev/test cluster: durability is not wanted, speed is
+                "--unsafe-no-fsync=true",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
+        wait_for("etcd", lambda: _http_ok(f"{etcd_url}/health"), "etcd")
+
+        # kube-apiserver ------------------------------------------------------------------------
+        say("starting kube-apiserver")
+        start(
+            "kube-apiserver",
+            [
+                str(b.kube_apiserver),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                f"--cert-dir={pki.dir / 'kube-apiserver'}",
+                f"--tls-cert-file={pki.apiserver_crt}",
+                f"--tls-private-key-file={pki.apiserver_key}",
+                f"--client-ca-file={pki.ca_crt}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                # the aggregation layer (front proxy), as a kubeadm cluster has it
+                f"--requestheader-client-ca-file={pki.ca_crt}",
+                f"--requestheader-allowed-names={certs.FRONT_PROXY_CN}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.client_crt('front-proxy-client')}",
+                f"--proxy-client-key-file={pki.client_key('front-proxy-client')}",
+                # the only advertise address is 127.0.0.1, which Endpoints may not hold; no pod
+                # runs for real, so nothing needs the kubernetes Service's endpoints
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--event-ttl=1h",
+                "--v=1",
+            ],
+        )
+        api = _Api(server, pki)
+        wait_for(
+            "kube-apiserver /readyz",
+            lambda: api.get("/readyz", timeout=2)[0] == 200,
+            "kube-apiserver",
+        )
+
+        # controller-manager, scheduler, kwok ---------------------------------------------------
+        say("starting kube-controller-manager, kube-scheduler and kwok")
+        kcm_kc = component_kc["kube-controller-manager"]
+        start(
+            "kube-controller-manager",
+            [
+                str(b.kube_controller_manager),
+                f"--kubeconfig={kcm_kc}",
+                f"--authentication-kubeconfig={kcm_kc}",
+                f"--authorization-kubeconfig={kcm_kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube_controller_manager']}",
+                f"--cert-dir={pki.dir / 'kube-controller-manager'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_crt}",
+                f"--cluster-signing-cert-file={pki.ca_crt}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                "--controllers=*",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        sched_kc = component_kc["kube-scheduler"]
+        start(
+            "kube-scheduler",
+            [
+                str(b.kube_scheduler),
+                f"--kubeconfig={sched_kc}",
+                f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kube_scheduler']}",
+                f"--cert-dir={pki.dir / 'kube-scheduler'}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        stages = sd / "kwok" / "stages.yaml"
+        stages.parent.mkdir(parents=True, exist_ok=True)
+        stages.write_text(manifests.STAGES_YAML)
+        # KWOK also loads ~/.kwok/kwok.yaml when it exists: give it a private HOME.
+        kwok_home = sd / "kwok" / "home"
+        kwok_home.mkdir(parents=True, exist_ok=True)
+        start(
+            "kwok",
+            [
+                str(b.kwok),
+                f"--kubeconfig={component_kc['kwok']}",
+                f"--config={stages}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={manifests.FAKE_NODE_SELECTOR}",
+                f"--node-ip={NODE_IP}",
+                f"--cidr={POD_CIDR}",
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{ports['kwok']}",
+            ],
+            env=dict(os.environ, HOME=str(kwok_home)),
+        )
+
+        say(f"creating {len(nodes)} fake nodes")
+        self.kubectl("apply", "-f", "-", input=manifests.nodes_yaml(nodes))
+
+        kcm_health = f"https://127.0.0.1:{ports['kube_controller_manager']}/healthz"
+        sched_health = f"https://127.0.0.1:{ports['kube_scheduler']}/healthz"
+        wait_for(
+            "kube-controller-manager /healthz",
+            lambda: _healthz_insecure(kcm_health),
+            "kube-controller-manager",
+        )
+        wait_for(
+            "kube-scheduler /healthz", lambda: _healthz_insecure(sched_health), "kube-scheduler"
+        )
+
+        names = {n.name for n in nodes}
+
+        def nodes_ready() -> bool:
+            data = api.get_json("/api/v1/nodes")
+            if not data:
+                return False
+            ready = {
+                i["metadata"]["name"]
+                for i in data.get("items", [])
+                if _node_ready(i) and not _startup_tainted(i)
+            }
+            return names <= ready
+
+        say("waiting for the nodes to become Ready and schedulable")
+        wait_for("the fake nodes to become Ready", nodes_ready, "kwok")
+        say("waiting for the default ServiceAccount")
+        wait_for(
+            "the default ServiceAccount",
+            lambda: api.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            "kube-controller-manager",
+        )
+        return state
+
+    def _apiserver_ready(self, state: ClusterState) -> bool:
+        try:
+            return _Api(state.server, self.pki).get("/readyz", timeout=2)[0] == 200
+        except (OSError, ssl.SSLError):
+            return False
+
+    # -- down ----------------------------------------------------------------------------------
+    def down(self, *, keep_state: bool = False) -> list[str]:
+        """Stop every process of the cluster and remove the state directory.
+
+        Returns the names of processes that could not be stopped (normally empty).
+        """
+        state = self.load_state()
+        stuck: list[str] = []
+        if state is not None:
+            # the clients first, then the API server, then etcd
+            servers = ("kube-apiserver", "etcd")
+            groups = [[p for p in state.processes if p.name not in servers]]
+            groups += [[p for p in state.processes if p.name == s] for s in servers]
+            for group in groups:
+                stuck += terminate(group, self._popens)
+        self._popens.clear()
+        if not keep_state and self.state_dir.exists() and not stuck:
+            self._remove_state_dir()
+        return stuck
+
+    def _remove_state_dir(self) -> None:
+        """Remove the state directory, refusing one that holds anything the cluster did not
+        write (a mistyped --state-dir must not wipe a user's directory)."""
+        foreign = [e.name for e in self.state_dir.iterdir() if e.name not in STATE_ENTRIES]
+        if foreign:
+            raise DevClusterError(
+                f"{self.state_dir} holds files the dev cluster did not create "
+                f"({', '.join(sorted(foreign)[:5])}); refusing to remove it"
+            )
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Processes (alive, pid, RSS), ports and nodes of the cluster."""
+        state = self.load_state()
+        if state is None:
+            return {"running": False, "state_dir": str(self.state_dir)}
+        procs = [
+            {
+                "name": p.name,
+                "pid": p.pid,
+                "alive": p.alive(),
+                "rss_mib": round((rss_kib(p.pid) or 0) / 1024, 1) if p.alive() else None,
+                "log": p.log,
+            }
+            for p in state.processes
+        ]
+        nodes: list[dict[str, Any]] = []
+        ready = self._apiserver_ready(state)
+        if ready:
+            data = _Api(state.server, self.pki).get_json("/api/v1/nodes") or {}
+            for item in data.get("items", []):
+                alloc = item.get("status", {}).get("allocatable", {})
+                nodes.append(
+                    {
+                        "name": item["metadata"]["name"],
+                        "ready": _node_ready(item),
+                        "gpus": alloc.get(manifests.GPU_RESOURCE, "0"),
+                        "pool": item["metadata"].get("labels", {}).get(manifests.NODE_POOL_LABEL),
+                    }
+                )
+        return {
+            "running": all(p["alive"] for p in procs) and ready,
+            "state_dir": state.state_dir,
+            "kubeconfig": state.kubeconfig,
+            "server": state.server,
+            "ports": state.ports,
+            "versions": state.versions,
+            "up_seconds": state.up_seconds,
+            "processes": procs,
+            "nodes": nodes,
+        }
+
+    def rss_mib(self) -> dict[str, float]:
+        state = self.load_state()
+        out: dict[str, float] = {}
+        for p in state.processes if state else []:
+            kib = rss_kib(p.pid) if p.alive() else None
+            if kib is not None:
+                out[p.name] = round(kib / 1024, 1)
+        return out
+
+
+def kubectl_cmd(
+    kubeconfig: Path | str | None = None, kubectl: Path | str | None = None
+) -> list[str]:
+    """The kubectl command line to use: ``$KUBETUNE_KUBECTL``, the cached build, or PATH."""
+    exe: str | None = str(kubectl) if kubectl else os.environ.get("KUBETUNE_KUBECTL")
+    if not exe:
+        with contextlib.suppress(DevClusterError, OSError):
+            built = Binaries.default().kubectl
+            if built.is_file():
+                exe = str(built)
+    if not exe:
+        exe = shutil.which("kubectl")
+    if not exe:
+        raise DevClusterError("no kubectl found (set KUBETUNE_KUBECTL or build the dev cluster)")
+    cmd = [exe]
+    kc = kubeconfig or os.environ.get("KUBECONFIG")
+    if kc:
+        cmd += ["--kubeconfig", str(kc)]
+    return cmd
+
+
+def run_kubectl(
+    args: Sequence[str],
+    *,
+    kubeconfig: Path | str | None = None,
+    kubectl: Path | str | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    cmd = [*kubectl_cmd(kubeconfig, kubectl), *args]
+    proc = subprocess.run(
+        cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise DevClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
