@@ -1,5 +1,5 @@
 # The kubetune operator: slim, no torch. Build from the repository root:
-#   docker build -f images/operator.Dockerfile -t kubetune-operator:0.1.0 .
+#   docker build -f images/operator.Dockerfile -t kubetune/operator:0.1.0 .
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -1,5 +1,5 @@
 # The shared trainer image: every method (full, PEFT, RLHF) runs from it under torchrun.
-#   docker build -f images/trainer.Dockerfile -t kubetune-trainer:0.1.0 .
+#   docker build -f images/trainer.Dockerfile -t kubetune/trainer:0.1.0 .
 # The base provides CUDA user-space libraries matching the torch wheel; pass another
 # base (e.g. a plain python image for CPU-only clusters) with --build-arg BASE=...
 ARG BASE=python:3.11-slim

@@ -25,11 +25,12 @@ def _program(expression: str) -> celpy.Runner:
     return _ENV.program(_ENV.compile(expression))
 
 
-def _evaluate(expression: str, self_value: Any, old_value: Any | None) -> Any:
+def _activation(self_value: Any, old_value: Any | None) -> dict[str, Any]:
+    """CEL values for one schema node, converted once for all of its rules."""
     activation: dict[str, Any] = {"self": celpy.json_to_cel(self_value)}
     if old_value is not None:
         activation["oldSelf"] = celpy.json_to_cel(old_value)
-    return _program(expression).evaluate(activation)
+    return activation
 
 
 def _is_transition_rule(rule: Mapping[str, Any]) -> bool:
@@ -40,12 +41,16 @@ def _check_node(
     schema: Mapping[str, Any], value: Any, old: Any | None, path: str, strict: bool
 ) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in schema.get("x-kubernetes-validations", []):
+    rules = schema.get("x-kubernetes-validations", [])
+    if not rules:
+        return problems
+    activation = _activation(value, old)
+    for rule in rules:
         if _is_transition_rule(rule) and old is None:
             continue  # like the API server: transition rules apply to updates only
         where = join_path(path, rule.get("fieldPath", ""))
         try:
-            verdict = _evaluate(rule["rule"], value, old)
+            verdict = _program(rule["rule"]).evaluate(activation)
         except Exception as err:  # a rule that cannot run is a refusal, not a pass
             if not strict:
                 continue
@@ -55,7 +60,7 @@ def _check_node(
             message = rule["message"]
             if "messageExpression" in rule:
                 with contextlib.suppress(Exception):  # fall back to the static message
-                    message = str(_evaluate(rule["messageExpression"], value, old))
+                    message = str(_program(rule["messageExpression"]).evaluate(activation))
             problems.append(Problem(where, message))
     return problems
 

@@ -25,6 +25,7 @@ TERMINAL_PHASES: tuple[str, ...] = ("Succeeded", "Failed")
 CONDITION_VALIDATED = "Validated"
 CONDITION_ADMITTED = "Admitted"
 CONDITION_RUNNING = "Running"
+CONDITION_RESTARTING = "Restarting"
 CONDITION_SUSPENDED = "Suspended"
 CONDITION_SUCCEEDED = "Succeeded"
 CONDITION_FAILED = "Failed"
@@ -95,8 +96,8 @@ class FineTuneJobStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=32,
-        description="Standard conditions (Validated, Admitted, Running, Suspended, "
-        "Succeeded, Failed, ConfigWarning).",
+        description="Standard conditions (Validated, Admitted, Running, Restarting, "
+        "Suspended, Succeeded, Failed, ConfigWarning).",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],

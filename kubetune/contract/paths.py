@@ -12,6 +12,9 @@ PROGRESS_ENV = "KUBETUNE_PROGRESS_FILE"
 METRICS_PORT_ENV = "KUBETUNE_METRICS_PORT"
 VALIDATE_ONLY_ENV = "KUBETUNE_VALIDATE_ONLY"
 ATTEMPT_ENV = "KUBETUNE_ATTEMPT"
+#: Where the operator mounts each PersistentVolumeClaim a job names: <root>/<claim>.
+PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
+DEFAULT_PVC_ROOT = Path("/mnt/pvc")
 TERMINATION_LOG = Path("/dev/termination-log")
 
 DEFAULT_CONFIG_PATH = Path("/etc/kubetune/job.json")

@@ -1,0 +1,517 @@
+"""The runtime: feeds snapshots to :func:`~kubetune_operator.lifecycle.decide` and carries
+out its plans against the API server.
+
+Level-triggered: every watch event (the job, its pods, node readiness) and every timer
+only *enqueues* the job; a worker then looks at the whole current state. A missed or
+duplicated event therefore never matters, and a restarted operator simply reconciles
+every job once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from kubetune.api.status import TERMINAL_PHASES
+from kubetune.api.validation import ValidationReport, validate_manifest
+from kubetune_operator import naming
+from kubetune_operator.cache import JobKey, Snapshot
+from kubetune_operator.kube import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
+from kubetune_operator.lifecycle import (
+    ApplyConfigMap,
+    CreatePod,
+    DeleteJob,
+    DeletePod,
+    EnsureService,
+    Event,
+    Plan,
+    UngatePod,
+    decide,
+)
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.model import Observed, ProgressSample, format_time
+from kubetune_operator.progress import fetch_document, progress_url
+from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.status import merge_patch
+from kubetune_operator.workqueue import WorkQueue
+
+logger = logging.getLogger("kubetune.operator")
+
+
+#: Conditions whose changes may wait for the next write (they never change the phase): the
+#: gang being placed is followed within moments by it running, one write covers both.
+COSMETIC_CONDITIONS = frozenset({"Admitted"})
+
+
+def material(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a status that must be written at once: phase, counters, times and the
+    status of each phase-bearing condition (not reasons, messages or progress numbers)."""
+    out = {k: v for k, v in status.items() if k not in ("progress", "conditions")}
+    out["conditions"] = sorted(
+        (c.get("type"), c.get("status"))
+        for c in status.get("conditions") or []
+        if c.get("type") not in COSMETIC_CONDITIONS
+    )
+    return out
+
+
+class Controller:
+    """One per operator process (the leader)."""
+
+    def __init__(
+        self, client: KubeClient, settings: OperatorSettings, metrics: OperatorMetrics
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.cache = Snapshot()
+        self.queue: WorkQueue[JobKey] = WorkQueue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reports: dict[tuple[str, int | None, str], ValidationReport] = {}
+        self._progress: dict[JobKey, ProgressSample] = {}
+        self._ungated_since: dict[tuple[str, int], datetime] = {}
+        self._configmaps: dict[str, str] = {}  # job uid -> hash of the data last written
+        self._services: set[str] = set()  # job uids whose Service exists
+        self._last_status_write: dict[JobKey, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+        self._last_gpu_tick = time.monotonic()
+        metrics.watch_jobs(self._phases)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the workers and the progress poller (inside kopf's task tree, so they stop
+        with the operator)."""
+        for i in range(self.settings.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._poll_progress(), name="progress-poller"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.drain()
+        self.queue.close()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def drain(self) -> None:
+        """Wait for background Event posts (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def _phases(self) -> list[str]:
+        return [
+            str((body.get("status") or {}).get("phase") or "Pending")
+            for _, body in self.cache.iter_jobs()
+        ]
+
+    # -- events from kopf ----------------------------------------------------------------------
+    def job_event(self, event_type: str | None, key: JobKey) -> None:
+        if event_type == "DELETED":
+            self.cache.job_deleted(key)
+            self.queue.discard(key)
+            self._progress.pop(key, None)
+            self._last_status_write.pop(key, None)
+            return
+        self.queue.add(key)
+
+    def pod_event(self, event_type: str | None, namespace: str, name: str, job: str) -> None:
+        if event_type == "DELETED":
+            self.cache.pod_deleted(namespace, name)
+        self.queue.add((namespace, job))
+
+    def node_event(self, name: str, changed: bool) -> None:
+        if changed:
+            for key in self.cache.jobs_on_node(name):
+                self.queue.add(key)
+
+    # -- reconcile -----------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self.metrics.queue_depth.set(len(self.queue))
+            started = time.perf_counter()
+            try:
+                requeue = await self.reconcile(key)
+            except Exception as exc:
+                delay = self.queue.add_rate_limited(key)
+                level = logging.INFO if isinstance(exc, ApiError) else logging.ERROR
+                logger.log(
+                    level,
+                    "reconcile %s/%s failed (retry in %.1fs): %s",
+                    *key,
+                    delay,
+                    exc,
+                    exc_info=level >= logging.ERROR,
+                )
+            else:
+                self.queue.forget(key)
+                if requeue is not None:
+                    self.queue.add_after(key, requeue)
+            finally:
+                self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+                self.queue.done(key)
+
+    async def _report(self, raw: Mapping[str, Any]) -> ValidationReport:
+        """``validate_manifest`` once per spec version. It evaluates the CEL rules in pure
+        Python (~10 ms): run in a thread so a burst of new jobs does not stall the event
+        loop (and with it every other job's I/O)."""
+        meta = raw.get("metadata") or {}
+        spec_key = hashlib.sha256(json.dumps(raw.get("spec"), sort_keys=True).encode()).hexdigest()
+        cache_key = (str(meta.get("uid")), meta.get("generation"), spec_key)
+        report = self._reports.get(cache_key)
+        if report is None:
+            doc = {k: v for k, v in raw.items() if k != "status"}
+            report = await asyncio.to_thread(validate_manifest, doc)
+            if len(self._reports) > 4096:
+                self._reports.clear()
+            self._reports[cache_key] = report
+        return report
+
+    def observe(self, key: JobKey, now: datetime | None = None) -> Observed | None:
+        raw = self.cache.job(key)
+        if raw is None:
+            return None
+        now = now or datetime.now(UTC)
+        pods = self.cache.pods_of(key)
+        uid = str((raw.get("metadata") or {}).get("uid"))
+        status = raw.get("status") or {}
+        attempts = [p.attempt for p in pods if p.attempt is not None and p.owner_uid == uid]
+        attempt = max([int(status.get("attempts") or 0), *attempts, 1])
+        gang = [p for p in pods if p.owner_uid == uid and p.attempt == attempt]
+        ungated_since = None
+        mem_key = (uid, attempt)
+        if gang and all(not p.gates for p in gang):
+            ungated_since = self._ungated_since.setdefault(mem_key, now)
+        else:
+            self._ungated_since.pop(mem_key, None)
+        return Observed(
+            raw=raw,
+            pods=pods,
+            nodes=self.cache.node_map(),
+            progress=self._progress.get(key),
+            now=now,
+            ungated_since=ungated_since,
+        )
+
+    async def reconcile(self, key: JobKey) -> float | None:
+        obs = self.observe(key)
+        if obs is None:
+            return None
+        report = None
+        if str((obs.raw.get("status") or {}).get("phase")) not in TERMINAL_PHASES:
+            # Finished jobs need no verdict: a restarted operator must not re-validate
+            # thousands of old jobs before serving the live ones.
+            report = await self._report(obs.raw)
+            obs = self.observe(key) or obs  # the world may have moved while validating
+        plan = decide(obs, self.settings, report)
+        wait = self._defer_cosmetic(key, obs, plan)
+        if wait is not None:
+            return wait if plan.requeue_after is None else min(wait, plan.requeue_after)
+        await self.execute(key, obs, plan)
+        return plan.requeue_after
+
+    def _defer_cosmetic(self, key: JobKey, obs: Observed, plan: Plan) -> float | None:
+        """Seconds to wait before writing a status change that is only cosmetic (a summary
+        like "queued: 1/2 placed", a message, progress numbers) when the job's status was
+        written less than ``status_coalesce_seconds`` ago; None to act now. Phase and
+        condition-status changes, and any plan with actions, are never deferred."""
+        window = self.settings.status_coalesce_seconds
+        if not window or plan.status is None or plan.actions or plan.events or plan.metrics:
+            return None
+        if material(dict(obs.raw.get("status") or {})) != material(plan.status):
+            return None
+        elapsed = time.monotonic() - self._last_status_write.get(key, 0.0)
+        return window - elapsed if elapsed < window else None
+
+    # -- execution -----------------------------------------------------------------------------
+    async def execute(self, key: JobKey, obs: Observed, plan: Plan) -> None:
+        """Carry out a plan with as few sequential round trips as its safety allows.
+
+        A plan that deletes (a restart, a release, a verdict) writes its status FIRST: the
+        status is the record that the deletion was intended, so a crash in between is
+        resumed, never misread as pods vanishing on their own. A plan that only creates may
+        write its status alongside the ConfigMap and Service: new pods are self-describing
+        (their attempt label wins over an older status). Then the remaining actions in order,
+        runs of one kind in parallel (a gang's pods together, then their gates).
+        """
+        destructive = any(isinstance(a, DeletePod | DeleteJob) for a in plan.actions)
+        prelude: list[Any] = []
+        rest = list(plan.actions)
+        if not destructive:
+            while rest and isinstance(rest[0], ApplyConfigMap | EnsureService):
+                prelude.append(rest.pop(0))
+        if destructive:
+            if not await self._write_status(key, obs, plan):
+                return
+        else:
+            results = await asyncio.gather(
+                self._write_status(key, obs, plan),
+                *(self._act(obs, a) for a in prelude),
+                return_exceptions=True,
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            if results[0] is False:
+                return
+        self.metrics.record(plan.metrics)
+        batch: list[Any] = []
+        for action in rest:
+            if batch and type(batch[0]) is not type(action):
+                await self._run_batch(obs, batch)
+                batch = []
+            batch.append(action)
+        if batch:
+            await self._run_batch(obs, batch)
+        for event in plan.events:
+            # Best effort and off the critical path: the next job need not wait for Events.
+            task = asyncio.create_task(self._post_event(obs, event))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _write_status(self, key: JobKey, obs: Observed, plan: Plan) -> bool:
+        """Patch the status subresource; False if the job is gone."""
+        if plan.status is None:
+            return True
+        patch = merge_patch(dict(obs.raw.get("status") or {}), plan.status)
+        if not patch:
+            return True
+        namespace, name = key
+        path = self.client.path(
+            naming.PLURAL,
+            namespace,
+            name,
+            group=naming.GROUP,
+            version=naming.VERSION,
+            subresource="status",
+        )
+        try:
+            updated = await self.client.patch(path, {"status": patch})
+        except ApiError as exc:
+            if exc.not_found:
+                return False  # deleted meanwhile
+            raise
+        self.cache.wrote_job(key, updated)
+        self._last_status_write[key] = time.monotonic()
+        return True
+
+    async def _run_batch(self, obs: Observed, batch: list[Any]) -> None:
+        results = await asyncio.gather(*(self._act(obs, a) for a in batch), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _act(self, obs: Observed, action: Any) -> None:
+        ns = obs.namespace
+        client = self.client
+        if isinstance(action, CreatePod):
+            try:
+                created = await client.create(
+                    client.path("pods", ns) + f"?fieldManager={naming.FIELD_MANAGER}",
+                    action.body,
+                )
+            except ApiError as exc:
+                if exc.already_exists:
+                    return
+                await self._post_event(
+                    obs, Event("Warning", "FailedCreate", f"pod {action.name}: {exc.message}")
+                )
+                raise
+            self.cache.wrote_pod(ns, created)
+        elif isinstance(action, DeletePod):
+            try:
+                deleted = await client.delete(
+                    client.path("pods", ns, action.name),
+                    uid=action.uid,
+                    grace_period=0 if action.force else None,
+                )
+            except ApiError as exc:
+                if exc.not_found or exc.conflict:
+                    return
+                raise
+            if deleted.get("kind") == "Pod":
+                self.cache.wrote_pod(ns, deleted)
+        elif isinstance(action, UngatePod):
+            body = {"spec": {"schedulingGates": [{"$patch": "delete", "name": naming.GANG_GATE}]}}
+            try:
+                patched = await client.patch(
+                    client.path("pods", ns, action.name), body, STRATEGIC_MERGE_PATCH
+                )
+            except ApiError as exc:
+                if exc.not_found:
+                    return
+                raise
+            self.cache.wrote_pod(ns, patched)
+        elif isinstance(action, ApplyConfigMap):
+            await self._apply_config_map(obs, action.body)
+        elif isinstance(action, EnsureService):
+            if obs.uid in self._services:
+                return
+            try:
+                await client.create(client.path("services", ns), action.body)
+            except ApiError as exc:
+                if not exc.already_exists:
+                    raise
+            self._services.add(obs.uid)
+        elif isinstance(action, DeleteJob):
+            try:
+                await client.delete(
+                    client.path(
+                        naming.PLURAL, ns, obs.name, group=naming.GROUP, version=naming.VERSION
+                    ),
+                    uid=action.uid,
+                )
+            except ApiError as exc:
+                if not (exc.not_found or exc.conflict):
+                    raise
+            logger.info("deleted %s/%s: ttlSecondsAfterFinished expired", ns, obs.name)
+
+    async def _apply_config_map(self, obs: Observed, body: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(body["data"], sort_keys=True).encode()).hexdigest()
+        if self._configmaps.get(obs.uid) == digest:
+            return
+        ns = obs.namespace
+        try:
+            await self.client.create(self.client.path("configmaps", ns), body)
+        except ApiError as exc:
+            if not exc.already_exists:
+                raise
+            await self.client.patch(
+                self.client.path("configmaps", ns, body["metadata"]["name"]),
+                {
+                    "metadata": {"annotations": body["metadata"].get("annotations")},
+                    "data": body["data"],
+                },
+            )
+        self._configmaps[obs.uid] = digest
+
+    async def _post_event(self, obs: Observed, event: Event) -> None:
+        """A core/v1 Event on the FineTuneJob (shown by ``kubectl describe ftj``)."""
+        now = format_time(datetime.now(UTC))
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{obs.name}.{uuid.uuid4().hex[:16]}",
+                "namespace": obs.namespace,
+            },
+            "involvedObject": {
+                "apiVersion": naming.API_VERSION,
+                "kind": naming.KIND,
+                "name": obs.name,
+                "namespace": obs.namespace,
+                "uid": obs.uid,
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": naming.MANAGER},
+            "reportingComponent": f"{naming.GROUP}/operator",
+            "reportingInstance": self.settings.identity[:128],
+        }
+        try:
+            await self.client.create(self.client.path("events", obs.namespace), body)
+        except Exception as exc:  # best effort: an Event never blocks or fails a reconcile
+            logger.info("could not post event %s on %s: %s", event.reason, obs.name, exc)
+
+    # -- progress ------------------------------------------------------------------------------
+    async def _poll_progress(self) -> None:
+        """Pull the rank-0 progress document of every running job, every interval."""
+        interval = self.settings.progress_interval_seconds
+        self._http = aiohttp.ClientSession()
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_once()
+            except Exception:
+                logger.exception("progress poll failed")
+            await asyncio.sleep(max(0.1, interval - (time.monotonic() - started)))
+
+    async def poll_once(self) -> None:
+        now_mono = time.monotonic()
+        elapsed = now_mono - self._last_gpu_tick
+        self._last_gpu_tick = now_mono
+        targets: list[tuple[JobKey, str, int]] = []
+        gpus_running = 0
+        for key, body in self.cache.iter_jobs():
+            status = body.get("status") or {}
+            if status.get("phase") != "Running":
+                continue
+            gpus_running += int(status.get("gpus") or 0)
+            attempt = int(status.get("attempts") or 1)
+            uid = (body.get("metadata") or {}).get("uid")
+            rank0 = next(
+                (
+                    p
+                    for p in self.cache.pods_of(key)
+                    if p.owner_uid == uid
+                    and p.role == naming.ROLE_WORKER
+                    and p.attempt == attempt
+                    and p.rank == 0
+                    and p.phase == "Running"
+                    and not p.deleting
+                ),
+                None,
+            )
+            if rank0 is None:
+                continue
+            url = progress_url(
+                self.settings.progress_url_template,
+                rank0,
+                namespace=key[0],
+                job=key[1],
+                attempt=attempt,
+                port=self.settings.progress_port,
+            )
+            if url:
+                targets.append((key, url, attempt))
+        self.metrics.gpu_seconds.inc(gpus_running * elapsed)
+        self._prune()
+        if targets:
+            await asyncio.gather(*(self._fetch(key, url, attempt) for key, url, attempt in targets))
+
+    def _prune(self) -> None:
+        """Forget per-job memory of jobs that no longer exist (bounded memory)."""
+        live = {str((body.get("metadata") or {}).get("uid")) for _, body in self.cache.iter_jobs()}
+        for uid, attempt in list(self._ungated_since):
+            if uid not in live:
+                del self._ungated_since[(uid, attempt)]
+        for uid in list(self._configmaps):
+            if uid not in live:
+                del self._configmaps[uid]
+        self._services &= live
+
+    async def _fetch(self, key: JobKey, url: str, attempt: int) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        try:
+            document = await fetch_document(self._http, url, self.settings.progress_timeout_seconds)
+        except Exception as exc:  # unreachable trainer: keep the last sample
+            logger.debug("progress of %s/%s from %s: %s", *key, url, exc)
+            return
+        previous = self._progress.get(key)
+        if previous is not None and previous.attempt == attempt and previous.document == document:
+            return
+        self._progress[key] = ProgressSample(
+            document=document, fetched_at=datetime.now(UTC), attempt=attempt
+        )
+        self.queue.add(key)

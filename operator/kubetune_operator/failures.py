@@ -1,0 +1,211 @@
+"""Why did a pod of the gang stop, and is it worth another attempt?
+
+Infrastructure failures (lost node, preemption, eviction, a retryable trainer exit code)
+restart the whole gang from its last checkpoint; a permanent trainer exit code (bad data,
+bad config, missing model, NaN loss) fails the job at once with the trainer's message --
+retrying would burn GPUs on the same error. The exit-code policy itself lives in the
+contract (:func:`kubetune.contract.exit_codes.classify_exit_code`), shared with the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from kubetune.contract.exit_codes import classify_exit_code, exit_reason
+from kubetune_operator.model import NodeView, PodView
+
+MAX_MESSAGE = 1024
+
+# DisruptionTarget condition reasons (k8s.io/api/core/v1 PodReason*).
+_DISRUPTION_REASONS = {
+    "PreemptionByScheduler": "Preempted",
+    "PreemptionByKubeScheduler": "Preempted",
+    "DeletionByTaintManager": "NodeLost",
+    "DeletionByPodGC": "NodeLost",
+    "EvictionByEvictionAPI": "Evicted",
+    "TerminationByKubelet": "Evicted",
+}
+
+# Pod status reasons set by the kubelet / node controllers.
+_POD_REASONS = {
+    "Evicted": "Evicted",
+    "NodeLost": "NodeLost",
+    "Shutdown": "NodeShutdown",
+    "Terminated": "NodeShutdown",
+    "NodeAffinity": "AdmissionFailed",
+    "UnexpectedAdmissionError": "AdmissionFailed",
+}
+
+#: Reasons that say "the machine went away", preferred as the root cause of a gang failure
+#: over the collateral exits of the other ranks (which lose their peers and exit non-zero).
+INFRASTRUCTURE_REASONS = frozenset(
+    {"NodeLost", "NodeShutdown", "Preempted", "Evicted", "AdmissionFailed", "PodDeleted", "PodLost"}
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A classified pod failure."""
+
+    retryable: bool
+    reason: str
+    message: str
+    pod: str | None = None
+    rank: int | None = None
+    exit_code: int | None = None
+    at: datetime | None = None
+
+    @property
+    def infrastructure(self) -> bool:
+        return self.reason in INFRASTRUCTURE_REASONS
+
+
+def _clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _who(pod: PodView) -> str:
+    return f"pod {pod.name}" + (f" (rank {pod.rank})" if pod.rank is not None else "")
+
+
+def classify_exit(pod: PodView) -> Failure | None:
+    """Classify a terminated trainer container by its exit code and reason."""
+    ex = pod.exit
+    if ex is None or ex.exit_code == 0:
+        return None
+    kind = classify_exit_code(ex.exit_code)
+    reason = exit_reason(ex.exit_code)
+    if ex.reason == "OOMKilled":
+        # Host-memory OOM: often a spike (checkpoint save, eval); backoffLimit bounds the cost.
+        reason = "OOMKilled"
+    detail = ex.message or ex.reason or ""
+    message = f"{_who(pod)} exited with code {ex.exit_code} ({reason})"
+    if reason == "OOMKilled":
+        message += ": out of memory; consider raising spec.resources.memory"
+    elif detail:
+        message += f": {detail}"
+    return Failure(
+        retryable=kind != "permanent",
+        reason=reason,
+        message=_clip(message),
+        pod=pod.name,
+        rank=pod.rank,
+        exit_code=ex.exit_code,
+        at=ex.finished_at,
+    )
+
+
+def _disruption(pod: PodView) -> Failure | None:
+    cond = pod.disruption
+    if cond is None or cond.status != "True":
+        return None
+    reason = _DISRUPTION_REASONS.get(cond.reason or "", "Disrupted")
+    text = f"{_who(pod)} was disrupted ({cond.reason or 'unknown'})"
+    if cond.message:
+        text += f": {cond.message}"
+    return Failure(True, reason, _clip(text), pod.name, pod.rank, at=cond.last_transition_time)
+
+
+def _node_loss(
+    pod: PodView, nodes: Mapping[str, NodeView] | None, now: datetime, grace: float
+) -> Failure | None:
+    if nodes is None or not pod.node_name or pod.terminated:
+        return None
+    node = nodes.get(pod.node_name)
+    if node is None:
+        return Failure(
+            True,
+            "NodeLost",
+            f"{_who(pod)}: node {pod.node_name} no longer exists",
+            pod.name,
+            pod.rank,
+            at=now,
+        )
+    if not node.ready:
+        since = node.since or now
+        if now - since >= timedelta(seconds=grace):
+            return Failure(
+                True,
+                "NodeLost",
+                f"{_who(pod)}: node {pod.node_name} has been NotReady since "
+                f"{since.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                pod.name,
+                pod.rank,
+                at=since,
+            )
+    return None
+
+
+def node_loss_deadline(
+    pod: PodView, nodes: Mapping[str, NodeView] | None, grace: float
+) -> datetime | None:
+    """When a pod on a NotReady node will count as lost (for requeueing), else None."""
+    if nodes is None or not pod.node_name or pod.terminated:
+        return None
+    node = nodes.get(pod.node_name)
+    if node is None or node.ready or node.since is None:
+        return None
+    return node.since + timedelta(seconds=grace)
+
+
+def classify_pod(
+    pod: PodView,
+    nodes: Mapping[str, NodeView] | None,
+    now: datetime,
+    node_lost_grace: float,
+) -> Failure | None:
+    """The failure of ``pod``, or None while it is healthy (pending, running or succeeded).
+
+    Order matters: the explicit signals (DisruptionTarget, pod reason) say more than the
+    exit code a killed process leaves behind (137 after an eviction is not an OOM).
+    """
+    if pod.phase == "Succeeded":
+        return None
+    disrupted = _disruption(pod)
+    if pod.phase == "Failed":
+        if disrupted:
+            return disrupted
+        if pod.reason in _POD_REASONS:
+            text = f"{_who(pod)} failed ({pod.reason})"
+            if pod.message:
+                text += f": {pod.message}"
+            return Failure(True, _POD_REASONS[pod.reason], _clip(text), pod.name, pod.rank)
+        by_exit = classify_exit(pod)
+        if by_exit is not None:
+            return by_exit
+        text = f"{_who(pod)} failed" + (f": {pod.message}" if pod.message else "")
+        return Failure(True, "PodFailed", _clip(text), pod.name, pod.rank)
+    if pod.phase == "Unknown":
+        return Failure(
+            True, "NodeLost", f"{_who(pod)}: its node stopped reporting", pod.name, pod.rank
+        )
+    if pod.deleting:
+        if disrupted:
+            return disrupted
+        return Failure(
+            True, "PodDeleted", f"{_who(pod)} was deleted while running", pod.name, pod.rank
+        )
+    return _node_loss(pod, nodes, now, node_lost_grace)
+
+
+def root_cause(failures: Iterable[Failure]) -> Failure | None:
+    """The failure that explains the gang's: a permanent one if any (it decides the job's
+    fate), else an infrastructure one, else the earliest exit."""
+    items = list(failures)
+    if not items:
+        return None
+    permanent = [f for f in items if not f.retryable]
+    if permanent:
+        return min(permanent, key=lambda f: f.rank if f.rank is not None else 1 << 30)
+    infra = [f for f in items if f.infrastructure]
+    pool = infra or items
+    epoch = datetime.max.replace(tzinfo=None)
+
+    def when(f: Failure) -> tuple[datetime, int]:
+        at = f.at.replace(tzinfo=None) if f.at else epoch
+        return at, f.rank if f.rank is not None else 1 << 30
+
+    return min(pool, key=when)

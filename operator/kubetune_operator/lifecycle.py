@@ -1,0 +1,902 @@
+"""The FineTuneJob state machine: from what is observed to what to do next.
+
+:func:`decide` is pure -- it reads a snapshot (the job as stored, its pods, node readiness,
+the latest progress document, the time) and returns a :class:`Plan`: the status to write,
+the objects to create or delete, the Events to post and when to look again. The
+controller executes plans; everything that must survive an operator restart lives in the
+FineTuneJob's status (phase, attempts, condition timestamps) and in labelled pods, so a
+fresh operator reaches the same decisions.
+
+Phases: Pending -> Validating -> Queued -> Running -> Succeeded | Failed, plus Suspended.
+
+* Validating: a CPU-only ``--validate-only`` pod checks model, data and config before
+  any GPU is requested; a permanent verdict fails the job with the trainer's message.
+* Queued: the gang of ``nodes`` pods exists behind the ``kubetune.io/gang`` scheduling
+  gate until all of them exist, then waits to be placed (or for Kueue's admission). A
+  gang not placed within ``schedulingTimeoutSeconds`` is released (its pods deleted, so
+  it holds nothing), reported as ``GangUnschedulable`` and re-created after
+  ``unschedulable_retry_seconds`` -- it does not count against ``backoffLimit`` (a full
+  cluster is not the job's fault); ``activeDeadlineSeconds`` bounds the wait.
+* Running: all pods run; progress is mirrored from rank 0; no progress for
+  ``stallTimeoutSeconds`` counts as a retryable failure.
+* A retryable failure replaces the whole gang as attempt N+1 after ``10s * 2^(n-1)``
+  (capped); the trainer resumes from the newest complete checkpoint in the output
+  location. A permanent failure, ``backoffLimit`` or the deadline fail the job.
+* Suspended: pods are deleted, status and checkpoints kept; resuming re-creates the gang
+  with the same attempt number (a suspension is not a failure). As with batch/v1 Job,
+  ``startTime`` (and so the ``activeDeadlineSeconds`` clock) restarts on resume.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from kubetune.api import FineTuneJob
+from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
+from kubetune.api.status import TERMINAL_PHASES, FineTuneJobStatus, Lineage, Progress
+from kubetune.api.validation import ValidationReport, validate_manifest
+from kubetune.contract.exit_codes import exit_reason
+from kubetune_operator import naming
+from kubetune_operator.failures import Failure, classify_pod, node_loss_deadline, root_cause
+from kubetune_operator.gang import GangState, backoff_seconds
+from kubetune_operator.model import Observed, PodView, parse_time
+from kubetune_operator.progress import clip_summary, map_progress, step_summary
+from kubetune_operator.render import (
+    render_config_map,
+    render_service,
+    render_validation_pod,
+    render_worker_pod,
+)
+from kubetune_operator.render.common import credentials_secret, image_of
+from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.status import (
+    CONDITION_ADMITTED,
+    CONDITION_CONFIG_WARNING,
+    CONDITION_FAILED,
+    CONDITION_RESTARTING,
+    CONDITION_RUNNING,
+    CONDITION_SUCCEEDED,
+    CONDITION_SUSPENDED,
+    CONDITION_VALIDATED,
+    dump_status,
+    get_condition,
+    is_true,
+    remove_condition,
+    set_condition,
+)
+
+EventType = Literal["Normal", "Warning"]
+
+#: How long to wait for deleted pods to disappear before looking again anyway.
+WAIT_FOR_DELETION_SECONDS = 5.0
+
+
+# -- plan ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreatePod:
+    body: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class ApplyConfigMap:
+    """Create the ConfigMap, or replace its data if it exists (a new attempt's config)."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnsureService:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UngatePod:
+    name: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    """Delete a pod (uid precondition: never a newer pod that reuses the name).
+
+    ``force`` (grace period 0) only for pods whose Node object is gone: no kubelet will ever
+    confirm their termination, exactly the case the pod garbage collector force-deletes.
+    """
+
+    name: str
+    uid: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """TTL after finishing: delete the FineTuneJob (garbage collection takes the rest)."""
+
+    uid: str
+
+
+Action = CreatePod | ApplyConfigMap | EnsureService | UngatePod | DeletePod | DeleteJob
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class MetricEvent:
+    """Something the metrics module counts: transition/restart/failure/time_to_running."""
+
+    kind: Literal["transition", "restart", "failure", "time_to_running"]
+    label: str = ""
+    value: float = 1.0
+
+
+@dataclass
+class Plan:
+    """What :func:`decide` wants done, in order: status first, then actions."""
+
+    status: dict[str, Any] | None = None
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    metrics: list[MetricEvent] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(0.5, float(seconds))
+        if self.requeue_after is None or seconds < self.requeue_after:
+            self.requeue_after = seconds
+
+    def pods_to_create(self) -> list[str]:
+        return [a.name for a in self.actions if isinstance(a, CreatePod)]
+
+    def pods_to_delete(self) -> list[str]:
+        return [a.name for a in self.actions if isinstance(a, DeletePod)]
+
+
+# -- decision -------------------------------------------------------------------------------------
+def decide(
+    obs: Observed, settings: OperatorSettings, report: ValidationReport | None = None
+) -> Plan:
+    """The next step for one FineTuneJob. Pure: same inputs, same plan."""
+    return _Decision(obs, settings, report).run()
+
+
+def _now(obs: Observed) -> datetime:
+    now = obs.now if obs.now.tzinfo else obs.now.replace(tzinfo=UTC)
+    return now.astimezone(UTC).replace(microsecond=0)
+
+
+def _parse_status(raw: Any) -> FineTuneJobStatus:
+    try:
+        return FineTuneJobStatus.model_validate(raw or {})
+    except ValidationError:
+        return FineTuneJobStatus()
+
+
+class _Decision:
+    def __init__(
+        self, obs: Observed, settings: OperatorSettings, report: ValidationReport | None
+    ) -> None:
+        self.obs = obs
+        self.cfg = settings
+        self.now = _now(obs)
+        self.generation = obs.generation
+        self.old_raw_status: dict[str, Any] = copy.deepcopy(dict(obs.raw.get("status") or {}))
+        self.old = _parse_status(self.old_raw_status)
+        self.st = self.old.model_copy(deep=True)
+        self.plan = Plan()
+        self.report = report
+        self.job: FineTuneJob | None = None
+        self.summary: str | None = None
+        self.phase_message = ""
+        self.validated_now = False
+        uid = obs.uid
+        self.owned = [p for p in obs.pods if p.owner_uid == uid]
+        self.foreign = [p for p in obs.pods if p.owner_uid is not None and p.owner_uid != uid]
+        self.workers = [p for p in self.owned if p.role == naming.ROLE_WORKER]
+        self.validators = [p for p in self.owned if p.role == naming.ROLE_VALIDATION]
+
+    # -- driver -----------------------------------------------------------------------------------
+    def run(self) -> Plan:
+        meta = self.obs.raw.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return self.plan  # garbage collection removes everything the job owns
+        for pod in self.foreign:
+            # Pods of an earlier FineTuneJob with the same name: help the garbage collector,
+            # their names (and GPUs) are needed by this one.
+            if not pod.deleting:
+                self.plan.actions.append(DeletePod(pod.name, pod.uid))
+        if self.st.phase in TERMINAL_PHASES:
+            self._terminal()
+            return self._finish()
+        if self.foreign:
+            self.summary = "waiting for pods of a deleted job with the same name to go"
+            self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+            return self._finish()
+        if self.report is None:
+            self.report = validate_manifest(
+                {k: v for k, v in self.obs.raw.items() if k != "status"}
+            )
+        if self.report.job is None or self.report.errors:
+            problems = "; ".join(str(p) for p in self.report.errors) or "unreadable manifest"
+            set_condition(
+                self.st,
+                CONDITION_VALIDATED,
+                "False",
+                "InvalidSpec",
+                problems,
+                self.now,
+                self.generation,
+            )
+            self._fail("InvalidSpec", f"the FineTuneJob is invalid: {problems}")
+            return self._finish()
+        self.job = self.report.job
+        self.st.observed_generation = self.generation
+        res = self.job.spec.resources
+        self.st.gpus = res.nodes * res.gpus_per_node
+        self._warnings()
+        if self._deadline_exceeded():
+            return self._finish()
+        if self.job.spec.run_policy.suspend:
+            self._suspend()
+            return self._finish()
+        self._resume_if_suspended()
+        if not is_true(self.st, CONDITION_VALIDATED):
+            if not self.cfg.validation_enabled:
+                set_condition(
+                    self.st,
+                    CONDITION_VALIDATED,
+                    "True",
+                    "ValidationDisabled",
+                    "validation pods are disabled in the operator configuration",
+                    self.now,
+                    self.generation,
+                )
+            elif not self._validate():
+                return self._finish()
+        self._gang()
+        return self._finish()
+
+    @property
+    def spec_job(self) -> FineTuneJob:
+        assert self.job is not None
+        return self.job
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _event(self, kind: EventType, reason: str, message: str) -> None:
+        self.plan.events.append(Event(kind, reason, message[:1024]))
+
+    def _delete(self, pods: Iterable[PodView]) -> int:
+        count = 0
+        queued = set(self.plan.pods_to_delete())
+        for pod in pods:
+            if not pod.deleting and pod.name not in queued:
+                self.plan.actions.append(DeletePod(pod.name, pod.uid, force=self._node_gone(pod)))
+                queued.add(pod.name)
+                count += 1
+        return count
+
+    def _node_gone(self, pod: PodView) -> bool:
+        nodes = self.obs.nodes
+        return bool(nodes is not None and pod.node_name and pod.node_name not in nodes)
+
+    def _on_lost_node(self, pod: PodView) -> bool:
+        """Bound to a node that is gone or NotReady past the grace period."""
+        nodes = self.obs.nodes
+        if nodes is None or not pod.node_name:
+            return False
+        node = nodes.get(pod.node_name)
+        if node is None:
+            return True
+        if node.ready:
+            return False
+        since = node.since or self.now
+        return self.now - since >= timedelta(seconds=self.cfg.node_lost_grace_seconds)
+
+    def _blocking(self, attempt: int) -> list[PodView]:
+        """Old pods the next gang of ``attempt`` must wait for: same-attempt pods until they
+        are gone (their names are reused), others while they may still hold GPUs (pods on
+        lost nodes hold nothing the scheduler could give us)."""
+        return [
+            p
+            for p in self.workers
+            if p.attempt == attempt or not (p.terminated or self._on_lost_node(p))
+        ]
+
+    def _set(
+        self,
+        kind: str,
+        state: Literal["True", "False", "Unknown"],
+        reason: str,
+        message: str,
+        *,
+        force: bool = False,
+    ) -> bool:
+        return set_condition(
+            self.st,
+            kind,
+            state,
+            reason,
+            message,
+            self.now,
+            self.generation,
+            force_transition=force,
+        )
+
+    def _seconds_until(self, when: datetime) -> float:
+        return (when - self.now).total_seconds()
+
+    def _attempt(self) -> int:
+        labelled = [p.attempt for p in self.workers if p.attempt is not None]
+        return max([self.st.attempts, *labelled, 1])
+
+    # -- terminal ---------------------------------------------------------------------------------
+    def _terminal(self) -> None:
+        # Whatever still runs after the verdict holds resources for nothing.
+        self._delete(p for p in self.owned if not p.terminated)
+        policy = (self.obs.raw.get("spec") or {}).get("runPolicy") or {}
+        ttl = policy.get("ttlSecondsAfterFinished")
+        done = self.st.completion_time
+        if ttl is not None and done is not None:
+            expires = done + timedelta(seconds=int(ttl))
+            if self.now >= expires:
+                self.plan.actions.append(DeleteJob(self.obs.uid))
+            else:
+                self.plan.requeue(self._seconds_until(expires))
+
+    def _fail(self, reason: str, message: str) -> None:
+        self.st.phase = "Failed"
+        self.phase_message = message
+        self._set(CONDITION_FAILED, "True", reason, message)
+        self._set(CONDITION_RUNNING, "False", reason, message)
+        if is_true(self.st, CONDITION_RESTARTING):
+            self._set(CONDITION_RESTARTING, "False", reason, "the job failed")
+        self.st.completion_time = self.st.completion_time or self.now
+        self.summary = f"failed: {reason}"
+        self.plan.metrics.append(MetricEvent("failure", reason))
+        self._delete(p for p in self.owned if not p.terminated)
+
+    def _succeed(self, gang: GangState) -> None:
+        job = self.spec_job
+        self.st.phase = "Succeeded"
+        msg = (
+            f"all {gang.size} pods of attempt {self._attempt()} completed; "
+            f"output at {job.spec.output.uri}"
+        )
+        self.phase_message = msg
+        self._set(CONDITION_SUCCEEDED, "True", "Completed", msg)
+        self._set(CONDITION_RUNNING, "False", "Completed", "training finished")
+        self.st.completion_time = self.st.completion_time or self.now
+        self.st.output_uri = job.spec.output.uri
+        progress = self.st.progress or Progress()
+        if progress.total_steps:
+            progress.step = max(progress.step, progress.total_steps)
+        progress.percent = 100
+        progress.eta_seconds = 0
+        self.st.progress = progress
+        self.summary = "done"
+
+    # -- warnings and deadlines -------------------------------------------------------------------
+    def _warnings(self) -> None:
+        assert self.report is not None
+        messages = [str(p) for p in self.report.warnings]
+        chosen, others = credentials_secret(self.spec_job.spec)
+        if others:
+            messages.append(
+                f"several credential Secrets are referenced; the trainer's AWS_* variables "
+                f"come from {chosen} only (not {', '.join(others)})"
+            )
+        if not messages:
+            remove_condition(self.st, CONDITION_CONFIG_WARNING)
+            return
+        text = "; ".join(messages)
+        before = get_condition(self.st, CONDITION_CONFIG_WARNING)
+        self._set(CONDITION_CONFIG_WARNING, "True", "NotRecommended", text)
+        if before is None or before.message != text[:32768]:
+            for message in messages:
+                self._event("Warning", "ConfigWarning", message)
+
+    def _deadline_exceeded(self) -> bool:
+        limit = self.spec_job.spec.run_policy.active_deadline_seconds
+        start = self.st.start_time
+        if not limit or start is None:
+            return False
+        deadline = start + timedelta(seconds=limit)
+        if self.now >= deadline:
+            self._fail(
+                "DeadlineExceeded",
+                f"the job ran longer than activeDeadlineSeconds={limit} (since "
+                f"{start.strftime('%Y-%m-%dT%H:%M:%SZ')})",
+            )
+            return True
+        self.plan.requeue(self._seconds_until(deadline))
+        return False
+
+    # -- suspension -------------------------------------------------------------------------------
+    def _suspend(self) -> None:
+        # Every gang pod goes (their names are reused on resume); finished validation pods
+        # hold nothing and keep their logs.
+        self._delete([*self.workers, *(p for p in self.validators if not p.terminated)])
+        self.st.phase = "Suspended"
+        self.phase_message = "runPolicy.suspend is true: pods removed, status and checkpoints kept"
+        self._set(CONDITION_SUSPENDED, "True", "Suspended", self.phase_message)
+        self._set(CONDITION_RUNNING, "False", "Suspended", "the job is suspended")
+        if get_condition(self.st, CONDITION_ADMITTED) is not None:
+            self._set(CONDITION_ADMITTED, "False", "Suspended", "the gang was released")
+        progress = self.st.progress
+        self.summary = "suspended" + (
+            f" at {progress.step}/{progress.total_steps}"
+            if progress and progress.total_steps
+            else ""
+        )
+        if any(not p.terminated for p in self.owned):
+            self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+
+    def _resume_if_suspended(self) -> None:
+        if not is_true(self.st, CONDITION_SUSPENDED):
+            return
+        self._set(CONDITION_SUSPENDED, "False", "Resumed", "runPolicy.suspend is false")
+        self._event("Normal", "Resumed", "the job was resumed")
+        self.st.start_time = None  # as batch/v1 Job: the deadline clock restarts on resume
+        if self.workers and not is_true(self.st, CONDITION_RESTARTING):
+            # Pods of the suspended gang may still be terminating: replace them first.
+            self._set(
+                CONDITION_RESTARTING,
+                "True",
+                "Resumed",
+                "waiting for the pods of the suspended gang to terminate",
+            )
+
+    # -- validation -------------------------------------------------------------------------------
+    def _validate(self) -> bool:
+        """Drive the validation pod; True once validation passed (in this very call, too)."""
+        job = self.spec_job
+        runs = sorted(self.validators, key=lambda p: p.validation_run or 0)
+        latest = runs[-1] if runs else None
+        self.st.phase = "Validating"
+        self.summary = "validating"
+        if latest is not None and latest.phase == "Succeeded":
+            detail = latest.exit.message if latest.exit and latest.exit.message else None
+            self._set(
+                CONDITION_VALIDATED,
+                "True",
+                "ValidationPassed",
+                detail or f"model, dataset and config checked by pod {latest.name}",
+            )
+            # The Completed pod stays (it holds nothing; `kubectl logs` shows what was
+            # checked) until the job goes; the Queued Event reports the verdict.
+            self._delete(p for p in runs if p is not latest)
+            self.summary = None
+            self.validated_now = True
+            return True
+        failure: Failure | None = None
+        if latest is not None and latest.phase != "Succeeded":
+            failure = classify_pod(
+                latest, self.obs.nodes, self.now, self.cfg.node_lost_grace_seconds
+            )
+        if latest is None or (failure is not None and failure.infrastructure):
+            if latest is not None and latest.deleting and not latest.terminated:
+                self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+                return False  # let it go before re-running
+            run = (latest.validation_run or 0) + 1 if latest is not None else 1
+            if run > 1 + self.cfg.validation_reruns:
+                assert failure is not None
+                self._set(CONDITION_VALIDATED, "False", failure.reason, failure.message)
+                self._fail(failure.reason, f"validation could not run: {failure.message}")
+                return False
+            if latest is not None:
+                self._delete([latest])
+            if self._ensure_config(max(1, self.st.attempts)) is None:
+                return False
+            pod = render_validation_pod(job, run, self.cfg)
+            self.plan.actions.append(CreatePod(pod))
+            message = f"checking model, dataset and config in pod {pod['metadata']['name']}"
+            self._set(CONDITION_VALIDATED, "Unknown", "Validating", message)
+            self.phase_message = message
+            self.plan.requeue(self.cfg.validation_timeout_seconds)
+            return False
+        assert latest is not None
+        if failure is not None:
+            code = latest.exit.exit_code if latest.exit else None
+            reason = exit_reason(code) if code else failure.reason
+            detail = latest.exit.message if latest.exit and latest.exit.message else failure.message
+            message = (
+                f"validation pod {latest.name} exited with code {code} ({reason}): {detail}"
+                if code
+                else detail
+            )
+            self._set(CONDITION_VALIDATED, "False", reason, message)
+            self._fail(reason, message)
+            return False
+        # Still pending or running.
+        started = latest.created or self.now
+        deadline = started + timedelta(seconds=self.cfg.validation_timeout_seconds + 30)
+        if self.now >= deadline:
+            message = (
+                f"validation pod {latest.name} did not finish within "
+                f"{self.cfg.validation_timeout_seconds}s"
+            )
+            self._set(CONDITION_VALIDATED, "False", "ValidationTimeout", message)
+            self._fail("ValidationTimeout", message)
+            return False
+        scheduled = latest.scheduled
+        if not latest.bound and scheduled is not None and scheduled.message:
+            # Say why (e.g. a PVC that does not exist) instead of just "validating".
+            self._set(
+                CONDITION_VALIDATED,
+                "Unknown",
+                "ValidationPending",
+                f"validation pod {latest.name} cannot start: {scheduled.message}",
+            )
+            self.summary = "validating: pod pending"
+        else:
+            self._set(
+                CONDITION_VALIDATED,
+                "Unknown",
+                "Validating",
+                f"checking model, dataset and config in pod {latest.name}",
+            )
+        self.plan.requeue(self._seconds_until(deadline))
+        lost_at = node_loss_deadline(latest, self.obs.nodes, self.cfg.node_lost_grace_seconds)
+        if lost_at is not None:
+            self.plan.requeue(self._seconds_until(lost_at))
+        return False
+
+    # -- the gang ---------------------------------------------------------------------------------
+    def _ensure_config(self, attempt: int) -> ResolvedJob | None:
+        try:
+            resolved = resolve(self.spec_job, attempt=attempt)
+        except (ResolutionError, ValidationError) as exc:
+            self._fail("InvalidConfig", f"the spec does not resolve: {exc}")
+            return None
+        self.plan.actions.append(ApplyConfigMap(render_config_map(self.spec_job, resolved)))
+        return resolved
+
+    def _gang(self) -> None:
+        job = self.spec_job
+        size = job.spec.resources.nodes
+        attempt = self._attempt()
+        if self.st.attempts != attempt and self.st.attempts:
+            self.st.attempts = attempt  # pods of a newer attempt exist: status catches up
+        restarting = get_condition(self.st, CONDITION_RESTARTING)
+        if restarting is not None and restarting.status == "True":
+            self._replace_gang(attempt, restarting.reason, restarting.last_transition_time)
+            return
+        stale = [p for p in self.workers if p.attempt != attempt]
+        self._delete(stale)
+        current = [p for p in self.workers if p.attempt == attempt]
+        if not current:
+            if self._blocking(attempt):
+                self.st.phase = "Queued"
+                self.summary = "waiting for the previous gang to stop"
+                self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+                return
+            self._create_gang(attempt)
+            return
+        self._follow_gang(attempt, GangState.of(current, size))
+
+    def _replace_gang(self, attempt: int, reason: str, anchor: datetime) -> None:
+        """The gang is being replaced: every existing worker pod belongs to the old one."""
+        self.st.phase = "Queued"
+        self._delete(self.workers)
+        blocking = self._blocking(attempt)
+        if blocking:
+            self.summary = f"restarting: stopping {len(blocking)} pods"
+            self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+            return
+        if reason == "GangUnschedulable":
+            delay = self.cfg.unschedulable_retry_seconds
+        elif reason == "Resumed":
+            delay = 0.0
+        else:
+            delay = backoff_seconds(
+                attempt - 1, self.cfg.backoff_base_seconds, self.cfg.backoff_max_seconds
+            )
+        ready = anchor + timedelta(seconds=delay)
+        if self.now < ready:
+            wait = self._seconds_until(ready)
+            self.summary = f"attempt {attempt} starts in {int(wait + 0.999)}s"
+            self.plan.requeue(wait)
+            return
+        self._create_gang(attempt)
+
+    def _create_gang(self, attempt: int) -> None:
+        job = self.spec_job
+        res = job.spec.resources
+        resolved = self._ensure_config(attempt)
+        if resolved is None:
+            return
+        self.plan.actions.append(EnsureService(render_service(job, self.cfg)))
+        config_hash = resolved.config_hash()
+        for rank in range(res.nodes):
+            self.plan.actions.append(
+                CreatePod(render_worker_pod(job, attempt, rank, self.cfg, config_hash=config_hash))
+            )
+        # Gates come off once ALL creates succeeded (AlreadyExists counts): the executor runs
+        # actions in order and stops at the first failure, so after a crash or an error the
+        # pods that exist stay gated until the next reconcile completes the gang.
+        for rank in range(res.nodes):
+            self.plan.actions.append(
+                UngatePod(naming.pod_name(str(job.metadata.name), attempt, rank))
+            )
+        gpus = res.nodes * res.gpus_per_node
+        self.st.attempts = attempt
+        self.st.start_time = self.st.start_time or self.now
+        self.st.lineage = (self.st.lineage or Lineage()).model_copy(
+            update={"resolved_config_hash": config_hash, "image": image_of(job.spec, self.cfg)}
+        )
+        self.st.phase = "Queued"
+        message = f"created {res.nodes} pods ({gpus} GPUs) for attempt {attempt}"
+        if self.validated_now:
+            message = f"validation passed; {message}"
+        checkpoint = self.st.last_checkpoint
+        if attempt > 1 and checkpoint is not None:
+            message += f", resuming from checkpoint step {checkpoint.step} ({checkpoint.path})"
+        self.phase_message = message
+        self._set(
+            CONDITION_ADMITTED,
+            "Unknown",
+            "GangCreated",
+            message + "; waiting for the whole gang to be placed",
+            force=True,
+        )
+        self._set(CONDITION_RUNNING, "False", "GangPending", "waiting for the gang to be placed")
+        if get_condition(self.st, CONDITION_RESTARTING) is not None:
+            self._set(CONDITION_RESTARTING, "False", "GangCreated", message)
+        if self.old.phase == "Queued":  # otherwise the phase-transition Event says it
+            self._event("Normal", "GangCreated", message)
+        self.summary = f"queued: 0/{res.nodes} placed"
+        self.plan.requeue(job.spec.run_policy.scheduling_timeout_seconds)
+
+    def _restart(self, attempt: int, failure: Failure) -> None:
+        policy = self.spec_job.spec.run_policy
+        restarts = attempt - 1
+        if restarts >= policy.backoff_limit:
+            self._fail(
+                "BackoffLimitExceeded",
+                f"attempt {attempt} failed ({failure.reason}): {failure.message}; "
+                f"backoffLimit {policy.backoff_limit} reached",
+            )
+            return
+        nxt = attempt + 1
+        delay = backoff_seconds(
+            nxt - 1, self.cfg.backoff_base_seconds, self.cfg.backoff_max_seconds
+        )
+        checkpoint = self.st.last_checkpoint
+        resume = (
+            f"resuming from checkpoint step {checkpoint.step} ({checkpoint.path})"
+            if checkpoint
+            else "no checkpoint yet: starting from the beginning"
+        )
+        message = (
+            f"attempt {attempt} failed ({failure.reason}): {failure.message}; "
+            f"attempt {nxt} of {policy.backoff_limit + 1} starts in {delay:g}s, {resume}"
+        )
+        self.st.attempts = nxt
+        self.st.phase = "Queued"
+        self.phase_message = message
+        self._set(CONDITION_RESTARTING, "True", failure.reason, message)
+        self._set(CONDITION_RUNNING, "False", failure.reason, failure.message)
+        self._set(CONDITION_ADMITTED, "False", "GangReleased", "the failed gang was released")
+        self._event("Warning", "Restarting", message)
+        self.plan.metrics.append(MetricEvent("restart", failure.reason))
+        self._delete(self.workers)
+        self.summary = f"restarting (attempt {nxt})"
+        self.plan.requeue(delay)
+
+    def _follow_gang(self, attempt: int, gang: GangState) -> None:
+        job = self.spec_job
+        size = gang.size
+        self._delete(gang.extra)
+        self.st.phase = "Queued"
+        failures = [
+            f
+            for p in gang.pods
+            if p.rank is not None and p.rank < size
+            if (f := classify_pod(p, self.obs.nodes, self.now, self.cfg.node_lost_grace_seconds))
+        ]
+        missing = gang.missing
+        if missing and gang.ever_released:
+            for rank in missing:
+                failures.append(
+                    Failure(
+                        True,
+                        "PodLost",
+                        f"pod {naming.pod_name(job.metadata.name or '', attempt, rank)} "
+                        f"(rank {rank}) disappeared",
+                        rank=rank,
+                    )
+                )
+        cause = root_cause(failures)
+        if cause is not None:
+            if cause.retryable:
+                self._restart(attempt, cause)
+            else:
+                self._fail(cause.reason, cause.message)
+            return
+        if missing:
+            # Crashed between creating pods: complete the gang; it is still gated.
+            resolved_hash = self.st.lineage.resolved_config_hash if self.st.lineage else None
+            for rank in missing:
+                self.plan.actions.append(
+                    CreatePod(
+                        render_worker_pod(job, attempt, rank, self.cfg, config_hash=resolved_hash)
+                    )
+                )
+            # Every create must succeed before the gates go: the executor stops at the first
+            # failed action, so a partial gang never loses its gate.
+            for pod in gang.gated:
+                self.plan.actions.append(UngatePod(pod.name))
+            for rank in missing:
+                self.plan.actions.append(
+                    UngatePod(naming.pod_name(str(job.metadata.name), attempt, rank))
+                )
+            self.summary = f"queued: 0/{size} placed"
+            return
+        if gang.succeeded == size:
+            self._succeed(gang)
+            return
+        for pod in gang.gated:
+            self.plan.actions.append(UngatePod(pod.name))
+        for pod in gang.pods:
+            lost_at = node_loss_deadline(pod, self.obs.nodes, self.cfg.node_lost_grace_seconds)
+            if lost_at is not None:
+                self.plan.requeue(self._seconds_until(lost_at))
+        if gang.bound < size:
+            self._placement(attempt, gang)
+            return
+        nodes = sorted({p.node_name for p in gang.pods if p.node_name})
+        self._set(
+            CONDITION_ADMITTED,
+            "True",
+            "GangScheduled",
+            f"all {size} pods placed on {', '.join(nodes)}",
+        )
+        if gang.running + gang.succeeded < size:
+            waiting = gang.waiting_reasons()
+            detail = "; ".join(waiting) if waiting else "containers starting"
+            self._set(CONDITION_RUNNING, "False", "ContainersStarting", detail)
+            self.summary = f"starting: {gang.running}/{size} running"
+            return
+        self._running(attempt, gang)
+
+    def _placement(self, attempt: int, gang: GangState) -> None:
+        job = self.spec_job
+        size = gang.size
+        scheduler = gang.scheduler_message()
+        foreign = gang.foreign_gates
+        if gang.gated or foreign:
+            queue = job.spec.run_policy.queue_name
+            if foreign:
+                reason = "WaitingForQueue"
+                message = (
+                    f"waiting for admission by Kueue queue {queue}"
+                    if queue
+                    else f"waiting for scheduling gates {', '.join(sorted(foreign))}"
+                )
+                self.summary = clip_summary(f"queued in {queue}" if queue else "queued: gated")
+            else:
+                reason, message = "GangPending", "releasing the gang to the scheduler"
+                self.summary = f"queued: 0/{size} placed"
+            self._set(CONDITION_ADMITTED, "Unknown", reason, message)
+            return
+        # The placement clock starts when the gang was created (Admitted turned Unknown then);
+        # behind a queue it starts when the queue released the gang.
+        admitted = get_condition(self.st, CONDITION_ADMITTED)
+        created = [p.created for p in gang.pods if p.created]
+        anchor = max(created) if created else self.now
+        if admitted is not None and admitted.status == "Unknown":
+            anchor = max(anchor, admitted.last_transition_time)
+        if job.spec.run_policy.queue_name:
+            anchor = max(anchor, self.obs.ungated_since or self.now)
+        timeout = job.spec.run_policy.scheduling_timeout_seconds
+        deadline = anchor + timedelta(seconds=timeout)
+        placed = f"{gang.bound}/{size} pods placed"
+        if self.now >= deadline:
+            message = (
+                f"the gang of {size} pods ({self.st.gpus} GPUs) could not be placed within "
+                f"schedulingTimeoutSeconds={timeout} ({placed})"
+                + (f": {scheduler}" if scheduler else "")
+                + f"; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
+            )
+            self.phase_message = message
+            self._set(CONDITION_ADMITTED, "False", "GangUnschedulable", message)
+            self._set(CONDITION_RESTARTING, "True", "GangUnschedulable", message)
+            self._set(
+                CONDITION_RUNNING, "False", "GangUnschedulable", "the gang could not be placed"
+            )
+            self._event("Warning", "GangUnschedulable", message)
+            self._delete(self.workers)
+            self.summary = "unschedulable: gang released"
+            self.plan.requeue(self.cfg.unschedulable_retry_seconds)
+            return
+        message = placed + (f"; scheduler: {scheduler}" if scheduler else "")
+        self._set(CONDITION_ADMITTED, "Unknown", "GangPending", message)
+        self._set(CONDITION_RUNNING, "False", "GangPending", "waiting for the gang to be placed")
+        self.summary = f"queued: {placed.replace(' pods', '')}"
+        self.plan.requeue(self._seconds_until(deadline))
+
+    def _running(self, attempt: int, gang: GangState) -> None:
+        job = self.spec_job
+        size = gang.size
+        self.st.phase = "Running"
+        was_running = self.old.phase == "Running"
+        self.phase_message = f"all {size} pods of attempt {attempt} are running"
+        transitioned = self._set(CONDITION_RUNNING, "True", "GangRunning", self.phase_message)
+        if (
+            not was_running
+            and attempt == 1
+            and get_condition(self.old, CONDITION_SUSPENDED) is None
+            and get_condition(self.old, CONDITION_RESTARTING) is None
+        ):
+            born = parse_time((self.obs.raw.get("metadata") or {}).get("creationTimestamp"))
+            if born is not None:
+                self.plan.metrics.append(
+                    MetricEvent("time_to_running", value=(self.now - born).total_seconds())
+                )
+        sample = self.obs.progress
+        if sample is not None and sample.attempt == attempt and sample.error is None:
+            progress, checkpoint = map_progress(sample, self.st.progress, self.st.last_checkpoint)
+            self.st.progress = progress
+            self.st.last_checkpoint = checkpoint
+        progress = self.st.progress
+        if progress is not None and (progress.total_steps or progress.step):
+            self.summary = step_summary(progress.step, progress.total_steps)
+        else:
+            self.summary = "running"
+        # Stall detection: no step advance for stallTimeoutSeconds counts as a failure.
+        running = get_condition(self.st, CONDITION_RUNNING)
+        since = running.last_transition_time if running and not transitioned else self.now
+        last = since
+        if progress is not None and progress.last_update_time is not None:
+            last = max(last, progress.last_update_time)
+        stall = job.spec.run_policy.stall_timeout_seconds
+        deadline = last + timedelta(seconds=stall)
+        if self.now >= deadline:
+            step = progress.step if progress else 0
+            self._restart(
+                attempt,
+                Failure(True, "Stalled", f"no training progress for {stall}s (at step {step})"),
+            )
+            return
+        self.plan.requeue(self._seconds_until(deadline))
+
+    # -- output -----------------------------------------------------------------------------------
+    def _finish(self) -> Plan:
+        st = self.st
+        summary = self.summary
+        if summary is None:
+            failed = get_condition(st, CONDITION_FAILED)
+            defaults = {
+                "Succeeded": "done",
+                "Failed": f"failed: {failed.reason}" if failed else "failed",
+            }
+            previous = st.progress.summary if st.progress else None
+            if st.phase == self.old.phase and previous:
+                summary = previous  # nothing new to say: keep it
+            else:
+                summary = defaults.get(st.phase, st.phase.lower())
+        progress = st.progress or Progress()
+        progress.summary = clip_summary(summary)
+        st.progress = progress
+        new = dump_status(st)
+        if new != dump_status(self.old):
+            self.plan.status = new
+        if st.phase != self.old.phase:
+            self.plan.metrics.append(MetricEvent("transition", st.phase))
+            kind: EventType = "Warning" if st.phase == "Failed" else "Normal"
+            message = self.phase_message or f"phase {self.old.phase} -> {st.phase}"
+            self._event(kind, st.phase, message)
+        return self.plan

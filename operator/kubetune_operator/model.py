@@ -1,0 +1,246 @@
+"""Slim, immutable views of the objects the operator observes.
+
+The watch streams deliver whole objects; the decision logic needs a few fields of each.
+Views keep the in-memory caches small (200 jobs x N pods) and make the pure decision
+functions easy to feed in unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune_operator import naming
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp from the API (``2024-05-01T12:00:00Z``), or None."""
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value)
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with seconds precision, as Kubernetes writes ``metav1.Time``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ContainerExit:
+    """How the trainer container terminated."""
+
+    exit_code: int
+    reason: str | None = None
+    message: str | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PodCondition:
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator needs to know about one of its pods."""
+
+    name: str
+    uid: str
+    job: str
+    role: str
+    owner_uid: str | None
+    attempt: int | None = None
+    rank: int | None = None
+    validation_run: int | None = None
+    phase: str = "Pending"
+    reason: str | None = None
+    message: str | None = None
+    node_name: str | None = None
+    pod_ip: str | None = None
+    deleting: bool = False
+    gates: tuple[str, ...] = ()
+    created: datetime | None = None
+    scheduled: PodCondition | None = None
+    disruption: PodCondition | None = None
+    exit: ContainerExit | None = None
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    resource_version: str = ""
+
+    @property
+    def gated(self) -> bool:
+        """Still held by our gang gate."""
+        return naming.GANG_GATE in self.gates
+
+    @property
+    def foreign_gates(self) -> tuple[str, ...]:
+        """Gates someone else holds (e.g. Kueue's admission gate)."""
+        return tuple(g for g in self.gates if g != naming.GANG_GATE)
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.node_name)
+
+    @property
+    def terminated(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def live(self) -> bool:
+        """Holds (or may soon hold) resources: not terminated and not being deleted."""
+        return not self.terminated and not self.deleting
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PodView:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        labels = meta.get("labels") or {}
+        owner_uid = None
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("controller") and ref.get("kind") == naming.KIND:
+                owner_uid = ref.get("uid")
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+
+        def cond(kind: str) -> PodCondition | None:
+            c = conditions.get(kind)
+            if not c:
+                return None
+            return PodCondition(
+                status=str(c.get("status")),
+                reason=c.get("reason"),
+                message=c.get("message"),
+                last_transition_time=parse_time(c.get("lastTransitionTime")),
+            )
+
+        exit_info: ContainerExit | None = None
+        waiting_reason = waiting_message = None
+        statuses = status.get("containerStatuses") or []
+        wanted = (naming.TRAINER_CONTAINER, naming.VALIDATION_CONTAINER)
+        chosen = next((s for s in statuses if s.get("name") in wanted), None)
+        if chosen is None and statuses:
+            chosen = statuses[0]
+        if chosen is not None:
+            state = chosen.get("state") or {}
+            term = state.get("terminated")
+            if term is not None:
+                exit_info = ContainerExit(
+                    exit_code=int(term.get("exitCode", 0)),
+                    reason=term.get("reason"),
+                    message=(term.get("message") or "").strip() or None,
+                    finished_at=parse_time(term.get("finishedAt")),
+                )
+            waiting = state.get("waiting")
+            if waiting is not None:
+                waiting_reason = waiting.get("reason")
+                waiting_message = waiting.get("message")
+        return cls(
+            name=str(meta.get("name")),
+            uid=str(meta.get("uid", "")),
+            job=str(labels.get(naming.LABEL_JOB, "")),
+            role=str(labels.get(naming.LABEL_ROLE, naming.ROLE_WORKER)),
+            owner_uid=owner_uid,
+            attempt=_int_or_none(labels.get(naming.LABEL_ATTEMPT)),
+            rank=_int_or_none(labels.get(naming.LABEL_RANK)),
+            validation_run=_int_or_none(labels.get(naming.LABEL_VALIDATION_RUN)),
+            phase=str(status.get("phase") or "Pending"),
+            reason=status.get("reason"),
+            message=status.get("message"),
+            node_name=spec.get("nodeName") or None,
+            pod_ip=status.get("podIP") or None,
+            deleting=bool(meta.get("deletionTimestamp")),
+            gates=tuple(g.get("name", "") for g in spec.get("schedulingGates") or []),
+            created=parse_time(meta.get("creationTimestamp")),
+            scheduled=cond("PodScheduled"),
+            disruption=cond("DisruptionTarget"),
+            exit=exit_info,
+            waiting_reason=waiting_reason,
+            waiting_message=waiting_message,
+            resource_version=str(meta.get("resourceVersion", "")),
+        )
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A node's readiness, for deciding whether pods on it are lost."""
+
+    name: str
+    ready: bool
+    since: datetime | None = None
+    unschedulable: bool = False
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> NodeView:
+        meta = body.get("metadata") or {}
+        ready = False
+        since = None
+        for c in (body.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Ready":
+                ready = c.get("status") == "True"
+                since = parse_time(c.get("lastTransitionTime"))
+        return cls(
+            name=str(meta.get("name")),
+            ready=ready,
+            since=since,
+            unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
+        )
+
+
+@dataclass(frozen=True)
+class ProgressSample:
+    """The latest progress document fetched from rank 0, with when it was fetched."""
+
+    document: Mapping[str, Any]
+    fetched_at: datetime
+    attempt: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything :func:`kubetune_operator.lifecycle.decide` looks at for one job."""
+
+    raw: Mapping[str, Any]
+    pods: tuple[PodView, ...] = ()
+    nodes: Mapping[str, NodeView] | None = None
+    progress: ProgressSample | None = None
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ungated_since: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return str((self.raw.get("metadata") or {}).get("name"))
+
+    @property
+    def namespace(self) -> str:
+        return str((self.raw.get("metadata") or {}).get("namespace", "default"))
+
+    @property
+    def uid(self) -> str:
+        return str((self.raw.get("metadata") or {}).get("uid", ""))
+
+    @property
+    def generation(self) -> int | None:
+        gen = (self.raw.get("metadata") or {}).get("generation")
+        return int(gen) if gen is not None else None

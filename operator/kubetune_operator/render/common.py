@@ -1,0 +1,230 @@
+"""Pieces shared by the rendered objects: metadata, ownership, security, storage, env."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from kubetune.api import FineTuneJob
+from kubetune.api.job import FineTuneJobSpec
+from kubetune.contract import paths
+from kubetune_operator import naming
+from kubetune_operator.settings import OperatorSettings
+
+CONFIG_DIR = str(paths.DEFAULT_CONFIG_PATH.parent)
+CONFIG_VOLUME = "config"
+SHM_VOLUME = "dshm"
+SCRATCH_VOLUME = "scratch-output"
+PVC_ROOT_ENV = paths.PVC_ROOT_ENV
+
+# Keys of the credentials Secret, as documented on ModelSource.credentialsSecretRef.
+CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
+    ("AWS_ACCESS_KEY_ID", False),
+    ("AWS_SECRET_ACCESS_KEY", False),
+    ("AWS_SESSION_TOKEN", True),
+    ("AWS_ENDPOINT_URL", True),
+    ("AWS_DEFAULT_REGION", True),
+)
+
+
+def job_body(job: FineTuneJob) -> dict[str, Any]:
+    """The owner as a dict with apiVersion/kind/metadata, for owner references."""
+    return {
+        "apiVersion": job.api_version,
+        "kind": job.kind,
+        "metadata": {"name": job.metadata.name, "uid": job.metadata.uid},
+    }
+
+
+def object_meta(
+    job: FineTuneJob,
+    name: str,
+    component: str,
+    *,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Metadata of an owned object: name, namespace, labels, annotations."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": job.metadata.namespace or "default",
+        "labels": {**naming.common_labels(str(job.metadata.name), component), **(labels or {})},
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def adopt(obj: dict[str, Any], job: FineTuneJob) -> dict[str, Any]:
+    """Make ``job`` the controller owner of ``obj`` so garbage collection deletes it with the
+    job (no finalizer on the FineTuneJob needed)."""
+    kopf.append_owner_reference(obj, owner=cast(kopf.Body, job_body(job)))
+    return obj
+
+
+def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
+    """Pod-level settings that satisfy the ``restricted`` Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.run_as_user,
+        "runAsGroup": settings.run_as_group,
+        "fsGroup": settings.fs_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Container-level settings that satisfy the ``restricted`` Pod Security Standard."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def split_pvc(uri: str) -> tuple[str, str] | None:
+    """``pvc://claim/sub/path`` -> (claim, sub/path); None for other schemes."""
+    if not uri.startswith("pvc://"):
+        return None
+    claim, _, sub = uri[len("pvc://") :].partition("/")
+    return claim, sub
+
+
+def local_path(uri: str) -> str | None:
+    """The in-image path of ``file://`` and absolute locations."""
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    if uri.startswith("/"):
+        return uri
+    return None
+
+
+@dataclass
+class Storage:
+    """Volumes, mounts and env for the job's data locations."""
+
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: str | None = None
+
+
+def storage(spec: FineTuneJobSpec, settings: OperatorSettings, *, with_output: bool) -> Storage:
+    """PVC volumes (read-only unless the claim holds the output) mounted where the trainer
+    looks for them: ``<pvc root>/<claim>``."""
+    inputs = [spec.model.uri, spec.dataset.train]
+    if spec.dataset.eval:
+        inputs.append(spec.dataset.eval)
+    claims: dict[str, bool] = {}  # claim -> read-only
+    for uri in inputs:
+        parsed = split_pvc(uri)
+        if parsed:
+            claims.setdefault(parsed[0], True)
+    out = Storage()
+    out_pvc = split_pvc(spec.output.uri)
+    if with_output:
+        if out_pvc:
+            claims[out_pvc[0]] = False
+            out.output_dir = f"{settings.pvc_mount_root}/{out_pvc[0]}"
+            if out_pvc[1]:
+                out.output_dir += "/" + out_pvc[1].strip("/")
+        elif local_path(spec.output.uri):
+            out.output_dir = local_path(spec.output.uri)
+        else:  # s3:// -- a scratch directory the trainer uploads from
+            out.output_dir = settings.scratch_output_dir
+            out.volumes.append({"name": SCRATCH_VOLUME, "emptyDir": {}})
+            out.mounts.append({"name": SCRATCH_VOLUME, "mountPath": settings.scratch_output_dir})
+    for index, (claim, read_only) in enumerate(sorted(claims.items())):
+        volume = f"pvc-{index}"
+        out.volumes.append(
+            {
+                "name": volume,
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
+            }
+        )
+        out.mounts.append(
+            {
+                "name": volume,
+                "mountPath": f"{settings.pvc_mount_root}/{claim}",
+                "readOnly": read_only,
+            }
+        )
+    return out
+
+
+def credentials_secret(spec: FineTuneJobSpec) -> tuple[str | None, list[str]]:
+    """The Secret whose keys become the trainer's ``AWS_*`` variables, and the names of any
+    other Secrets that were referenced (the trainer has one set of S3 credentials)."""
+    names = [
+        ref.name
+        for ref in (
+            spec.model.credentials_secret_ref,
+            spec.dataset.credentials_secret_ref,
+            spec.output.credentials_secret_ref,
+        )
+        if ref is not None
+    ]
+    if not names:
+        return None, []
+    chosen = names[0]
+    return chosen, sorted({n for n in names if n != chosen})
+
+
+def credential_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """S3 credentials by reference only (``secretKeyRef``): never copied into the pod spec."""
+    secret, _ = credentials_secret(spec)
+    if secret is None:
+        return []
+    return [
+        {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
+        }
+        for key, optional in CREDENTIAL_KEYS
+    ]
+
+
+def user_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """``spec.env`` in the Kubernetes shape (camelCase, no nulls)."""
+    return [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
+
+
+def config_volume(job_name: str) -> dict[str, Any]:
+    return {
+        "name": CONFIG_VOLUME,
+        "configMap": {
+            "name": naming.config_map_name(job_name),
+            "items": [{"key": naming.CONFIG_KEY, "path": paths.DEFAULT_CONFIG_PATH.name}],
+        },
+    }
+
+
+def config_mount() -> dict[str, Any]:
+    return {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}
+
+
+def image_of(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
+    return spec.image or settings.trainer_image
+
+
+def pull_policy(spec: FineTuneJobSpec, settings: OperatorSettings) -> str | None:
+    return spec.image_pull_policy or settings.image_pull_policy
+
+
+def pod_base_spec(spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """Fields every pod of the job shares: no API token, restricted security, pull secrets."""
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings),
+    }
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return pod

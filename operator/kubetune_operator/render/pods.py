@@ -1,0 +1,194 @@
+"""The training pods of one gang attempt.
+
+Rendezvous: torchrun's *static* backend (``--node-rank`` + ``--master-addr`` of the rank-0
+pod via the headless Service). The operator always restarts the whole gang and the gang
+size is fixed, so c10d's elasticity buys nothing, while static ranks guarantee that the
+pod labelled rank 0 IS global rank 0 -- the one that serves the progress document and
+writes checkpoints. ``--rdzv-id <uid>-<attempt>`` keeps a straggler of an old attempt out
+of the new one's store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api import FineTuneJob
+from kubetune.contract import paths
+from kubetune_operator import naming
+from kubetune_operator.render import common
+from kubetune_operator.settings import OperatorSettings
+
+
+def master_address(job: FineTuneJob) -> str:
+    """DNS name of the rank-0 pod through the headless Service (cluster-domain agnostic)."""
+    name = str(job.metadata.name)
+    return (
+        f"{naming.pod_hostname(name, 0)}.{naming.service_name(name)}."
+        f"{job.metadata.namespace or 'default'}.svc"
+    )
+
+
+def torchrun_command(
+    job: FineTuneJob, attempt: int, rank: int, settings: OperatorSettings
+) -> list[str]:
+    """``torchrun ... -m kubetune_trainer`` for ``rank`` of gang ``attempt``."""
+    res = job.spec.resources
+    return [
+        "torchrun",
+        f"--nnodes={res.nodes}",
+        f"--nproc-per-node={res.gpus_per_node}",
+        f"--node-rank={rank}",
+        "--rdzv-backend=static",
+        f"--rdzv-id={job.metadata.uid}-{attempt}",
+        f"--master-addr={master_address(job)}",
+        f"--master-port={settings.rendezvous_port}",
+        f"--rdzv-conf=timeout={job.spec.distributed.rendezvous_timeout_seconds}",
+        "--max-restarts=0",
+        "-m",
+        "kubetune_trainer",
+    ]
+
+
+def resources(job: FineTuneJob) -> dict[str, Any]:
+    """Requests == limits (Guaranteed QoS; extended resources must match anyway)."""
+    res = job.spec.resources
+    amounts: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpus_per_node:
+        amounts[res.gpu_resource_name] = str(res.gpus_per_node)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def contract_env(
+    job: FineTuneJob, attempt: int, output_dir: str | None, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """The variables the trainer reads (``kubetune.contract.paths``); set last so a user's
+    ``spec.env`` cannot redirect them."""
+    env = [
+        {"name": paths.CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
+        {"name": paths.ATTEMPT_ENV, "value": str(attempt)},
+        {"name": paths.METRICS_PORT_ENV, "value": str(settings.progress_port)},
+        {"name": common.PVC_ROOT_ENV, "value": settings.pvc_mount_root},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if output_dir:
+        env.insert(1, {"name": paths.OUTPUT_ENV, "value": output_dir})
+    return env
+
+
+def render_worker_pod(
+    job: FineTuneJob,
+    attempt: int,
+    rank: int,
+    settings: OperatorSettings,
+    *,
+    config_hash: str | None = None,
+) -> dict[str, Any]:
+    """Pod ``<job>-a<attempt>-<rank>``, created with the gang scheduling gate."""
+    spec = job.spec
+    name = str(job.metadata.name)
+    res = spec.resources
+    labels = {
+        naming.LABEL_ROLE: naming.ROLE_WORKER,
+        naming.LABEL_ATTEMPT: str(attempt),
+        naming.LABEL_RANK: str(rank),
+    }
+    annotations: dict[str, str] = dict(settings.pod_annotations)
+    annotations[naming.ANNOTATION_GPUS] = str(res.nodes * res.gpus_per_node)
+    if config_hash:
+        annotations[naming.ANNOTATION_CONFIG_HASH] = config_hash
+    if spec.run_policy.queue_name:
+        labels[naming.KUEUE_QUEUE_LABEL] = spec.run_policy.queue_name
+        labels[naming.KUEUE_GROUP_LABEL] = naming.kueue_group_name(name, attempt)
+        annotations[naming.KUEUE_TOTAL_COUNT_ANNOTATION] = str(res.nodes)
+        # A failed pod ends the group: the operator replaces the WHOLE gang as a new group.
+        annotations[naming.KUEUE_RETRIABLE_ANNOTATION] = "false"
+
+    store = common.storage(spec, settings, with_output=True)
+    container: dict[str, Any] = {
+        "name": naming.TRAINER_CONTAINER,
+        "image": common.image_of(spec, settings),
+        "command": torchrun_command(job, attempt, rank, settings),
+        "env": [
+            *common.user_env(spec),
+            *common.credential_env(spec),
+            *contract_env(job, attempt, store.output_dir, settings),
+        ],
+        "ports": [
+            {"name": "metrics", "containerPort": settings.progress_port, "protocol": "TCP"},
+            {"name": "rdzv", "containerPort": settings.rendezvous_port, "protocol": "TCP"},
+        ],
+        "resources": resources(job),
+        "volumeMounts": [
+            common.config_mount(),
+            {"name": common.SHM_VOLUME, "mountPath": "/dev/shm"},
+            *store.mounts,
+        ],
+        "securityContext": common.container_security_context(),
+        "terminationMessagePath": str(paths.TERMINATION_LOG),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    policy = common.pull_policy(spec, settings)
+    if policy:
+        container["imagePullPolicy"] = policy
+
+    pod_spec = common.pod_base_spec(spec, settings)
+    pod_spec.update(
+        {
+            "hostname": naming.pod_hostname(name, rank),
+            "subdomain": naming.service_name(name),
+            "schedulingGates": [{"name": naming.GANG_GATE}],
+            "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
+            "containers": [container],
+            "volumes": [
+                common.config_volume(name),
+                {
+                    "name": common.SHM_VOLUME,
+                    "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory},
+                },
+                *store.volumes,
+            ],
+            # One pod per node when possible: spreading avoids two ranks fighting for a
+            # node's NICs; "preferred" so small clusters can still place the gang.
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {
+                                    "matchLabels": {
+                                        naming.LABEL_JOB: name,
+                                        naming.LABEL_ROLE: naming.ROLE_WORKER,
+                                    }
+                                },
+                            },
+                        }
+                    ]
+                }
+            },
+        }
+    )
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tolerations
+        ]
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": common.object_meta(
+            job,
+            naming.pod_name(name, attempt, rank),
+            "worker",
+            labels=labels,
+            annotations=annotations,
+        ),
+        "spec": pod_spec,
+    }
+    return common.adopt(pod, job)

@@ -1,0 +1,79 @@
+"""The CPU-only validation pod: the trainer image in validate-only mode.
+
+It runs before any GPU is requested, so a missing model, an unreadable dataset or a
+config that does not resolve fails the job in seconds instead of after a gang has been
+queued for GPUs. Tiny requests, no GPU, no output volume, restricted security.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api import FineTuneJob
+from kubetune.contract import paths
+from kubetune_operator import naming
+from kubetune_operator.render import common
+from kubetune_operator.settings import OperatorSettings
+
+VALIDATE_COMMAND = ["python", "-m", "kubetune_trainer", "--validate-only"]
+
+
+def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings) -> dict[str, Any]:
+    """Pod ``<job>-validate-<run>``."""
+    spec = job.spec
+    name = str(job.metadata.name)
+    store = common.storage(spec, settings, with_output=False)
+    # The trainer resolves its output directory even in validate-only mode (and refuses an
+    # s3:// output without one); a directory that does not exist here is fine for it.
+    output_dir = common.storage(spec, settings, with_output=True).output_dir
+    amounts = {"cpu": settings.validation_cpu, "memory": settings.validation_memory}
+    container: dict[str, Any] = {
+        "name": naming.VALIDATION_CONTAINER,
+        "image": common.image_of(spec, settings),
+        "command": list(VALIDATE_COMMAND),
+        "env": [
+            *common.user_env(spec),
+            *common.credential_env(spec),
+            {"name": paths.CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
+            {"name": paths.VALIDATE_ONLY_ENV, "value": "1"},
+            *([{"name": paths.OUTPUT_ENV, "value": output_dir}] if output_dir else []),
+            {"name": common.PVC_ROOT_ENV, "value": settings.pvc_mount_root},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "volumeMounts": [common.config_mount(), *store.mounts],
+        "securityContext": common.container_security_context(),
+        "terminationMessagePath": str(paths.TERMINATION_LOG),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    policy = common.pull_policy(spec, settings)
+    if policy:
+        container["imagePullPolicy"] = policy
+    pod_spec = common.pod_base_spec(spec, settings)
+    pod_spec.update(
+        {
+            "activeDeadlineSeconds": settings.validation_timeout_seconds,
+            "terminationGracePeriodSeconds": 10,
+            "containers": [container],
+            "volumes": [common.config_volume(name), *store.volumes],
+        }
+    )
+    if settings.validation_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.validation_node_selector)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": common.object_meta(
+            job,
+            naming.validation_pod_name(name, run),
+            "validation",
+            labels={
+                naming.LABEL_ROLE: naming.ROLE_VALIDATION,
+                naming.LABEL_VALIDATION_RUN: str(run),
+            },
+            annotations=settings.validation_pod_annotations or None,
+        ),
+        "spec": pod_spec,
+    }
+    return common.adopt(pod, job)

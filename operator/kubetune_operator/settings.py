@@ -1,0 +1,163 @@
+"""Operator configuration: defaults, then ``KUBETUNE_OPERATOR_*`` environment, then flags.
+
+Everything a test needs to make the operator fast (short backoffs, a progress URL template
+for fake pod IPs, short leases) is ordinary configuration: production runs the same code
+with the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kubetune.contract.paths import DEFAULT_METRICS_PORT, DEFAULT_PVC_ROOT, PROGRESS_PORT_PATH
+
+ENV_PREFIX = "KUBETUNE_OPERATOR_"
+DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
+
+
+def _default_identity() -> str:
+    return f"{socket.gethostname()}_{os.getpid()}"
+
+
+def _default_lease_namespace() -> str:
+    # The Downward API gives the pod its namespace; a dev run falls back to kubetune-system.
+    return os.environ.get("POD_NAMESPACE") or "kubetune-system"
+
+
+class OperatorSettings(BaseModel):
+    """How the operator behaves. Field names map to ``KUBETUNE_OPERATOR_<NAME_UPPER>``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- scope and connection -----------------------------------------------------------------
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to serve; empty means cluster-wide."
+    )
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig; default in-cluster.")
+    context: str | None = Field(default=None, description="Kubeconfig context.")
+    api_concurrency: int = Field(default=64, ge=1, description="Parallel API requests.")
+    workers: int = Field(default=32, ge=1, description="Jobs reconciled in parallel.")
+    watch_nodes: bool = Field(
+        default=True, description="Watch Nodes to detect lost nodes (needs nodes list/watch)."
+    )
+
+    # -- trainer pods -------------------------------------------------------------------------
+    trainer_image: str = Field(default=DEFAULT_TRAINER_IMAGE, min_length=1)
+    image_pull_policy: str | None = Field(default=None)
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra annotations on training pods."
+    )
+    termination_grace_period_seconds: int = Field(
+        default=120, ge=0, description="Time the trainer gets to checkpoint after SIGTERM."
+    )
+    run_as_user: int = Field(default=1000, ge=1)
+    run_as_group: int = Field(default=1000, ge=1)
+    fs_group: int = Field(default=1000, ge=1)
+    rendezvous_port: int = Field(default=29400, ge=1, le=65535)
+    pvc_mount_root: str = Field(default=str(DEFAULT_PVC_ROOT))
+    scratch_output_dir: str = Field(
+        default="/workspace/output",
+        description="Local output directory for s3:// outputs (an emptyDir the trainer "
+        "uploads from).",
+    )
+
+    # -- validation ---------------------------------------------------------------------------
+    validation_enabled: bool = Field(
+        default=True, description="Run the CPU-only validate-only pod before asking for GPUs."
+    )
+    validation_timeout_seconds: int = Field(default=600, ge=5)
+    validation_cpu: str = Field(default="500m")
+    validation_memory: str = Field(default="1Gi")
+    validation_reruns: int = Field(
+        default=2, ge=0, description="Re-runs after infrastructure failures of validation."
+    )
+    validation_pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra annotations on validation pods (e.g. to opt out of sidecars).",
+    )
+    validation_node_selector: dict[str, str] = Field(default_factory=dict)
+
+    # -- restarts and placement ---------------------------------------------------------------
+    backoff_base_seconds: float = Field(default=10.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    unschedulable_retry_seconds: float = Field(
+        default=60.0, gt=0, description="Wait before re-creating a gang released as unschedulable."
+    )
+    node_lost_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a node may be NotReady before its pods count as lost.",
+    )
+
+    status_coalesce_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Cosmetic status changes (summary, messages, progress numbers) of a job "
+        "are written at most this often; phase and condition changes at once.",
+    )
+
+    # -- progress -----------------------------------------------------------------------------
+    progress_port: int = Field(default=DEFAULT_METRICS_PORT, ge=1, le=65535)
+    progress_url_template: str = Field(
+        default="http://{pod_ip}:{port}" + PROGRESS_PORT_PATH,
+        description="URL of the rank-0 progress document; fields: pod_ip, port, pod, "
+        "namespace, job, attempt.",
+    )
+    progress_interval_seconds: float = Field(default=15.0, gt=0, le=30.0)
+    progress_timeout_seconds: float = Field(default=3.0, gt=0)
+
+    # -- leader election ----------------------------------------------------------------------
+    leader_election: bool = Field(default=True)
+    lease_name: str = Field(default="kubetune-operator")
+    lease_namespace: str = Field(default_factory=_default_lease_namespace)
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    retry_period_seconds: float = Field(default=2.0, gt=0)
+    identity: str = Field(default_factory=_default_identity)
+
+    # -- serving ------------------------------------------------------------------------------
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_host: str = Field(default="0.0.0.0")
+    log_level: str = Field(default="INFO")
+
+    @field_validator("renew_deadline_seconds")
+    @classmethod
+    def _renew_before_expiry(cls, value: float, info: Any) -> float:
+        duration = info.data.get("lease_duration_seconds")
+        if duration is not None and value >= duration:
+            raise ValueError("renew_deadline_seconds must be shorter than lease_duration_seconds")
+        return value
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> OperatorSettings:
+        """Defaults, overlaid with ``KUBETUNE_OPERATOR_*`` variables, overlaid with ``overrides``.
+
+        Lists are comma-separated, mappings are JSON objects, booleans true/false/1/0.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            annotation = str(field.annotation)
+            if annotation.startswith("list"):
+                values[name] = [part.strip() for part in raw.split(",") if part.strip()]
+            elif annotation.startswith("dict"):
+                values[name] = json.loads(raw) if raw.strip() else {}
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
