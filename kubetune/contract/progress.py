@@ -18,7 +18,9 @@ class ProgressDocument(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
-    state: Literal["validating", "loading", "training", "evaluating", "saving", "done"] = "loading"
+    state: Literal[
+        "validating", "loading", "training", "evaluating", "saving", "done", "failed"
+    ] = "loading"
     step: int = Field(default=0, ge=0)
     total_steps: int = Field(default=0, ge=0)
     epoch: float = Field(default=0.0, ge=0)
@@ -29,6 +31,12 @@ class ProgressDocument(BaseModel):
     eta_seconds: float | None = None
     last_checkpoint_step: int | None = None
     last_checkpoint_path: str | None = None
+    # Added for the trainer (all optional, so older readers and writers stay valid):
+    samples_per_second: float | None = None
+    grad_norm: float | None = None
+    skipped_rows: int | None = Field(default=None, ge=0)
+    truncated_rows: int | None = Field(default=None, ge=0)
+    message: str | None = None
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

@@ -1,0 +1,157 @@
+# ruff: noqa: E501  (markdown table rows read better unbroken)
+"""Render RESULTS.md from the JSON files the benchmarks wrote (results/*.json).
+
+python benchmarks/trainer/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+MB = 1024 * 1024
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = HERE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def throughput(data: dict[str, Any]) -> list[str]:
+    threads = data.get("threads", "default")
+    lines = [
+        "## Throughput: kubetune trainer vs. TRL `SFTTrainer` (defaults)",
+        "",
+        f"`python benchmarks/trainer/throughput.py --threads {threads}` — {data['date']}, "
+        f"{data['machine']['cpus']} CPUs, torch threads {data['machine']['torch_threads']}. Full "
+        f"fine-tuning of a {data['model']['hidden_size']}-wide, {data['model']['num_hidden_layers']}-layer "
+        f"Llama-style model, {data['batch']} samples per step, {data['steps']} steps, one process, AdamW, "
+        "bf16 mixed precision in both (TRL's default; `precision: bf16` for ours), "
+        f"{data['rounds']} interleaved rounds (alternating order). Tokens = real (non-padding) tokens "
+        "for both. Speed-ups are medians of per-round ratios; the CPU-time ratio (tokens per "
+        "second of process CPU time, one thread) is the robust one on a shared machine, the "
+        "wall-clock ratio is shown next to it.",
+        "",
+        "| data (tokens per sample: min / median / p90 / max) | TRL padding | TRL SFTTrainer (bf16) | kubetune (bf16) | kubetune, loss on all tokens (bf16) | kubetune fp32 (our CPU default) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, result in data["distributions"].items():
+        lengths = result["lengths"]
+        tps = result["median_tokens_per_cpu_second"]
+        wall = result["speedup_vs_trl"]
+        cpu = result["speedup_vs_trl_cpu_time"]
+        lines.append(
+            f"| {name} ({lengths['min']} / {lengths['median']} / {lengths['p90']} / {lengths['max']}) "
+            f"| {result['trl_padding_fraction']:.0%} "
+            f"| {tps['trl-sft-defaults']:.0f} tok/CPU-s "
+            f"| {tps['kubetune']:.0f} tok/CPU-s: **x{cpu['kubetune']:.2f}** (wall x{wall['kubetune']:.2f}) "
+            f"| {tps['kubetune-all-tokens']:.0f} tok/CPU-s: x{cpu['kubetune-all-tokens']:.2f} "
+            f"(wall x{wall['kubetune-all-tokens']:.2f}) "
+            f"| {tps['kubetune-fp32']:.0f} tok/CPU-s: x{cpu['kubetune-fp32']:.2f} "
+            f"(wall x{wall['kubetune-fp32']:.2f}) |"
+        )
+    lines += [
+        "",
+        "Where the speed comes from: TRL's defaults pad each batch to its longest sample "
+        "(the padding share above is compute thrown away); kubetune packs the batch into one "
+        "row without padding and runs attention per sample (`kubetune_varlen`: causal SDPA on "
+        "each sample's span, no T×T mask) and projects only target positions onto the "
+        "vocabulary; the gain grows with the spread of sample lengths (the long-tail row is "
+        "closer to real chat data). At equal precision (bf16, TRL's default) kubetune's CPU "
+        "autocast path is also leaner per token than TRL's (which additionally computes "
+        "entropy and token accuracy every step). The last column is the conservative "
+        "comparison: kubetune in fp32 (its CPU default, `precision: auto`) against TRL in "
+        "bf16. On GPUs both default to bf16.",
+        "",
+    ]
+    return lines
+
+
+def memory(data: dict[str, Any]) -> list[str]:
+    m = data["model"]
+    lines = [
+        "## Memory: full fine-tuning vs. PEFT methods",
+        "",
+        f"`python benchmarks/trainer/memory.py` — {data['date']}. Llama-style model, hidden "
+        f"{m['hidden_size']}, {m['num_hidden_layers']} layers; batch {data['batch']}; fp32, AdamW.",
+        "",
+        "| method | trainable params | weights | gradients | optimizer state | saved activations | RSS growth while training |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in data["methods"].items():
+        lines.append(
+            f"| {name} | {r['trainable_parameters'] / 1e6:.3f} M ({100 * r['trainable_parameters'] / r['parameters']:.2f}%) "
+            f"| {r['weights_bytes'] / MB:.1f} MiB | {r['gradient_bytes'] / MB:.1f} MiB "
+            f"| {r['optimizer_state_bytes'] / MB:.1f} MiB | {r['activation_bytes'] / MB:.1f} MiB "
+            f"| {r['training_rss_increase_bytes'] / MB:.0f} MiB |"
+        )
+    lines += [
+        "",
+        "Why PEFT saves what it saves: every method keeps all base weights (frozen), so "
+        "weights do not shrink (LoRA/adapters add a little). What disappears is the "
+        "per-*trainable*-parameter state: a gradient (4 B) and AdamW's two moments (8 B) — "
+        "12 bytes per trainable parameter, ~277 MiB for full fine-tuning here versus "
+        "< 14 MiB for LoRA. Activations saved for backward are *not* reduced (LoRA even "
+        "adds its low-rank path's; prompt/prefix add the virtual tokens), so at this small "
+        "model size and batch the activations dominate. At LLM scale the optimizer share "
+        "dominates: full fine-tuning of a 7B model needs ~16 B/param (fp32 master weights, "
+        "gradients, Adam moments) ≈ 112 GB before activations, LoRA ~2 B/param for the frozen "
+        "bf16 base ≈ 14 GB.",
+        "",
+    ]
+    return lines
+
+
+def quality(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Quality: PEFT improvement as a fraction of full fine-tuning's",
+        "",
+        f"`python benchmarks/trainer/quality.py` — {data['date']}. Base: a "
+        f"{data['model']['hidden_size']}-wide, {data['model']['num_hidden_layers']}-layer model "
+        f"pre-trained for {data['pretraining']['steps']} steps on {data['pretraining']['corpus']} "
+        f"(offline, cached). Task: {data['task']}; {data['steps']} steps of {data['global_batch']} "
+        "samples per method; learning rate: best of a 2-point sweep per method. Eval loss on the "
+        "assistant tokens of the eval set.",
+        "",
+        "| method | trainable params | learning rate | eval loss before | eval loss after | improvement | fraction of full |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in data["best"].items():
+        lines.append(
+            f"| {name} | {r['trainable_parameters'] / 1e3:.1f} k | {r['learning_rate']:g} "
+            f"| {r['base_loss']:.3f} | {r['tuned_loss']:.3f} | {r['improvement']:.3f} "
+            f"| {r['fraction_of_full']:.0%} |"
+        )
+    lines += [
+        "",
+        "Read with care: the base is tiny and only briefly pre-trained, and the budget is "
+        "short, which favours methods with many trainable parameters. The ordering (full > "
+        "LoRA > adapters > prefix ≈ prompt) matches the literature for learning a *new* "
+        "format; prompt/prefix tuning need strong base models and long training to close the gap.",
+        "",
+    ]
+    return lines
+
+
+def main() -> None:
+    lines = [
+        "# Trainer benchmarks",
+        "",
+        "Ratios measured side by side in one run on the CI-class machine (2 CPU cores, no "
+        "GPU); absolute numbers depend on the machine and its load. Each section names the "
+        "command that regenerates its results; `python benchmarks/trainer/report.py` then "
+        "rewrites this file from `benchmarks/trainer/results/*.json`.",
+        "",
+    ]
+    for name, render in (("throughput", throughput), ("memory", memory), ("quality", quality)):
+        data = _load(name)
+        if data is not None:
+            lines += render(data)
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print(HERE / "RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""``kubetune run MANIFEST --local``: run a FineTuneJob on this machine, no cluster.
+
+The manifest is validated exactly as the API server would (pydantic + CEL), resolved
+with the API's own ``resolve`` for ``--nproc`` local processes (the global batch is
+kept when it divides), and handed to the same trainer the cluster runs, through
+``torchrun`` (gloo on CPU). ``pvc://<claim>/<path>`` locations map to
+``<pvc-root>/<claim>/<path>``, as the operator mounts claims in pods; the local example
+manifests' tiny model and sample datasets are created there on first use. A progress
+bar follows the trainer's progress document; outputs (adapter or weights, metrics,
+evaluation, model card, checkpoints) stay in ``--output-dir``.
+
+Only light imports at module level: the operator image (no torch) still loads the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kubetune.contract import ExitCode
+
+console = Console(stderr=True)
+DEFAULT_CACHE = Path(".cache") / "kubetune"
+
+
+def _source_paths() -> list[str]:
+    """Import roots for child processes when the packages are not installed."""
+    import kubetune
+
+    repo = Path(kubetune.__file__).resolve().parents[1]
+    paths = [str(repo)]
+    if importlib.util.find_spec("kubetune_trainer") is None and (repo / "trainer").is_dir():
+        paths.insert(0, str(repo / "trainer"))
+    return paths
+
+
+def _ensure_trainer_importable() -> None:
+    for path in _source_paths():
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _load_job(manifest: Path) -> Any:
+    from kubetune.api.validation import load_documents, validate_manifest
+
+    docs = [doc for _, doc in load_documents(manifest) if isinstance(doc, dict)]
+    jobs = [doc for doc in docs if doc.get("kind") == "FineTuneJob"]
+    if len(jobs) != 1:
+        console.print(
+            f"[red]{manifest} must contain exactly one FineTuneJob (found {len(jobs)})[/red]"
+        )
+        raise typer.Exit(int(ExitCode.INVALID_CONFIG))
+    report = validate_manifest(jobs[0])
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+    if not report.ok or report.job is None:
+        for problem in report.errors:
+            console.print(f"[red]error[/red] {problem}", highlight=False)
+        raise typer.Exit(int(ExitCode.INVALID_CONFIG))
+    return report.job
+
+
+def _seed_fixtures(resolved: Any, pvc_root: Path) -> None:
+    from kubetune_trainer.assets.fixtures import seed_location
+
+    spec = resolved.spec
+    uris = [spec.model.uri, spec.dataset.train, spec.dataset.eval]
+    if spec.rlhf and spec.rlhf.dpo and spec.rlhf.dpo.reference_model:
+        uris.append(spec.rlhf.dpo.reference_model)
+    for uri in uris:
+        if uri:
+            with console.status(f"preparing {uri}"):
+                note = seed_location(uri, pvc_root)
+            if note:
+                console.print(f"[dim]{note}[/dim]")
+
+
+def _follow(proc: subprocess.Popen[bytes], progress_file: Path, name: str) -> None:
+    """Rich progress bar fed by the trainer's progress document."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[details]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"{name}: starting", total=None, details="")
+        while proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                doc = json.loads(progress_file.read_text())
+            except (OSError, ValueError):
+                continue
+            details = []
+            if doc.get("loss") is not None:
+                details.append(f"loss {doc['loss']:.4f}")
+            if doc.get("tokensPerSecond"):
+                details.append(f"{doc['tokensPerSecond']:.0f} tok/s")
+            if doc.get("etaSeconds") is not None and doc.get("state") == "training":
+                details.append(f"eta {doc['etaSeconds']:.0f}s")
+            total = doc.get("totalSteps") or None
+            bar.update(
+                task,
+                description=f"{name}: {doc.get('state', '?')}",
+                total=total,
+                completed=doc.get("step", 0),
+                details="  ".join(details),
+            )
+
+
+def _summary(output_dir: Path) -> None:
+    results_file = output_dir / "eval_results.json"
+    if results_file.exists():
+        results = json.loads(results_file.read_text())
+        if results.get("tuned"):
+            table = Table("metric", "base model", "tuned model", title="evaluation")
+            base = results.get("base") or {}
+            for key, value in results["tuned"].items():
+                if isinstance(value, int | float):
+                    before = base.get(key)
+                    table.add_row(
+                        key,
+                        f"{before:.4f}" if isinstance(before, int | float) else "-",
+                        f"{value:.4f}",
+                    )
+            console.print(table)
+    console.print(
+        f"[green]outputs in {output_dir}[/green] (model card: {output_dir / 'README.md'})"
+    )
+
+
+def run(
+    manifest: Annotated[
+        Path, typer.Argument(help="FineTuneJob manifest (YAML).", exists=True, dir_okay=False)
+    ],
+    local: Annotated[
+        bool, typer.Option("--local", help="Run on this machine with torchrun.")
+    ] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Local training processes.")] = 2,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", help="Output directory (default ./runs/<job name>)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path, typer.Option("--cache-dir", help="Cache for local PVC stand-ins and downloads.")
+    ] = DEFAULT_CACHE,
+    pvc_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--pvc-root", help="Directory standing in for PVCs (default <cache-dir>/pvc)."
+        ),
+    ] = None,
+    validate_only: Annotated[
+        bool, typer.Option("--validate-only", help="Only check config, model and data.")
+    ] = False,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Override the step count (smoke runs).")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Ignore checkpoints in the output directory.")
+    ] = False,
+) -> None:
+    """Run a FineTuneJob locally: validate, resolve, train with torchrun, keep the outputs."""
+    if not local:
+        console.print(
+            "kubetune run needs --local (this command runs jobs on this machine); to run on a "
+            "cluster, `kubectl apply -f` the manifest with the operator installed."
+        )
+        raise typer.Exit(2)
+    from kubetune.api.resolve import ResolutionError, resolve
+
+    job = _load_job(manifest)
+    if max_steps is not None:
+        job.spec.hyperparameters.max_steps = max_steps
+        job.spec.hyperparameters.epochs = None
+    if fresh:
+        job.spec.checkpoint.resume = "never"
+    try:
+        resolved = resolve(job, nodes=1, nproc_per_node=nproc)
+    except ResolutionError as exc:
+        console.print(f"[red]cannot run locally:[/red] {exc}")
+        raise typer.Exit(int(ExitCode.INVALID_CONFIG)) from exc
+    if resolved.derived.global_batch_size != job.spec.hyperparameters.global_batch_size:
+        console.print(
+            f"[yellow]note[/yellow] global batch {job.spec.hyperparameters.global_batch_size} "
+            f"rounded to {resolved.derived.global_batch_size} for {nproc} processes"
+        )
+    name = resolved.name
+    out = (output_dir or Path("runs") / name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir.resolve()
+    pvcs = (pvc_root or cache / "pvc").resolve()
+
+    _ensure_trainer_importable()
+    _seed_fixtures(resolved, pvcs)
+
+    config = out / "job.resolved.json"
+    config.write_text(resolved.model_dump_json(by_alias=True, indent=2))
+    progress_file = out / "progress.json"
+    progress_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env.update(
+        {
+            "KUBETUNE_CONFIG": str(config),
+            "KUBETUNE_OUTPUT_DIR": str(out),
+            "KUBETUNE_PROGRESS_FILE": str(progress_file),
+            "KUBETUNE_METRICS_PORT": str(_free_port()),
+            "KUBETUNE_PVC_ROOT": str(pvcs),
+            "KUBETUNE_CACHE_DIR": str(cache),
+            "KUBETUNE_TERMINATION_LOG": str(out / "termination-log"),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": env.get(
+                "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))
+            ),
+            "PYTHONPATH": os.pathsep.join([*_source_paths(), env.get("PYTHONPATH", "")]),
+        }
+    )
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    log_file = logs / ("validate.log" if validate_only else "trainer.log")
+    cmd = [sys.executable, "-m", "kubetune_trainer.launch", "--nproc-per-node", str(nproc)]
+    if validate_only:
+        cmd += ["--", "--validate-only"]
+    console.print(
+        f"[bold]{name}[/bold]: method {resolved.spec.method}, {nproc} local processes, "
+        f"global batch {resolved.derived.global_batch_size} "
+        f"({resolved.derived.gradient_accumulation_steps} accumulation steps); log {log_file}"
+    )
+    with log_file.open("wb") as handle:
+        proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            if validate_only:
+                proc.wait()
+            else:
+                _follow(proc, progress_file, name)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: the trainer checkpoints and stops[/yellow]")
+            proc.wait()
+    code = proc.returncode
+    termination = out / "termination-log"
+    message = termination.read_text().strip() if termination.exists() else ""
+    if code == 0:
+        if validate_only:
+            console.print(f"[green]{message or 'validation passed'}[/green]", highlight=False)
+        else:
+            _summary(out)
+        return
+    console.print(
+        f"[red]trainer exited with {code}[/red]: {message or '(no message)'}", highlight=False
+    )
+    tail = log_file.read_text(errors="replace").splitlines()[-15:]
+    console.print("\n".join(tail), markup=False, highlight=False)
+    raise typer.Exit(code)

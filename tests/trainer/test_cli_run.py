@@ -1,0 +1,109 @@
+"""``kubetune run examples/local/lora-sft.yaml --local`` end to end (2 CPU processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from helpers import PYTHON, REPO, trainer_env
+
+
+def _kubetune(
+    *args: str, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "kubetune.cli.main", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = trainer_env(tmp_path / "unused.json", tmp_path / "unused")
+    for key in (
+        "KUBETUNE_CONFIG",
+        "KUBETUNE_OUTPUT_DIR",
+        "KUBETUNE_METRICS_PORT",
+        "KUBETUNE_TERMINATION_LOG",
+    ):
+        env.pop(key)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def test_local_lora_example_end_to_end(tmp_path: Path) -> None:
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    proc = _kubetune(
+        "run",
+        "examples/local/lora-sft.yaml",
+        "--local",
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        env=_env(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "built the tiny example model" in proc.stderr
+    assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["tuned"]["loss"] < results["base"]["loss"] - 0.1
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["training"]["worldSize"] == 2 and lineage["training"]["engine"] == "ddp"
+    assert len(lineage["baseModel"]["sha256"]) == 64
+    assert all(len(d["sha256"]) == 64 for d in lineage["datasets"])
+    assert lineage["job"]["configHash"] and lineage["software"]["versions"]["torch"]
+    card = (out / "README.md").read_text()
+    assert (
+        "library_name: peft" in card
+        and "## Evaluation" in card
+        and lineage["baseModel"]["sha256"] in card
+    )
+    assert "kubetune_trainer_steps_total 75.0" in (out / "metrics.prom").read_text()
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["state"] == "done" and progress["step"] == progress["totalSteps"] == 75
+
+    # a second run resumes from the final checkpoint: no steps are repeated
+    again = _kubetune(
+        "run",
+        "examples/local/lora-sft.yaml",
+        "--local",
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        env=_env(tmp_path),
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "built the tiny example model" not in again.stderr  # cached
+    assert json.loads((out / "lineage.json").read_text())["training"]["resumedFromStep"] == 75
+
+
+def test_local_validate_only_and_errors(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    common = ["--output-dir", str(tmp_path / "v"), "--cache-dir", str(tmp_path / "cache")]
+    ok = _kubetune("run", "examples/local/dpo.yaml", "--local", "--validate-only", *common, env=env)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "validation passed" in ok.stderr
+    no_local = _kubetune("run", "examples/local/dpo.yaml", env=env)
+    assert no_local.returncode == 2 and "--local" in no_local.stdout + no_local.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (REPO / "examples/local/dpo.yaml").read_text().replace("method: dpo", "method: lora")
+    )
+    refused = _kubetune("run", str(bad), "--local", *common, env=env)
+    assert refused.returncode == 78 and "preference" in refused.stderr
+
+
+def test_shipped_sample_data_is_reproducible(tmp_path: Path) -> None:
+    from kubetune_trainer.assets.fixtures import write_sample_files
+
+    for generated in write_sample_files(tmp_path):
+        shipped = REPO / "examples" / "data" / generated.name
+        assert shipped.read_bytes() == generated.read_bytes(), generated.name
+    total = sum(p.stat().st_size for p in (REPO / "examples" / "data").iterdir())
+    assert total < 400_000

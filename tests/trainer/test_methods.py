@@ -1,0 +1,226 @@
+"""Every method trains a few CPU steps, improves, saves, and reloads to the same outputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import manifest, read_json, train_in_process
+
+from kubetune_trainer.config import load_job_config
+from kubetune_trainer.methods.registry import get_method
+
+CASES: dict[str, dict[str, Any]] = {
+    "full": {"hyper": {"learningRate": 2e-3}},
+    "lora": {
+        "hyper": {"learningRate": 1e-2},
+        "peft": {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+    },
+    "dora": {
+        "method": "lora",
+        "hyper": {"learningRate": 1e-2},
+        "peft": {
+            "lora": {
+                "r": 8,
+                "alpha": 16,
+                "dropout": 0.0,
+                "useDora": True,
+                "targetModules": ["q_proj", "v_proj", "down_proj"],
+            }
+        },
+    },
+    "prefix": {"hyper": {"learningRate": 3e-2}, "peft": {"prefix": {"numVirtualTokens": 8}}},
+    "prompt": {
+        "hyper": {"learningRate": 5e-2},
+        "peft": {
+            "prompt": {
+                "numVirtualTokens": 8,
+                "init": "text",
+                "initText": "Answer with the result only",
+            }
+        },
+    },
+    "adapter": {"hyper": {"learningRate": 5e-3}, "peft": {"adapter": {"bottleneckSize": 16}}},
+    "dpo": {"fmt": "preference", "hyper": {"learningRate": 1e-3}, "rlhf": {"dpo": {"beta": 0.5}}},
+    "reward": {"fmt": "preference", "hyper": {"learningRate": 1e-3}},
+}
+
+
+def _files(data_dir: Path, fmt: str) -> tuple[Path, Path]:
+    if fmt == "preference":
+        return data_dir / "pref.jsonl", data_dir / "pref.jsonl"
+    return data_dir / "chat.jsonl", data_dir / "chat.jsonl"
+
+
+def _sample_inputs(tokenizer: Any) -> dict[str, torch.Tensor]:
+    enc = tokenizer(
+        ["Sort these numbers: 5 3 9", "Reverse these words: lamp cloud"],
+        return_tensors="pt",
+        padding=True,
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_method_trains_saves_and_reloads(
+    case: str, tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    spec = dict(CASES[case])
+    method = spec.pop("method", case)
+    fmt = spec.pop("fmt", "chat")
+    hyper = {"maxSteps": 8, "globalBatchSize": 8, "microBatchSize": 4, **spec.pop("hyper")}
+    train, evaluation = _files(data_dir, fmt)
+    out = tmp_path / "out"
+    doc = manifest(method, tiny_model, train, fmt, out, eval_data=evaluation, hyper=hyper, **spec)
+    result = train_in_process(doc, tmp_path)
+
+    assert result.steps == 8
+    assert result.final_loss is not None and math.isfinite(result.final_loss)
+    results = read_json(out / "eval_results.json")
+    base, tuned = results["base"], results["tuned"]
+    assert tuned["loss"] < base["loss"], f"{case} did not improve: {base} -> {tuned}"
+    if method == "dpo":
+        assert base["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at start
+        assert tuned["reward_accuracy"] > 0.5
+    assert (out / "README.md").exists() and (out / "lineage.json").exists()
+
+    # save -> load into a fresh base -> same outputs as the trained model in memory
+    cfg = load_job_config(tmp_path / "job.json")
+    impl = get_method(cfg)
+    reloaded = impl.load_trained(tiny_model, out).eval()
+    trained = result.model.eval()
+    from transformers import AutoTokenizer
+
+    inputs = _sample_inputs(AutoTokenizer.from_pretrained(out))
+    with torch.no_grad():
+        expected = trained(**inputs).logits
+        actual = reloaded(**inputs).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # and the weights really moved away from the base model
+        base_model = impl.load_trained(tiny_model, out)
+        if hasattr(base_model, "disable_adapter"):
+            with base_model.disable_adapter():
+                untouched = base_model(**inputs).logits
+            tail = expected[:, -untouched.shape[1] :]  # prompt tuning adds virtual positions
+            assert not torch.allclose(untouched, tail, atol=1e-5)
+
+
+def test_lora_merged_export_matches_adapter(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    doc = manifest(
+        "lora",
+        tiny_model,
+        data_dir / "chat.jsonl",
+        "chat",
+        out,
+        hyper={"maxSteps": 3, "learningRate": 1e-2},
+        peft={"lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+    )
+    doc["spec"]["output"]["mergeAdapter"] = True
+    result = train_in_process(doc, tmp_path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    inputs = _sample_inputs(AutoTokenizer.from_pretrained(out / "merged"))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(**inputs).logits, result.model.eval()(**inputs).logits, rtol=1e-4, atol=1e-4
+        )
+
+
+def test_qlora_on_cpu_is_unsupported(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
+    from helpers import run_trainer, write_config
+
+    from kubetune.contract import ExitCode
+
+    out = tmp_path / "out"
+    doc = manifest("qlora", tiny_model, data_dir / "chat.jsonl", "chat", out)
+    proc = run_trainer(write_config(doc, tmp_path / "job.json"), out)
+    assert proc.returncode == ExitCode.UNSUPPORTED, proc.stderr[-2000:]
+    assert "CUDA" in proc.stderr
+
+
+@pytest.mark.gpu
+def test_qlora_trains_on_gpu(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "out"
+    doc = manifest(
+        "qlora",
+        tiny_model,
+        data_dir / "chat.jsonl",
+        "chat",
+        out,
+        hyper={"maxSteps": 3, "learningRate": 1e-3},
+    )
+    result = train_in_process(doc, tmp_path)
+    assert result.final_loss is not None and math.isfinite(result.final_loss)
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def test_gradient_checkpointing_and_bf16_autocast(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """Checkpointing recomputes, it does not change the maths; bf16 autocast runs on CPU."""
+    losses = {}
+    for name, hyper in {
+        "plain": {},
+        "checkpointed": {"gradientCheckpointing": True},
+        "bf16": {"precision": "bf16"},
+    }.items():
+        work = tmp_path / name
+        work.mkdir()
+        doc = manifest(
+            "lora",
+            tiny_model,
+            data_dir / "chat.jsonl",
+            "chat",
+            work / "out",
+            hyper={"maxSteps": 2, "learningRate": 1e-2, **hyper},
+            peft={"lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        )
+        result = train_in_process(doc, work)
+        losses[name] = [r["loss"] for r in read_json_lines(work / "out" / "train_log.jsonl")]
+        assert all(math.isfinite(x) for x in losses[name])
+        if name == "bf16":
+            assert read_json(work / "out" / "lineage.json")["training"]["precision"] == "bf16"
+        del result
+    assert losses["checkpointed"] == pytest.approx(losses["plain"], rel=1e-5)
+    assert losses["bf16"] == pytest.approx(losses["plain"], rel=0.05)  # bf16 rounding only
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_qwen2_style_tiny_model_trains(data_dir: Path, tmp_path: Path) -> None:
+    """The Qwen2 builder (tied embeddings) produces a model the trainer can fine-tune."""
+    from kubetune_trainer.assets.sample_data import chat_rows, corpus_from_rows
+    from kubetune_trainer.models.tiny import TinyModelSpec, build_tiny_model, default_corpus
+
+    model = build_tiny_model(
+        tmp_path / "qwen",
+        TinyModelSpec(family="qwen2", vocab_size=384, tie_word_embeddings=True),
+        default_corpus() + corpus_from_rows(chat_rows(100, seed=3)),
+    )
+    out = tmp_path / "out"
+    doc = manifest(
+        "lora",
+        model,
+        data_dir / "chat.jsonl",
+        "chat",
+        out,
+        hyper={"maxSteps": 3, "learningRate": 1e-2},
+        peft={"lora": {"r": 4, "alpha": 8}},
+    )
+    result = train_in_process(doc, tmp_path)
+    assert read_json(model / "config.json")["model_type"] == "qwen2"
+    assert result.final_loss is not None and math.isfinite(result.final_loss)
+    assert (out / "adapter_model.safetensors").exists()

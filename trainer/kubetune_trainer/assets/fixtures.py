@@ -1,0 +1,92 @@
+"""Stand-ins for the PVCs of the local examples (``kubetune run --local``).
+
+A local run maps ``pvc://<claim>/<path>`` to ``<pvc root>/<claim>/<path>`` just as the
+operator mounts claims in a pod. The example manifests under ``examples/local/`` name
+a few well-known paths; when such a path is missing locally it is created here,
+deterministically: a tiny chat model (tokenizer trained on the sample data, random
+weights) and the sample datasets (the same rows as ``examples/data/``). Unknown
+paths are never invented — the trainer then reports them as missing, as in a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from kubetune_trainer.assets import sample_data as sd
+
+TINY_CHAT_MODEL = "models/kubetune-tiny-chat"
+
+# file name in examples/data -> (generator, count, seed)
+SAMPLE_FILES: dict[str, tuple[Callable[..., list[dict]], int, int]] = {
+    "chat-train.jsonl": (sd.chat_rows, 400, 101),
+    "chat-eval.jsonl": (sd.chat_rows, 40, 102),
+    "prompt-completion.jsonl": (sd.prompt_completion_rows, 200, 103),
+    "text.jsonl": (sd.text_rows, 200, 104),
+    "preferences-train.jsonl": (sd.preference_rows, 200, 105),
+    "preferences-eval.jsonl": (sd.preference_rows, 24, 106),
+}
+SAMPLE_MAX_ITEMS = 16
+
+# PVC path -> sample file it holds
+DATASET_PATHS = {
+    "datasets/sample-chat/train.jsonl": "chat-train.jsonl",
+    "datasets/sample-chat/eval.jsonl": "chat-eval.jsonl",
+    "datasets/sample-prompt-completion/train.jsonl": "prompt-completion.jsonl",
+    "datasets/sample-text/train.jsonl": "text.jsonl",
+    "datasets/sample-preferences/train.jsonl": "preferences-train.jsonl",
+    "datasets/sample-preferences/eval.jsonl": "preferences-eval.jsonl",
+}
+
+
+def sample_rows(name: str) -> list[dict]:
+    generator, count, seed = SAMPLE_FILES[name]
+    return generator(count, seed=seed, max_items=SAMPLE_MAX_ITEMS if "pref" not in name else 10)
+
+
+def write_sample_files(directory: Path) -> list[Path]:
+    """(Re)generate ``examples/data``; a test checks the shipped files match."""
+    return [sd.write_jsonl(sample_rows(name), directory / name) for name in SAMPLE_FILES]
+
+
+def build_tiny_chat_model(target: Path) -> Path:
+    from kubetune_trainer.models.tiny import TinyModelSpec, default_corpus, ensure_tiny_model
+
+    corpus = default_corpus() + sd.corpus_from_rows(
+        sd.chat_rows(600, seed=7, max_items=SAMPLE_MAX_ITEMS)
+        + sd.prompt_completion_rows(200, seed=8, max_items=SAMPLE_MAX_ITEMS)
+        + sd.preference_rows(200, seed=9, max_items=10)
+        + sd.text_rows(200, seed=10, max_items=SAMPLE_MAX_ITEMS)
+    )
+    spec = TinyModelSpec(
+        family="llama",
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        seed=1234,
+    )
+    return ensure_tiny_model(target, spec, corpus)
+
+
+def pvc_relative(uri: str) -> str | None:
+    return uri[len("pvc://") :] if uri.startswith("pvc://") else None
+
+
+def seed_location(uri: str, pvc_root: Path) -> str | None:
+    """Create the content of a well-known example location if missing; says what it did."""
+    rel = pvc_relative(uri)
+    if rel is None:
+        return None
+    target = pvc_root / rel
+    if rel.rstrip("/") == TINY_CHAT_MODEL:
+        if (target / "kubetune_tiny.json").exists():
+            return None
+        build_tiny_chat_model(target)
+        return f"built the tiny example model at {target}"
+    if rel in DATASET_PATHS and not target.exists():
+        sd.write_jsonl(sample_rows(DATASET_PATHS[rel]), target)
+        return f"wrote sample dataset {target}"
+    return None

@@ -1,0 +1,198 @@
+"""The validation pass: every row is parsed and tokenized before training starts.
+
+Bad rows are collected with file, line and reason. By default any bad row fails the
+job before a GPU-hour is spent (ExitCode.INVALID_DATA); with ``skipInvalidRows`` they
+are left out and counted, and the count reaches the metrics, the progress document and
+the model card. Rows longer than ``maxSeqLength`` are truncated and counted as well:
+nothing is dropped or cut silently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.config import JobConfig
+from kubetune_trainer.data.encode import Encoded, EncodedPair, EncodedSample, Encoder
+from kubetune_trainer.data.formats import RowError, parse_row
+from kubetune_trainer.data.readers import iter_rows
+from kubetune_trainer.errors import InvalidDataError
+from kubetune_trainer.uris import resolve_location
+
+MAX_ISSUES_IN_MESSAGE = 10
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """One unusable row."""
+
+    source: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+@dataclass
+class DataReport:
+    """What the validation pass found in one split."""
+
+    split: str
+    uri: str
+    rows: int = 0
+    valid_rows: int = 0
+    truncated_rows: int = 0
+    tokens: int = 0
+    label_tokens: int = 0
+    issues: list[RowIssue] = field(default_factory=list)
+    skipped: bool = False
+
+    @property
+    def invalid_rows(self) -> int:
+        return len(self.issues)
+
+    @property
+    def skipped_rows(self) -> int:
+        return self.invalid_rows if self.skipped else 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "uri": self.uri,
+            "rows": self.rows,
+            "validRows": self.valid_rows,
+            "invalidRows": self.invalid_rows,
+            "skippedRows": self.skipped_rows,
+            "truncatedRows": self.truncated_rows,
+            "tokens": self.tokens,
+            "labelTokens": self.label_tokens,
+        }
+
+
+@dataclass
+class SplitData:
+    examples: list[Encoded]
+    report: DataReport
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    """Encoded train/eval examples plus the validation reports."""
+
+    train: SplitData
+    eval: SplitData | None
+
+    @property
+    def reports(self) -> list[DataReport]:
+        return [self.train.report] + ([self.eval.report] if self.eval else [])
+
+
+def encode_split(path: Path, uri: str, split: str, cfg: JobConfig, encoder: Encoder) -> SplitData:
+    """Parse, check and tokenize every row of one split."""
+    report = DataReport(split=split, uri=uri, skipped=cfg.data.skip_invalid_rows)
+    examples: list[Encoded] = []
+    for row in iter_rows(path, split=split):
+        report.rows += 1
+        try:
+            if row.error is not None or row.value is None:
+                raise RowError(row.error or "empty row")
+            encoded = encoder.encode(parse_row(cfg.data.format, row.value, cfg.data.field_mapping))
+        except RowError as exc:
+            report.issues.append(RowIssue(row.source, row.line, str(exc)))
+            continue
+        report.valid_rows += 1
+        report.truncated_rows += int(encoded.truncated)
+        samples = (
+            [encoded.chosen, encoded.rejected] if isinstance(encoded, EncodedPair) else [encoded]
+        )
+        report.tokens += sum(len(s.input_ids) for s in samples)
+        report.label_tokens += sum(s.num_label_tokens for s in samples)
+        examples.append(encoded)
+    return SplitData(examples, report, [path])
+
+
+def check_report(report: DataReport) -> None:
+    """Fail on bad rows unless skipping is allowed; always fail on an empty split."""
+    if report.issues and not report.skipped:
+        shown = "\n".join(f"  {issue}" for issue in report.issues[:MAX_ISSUES_IN_MESSAGE])
+        more = report.invalid_rows - MAX_ISSUES_IN_MESSAGE
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise InvalidDataError(
+            f"{report.invalid_rows} of {report.rows} {report.split} rows are invalid "
+            f"(set dataset.skipInvalidRows: true to skip and count them):\n{shown}{tail}"
+        )
+    if report.valid_rows == 0:
+        raise InvalidDataError(f"the {report.split} set {report.uri} has no usable rows")
+
+
+def hold_out(examples: list[Encoded], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/eval index split; at least one row each way when possible."""
+    n = len(examples)
+    n_eval = round(n * fraction) if fraction > 0 else 0
+    if fraction > 0 and n >= 2:
+        n_eval = min(max(1, n_eval), n - 1)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    eval_idx = sorted(order[:n_eval])
+    chosen = set(eval_idx)
+    return [i for i in range(n) if i not in chosen], eval_idx
+
+
+def prepare_data(cfg: JobConfig, tokenizer: Any) -> PreparedData:
+    """Resolve, read, validate and encode the train (and eval) data of a job."""
+    encoder = Encoder(tokenizer, cfg.data.max_seq_length, cfg.data.completion_only_loss)
+    train_path = resolve_location(
+        cfg.data.train_uri, InvalidDataError, what="dataset", repo_type="dataset"
+    )
+    train = encode_split(train_path, cfg.data.train_uri, "train", cfg, encoder)
+    check_report(train.report)
+    evaluation: SplitData | None = None
+    if cfg.data.eval_uri:
+        eval_path = resolve_location(
+            cfg.data.eval_uri, InvalidDataError, what="eval dataset", repo_type="dataset"
+        )
+        evaluation = encode_split(eval_path, cfg.data.eval_uri, "eval", cfg, encoder)
+        check_report(evaluation.report)
+    elif cfg.data.eval_split > 0 and len(train.examples) >= 2:
+        keep, held = hold_out(train.examples, cfg.data.eval_split, cfg.train.seed)
+        held_examples = [train.examples[i] for i in held]
+        eval_report = DataReport(
+            split="eval",
+            uri=f"{cfg.data.train_uri} (evalSplit {cfg.data.eval_split:g})",
+            rows=len(held_examples),
+            valid_rows=len(held_examples),
+            truncated_rows=sum(int(e.truncated) for e in held_examples),
+        )
+        evaluation = SplitData(held_examples, eval_report, train.files)
+        train.examples = [train.examples[i] for i in keep]
+    return PreparedData(train, evaluation)
+
+
+def write_issues(reports: list[DataReport], path: Path) -> None:
+    """Every bad row, one JSON object per line, for the user to fix their data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for report in reports:
+            for issue in report.issues:
+                handle.write(json.dumps({"split": report.split, **asdict(issue)}) + "\n")
+
+
+def sample_count(example: Encoded) -> int:
+    return 2 if isinstance(example, EncodedPair) else 1
+
+
+__all__ = [
+    "DataReport",
+    "EncodedPair",
+    "EncodedSample",
+    "PreparedData",
+    "RowIssue",
+    "SplitData",
+    "check_report",
+    "prepare_data",
+]

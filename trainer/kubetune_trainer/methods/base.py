@@ -1,0 +1,216 @@
+"""What every training method provides, and the shared causal-LM loss.
+
+A method builds the trainable model from the base model (full weights, a PEFT adapter,
+virtual tokens, bottleneck adapters, a reward head), computes the summed loss of a
+micro-batch, and saves/reloads its trained weights in Hugging Face format.
+
+Loss computation only projects the hidden states of positions that have a target onto
+the vocabulary (``logits_to_keep`` with a boolean mask, supported by transformers 5's
+decoder models): prompt tokens, padding and sample boundaries never touch the LM head,
+which is the largest matmul of a small model and a large share of a big one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kubetune_trainer.config import JobConfig
+from kubetune_trainer.data.batching import Batch
+from kubetune_trainer.data.encode import IGNORE
+
+Forward = Callable[..., Any]
+
+
+@dataclass
+class LossOutput:
+    """Summed loss of one micro-batch and what it is normalised by."""
+
+    loss_sum: torch.Tensor
+    count: float  # target tokens (LM methods) or pairs (preference methods)
+    metrics: dict[str, float] = field(default_factory=dict)  # sums, normalised by count
+
+
+@dataclass
+class TokenLogprobs:
+    """Log-probabilities of the target tokens of a batch, with their sequence index."""
+
+    logprobs: torch.Tensor  # [N]
+    sequence_index: torch.Tensor  # [N]
+    num_sequences: int
+
+    def per_sequence(self) -> torch.Tensor:
+        out = torch.zeros(
+            self.num_sequences, dtype=self.logprobs.dtype, device=self.logprobs.device
+        )
+        return out.index_add(0, self.sequence_index, self.logprobs)
+
+    def tokens_per_sequence(self) -> torch.Tensor:
+        ones = torch.ones_like(self.logprobs)
+        out = torch.zeros(self.num_sequences, dtype=ones.dtype, device=ones.device)
+        return out.index_add(0, self.sequence_index, ones)
+
+
+def find_pretrained(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP/DeepSpeed/PEFT wrappers (or ``model`` itself)."""
+    from transformers import PreTrainedModel
+
+    current = model
+    for _ in range(8):
+        if isinstance(current, PreTrainedModel):
+            return current
+        inner = None
+        for attr in ("module", "base_model", "model"):
+            candidate = getattr(current, attr, None)
+            if isinstance(candidate, nn.Module) and candidate is not current:
+                inner = candidate
+                break
+        if inner is None:
+            break
+        current = inner
+    return model
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    inner = find_pretrained(model)
+    return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+
+
+def token_logprobs(
+    forward: Forward, batch: Batch, *, virtual_tokens: int = 0, keep_supported: bool = True
+) -> TokenLogprobs:
+    """Log p(target) of every labelled position (labels shifted by one), memory-lean."""
+    labels = batch.labels
+    targets = labels[:, 1:]
+    valid = targets != IGNORE
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = valid
+    dummy = not bool(valid.any())
+    if dummy:  # zero-weight micro-batch: keep one position so every parameter sees a grad
+        keep[0, 0] = True
+    if virtual_tokens:
+        pad = torch.zeros((keep.shape[0], virtual_tokens), dtype=torch.bool, device=keep.device)
+        keep_model = torch.cat([pad, keep], dim=1)
+    else:
+        keep_model = keep
+    if keep_supported:
+        out = forward(**batch.inputs, logits_to_keep=keep_model, use_cache=False)
+        logits = out.logits
+        if logits.dim() == 3:  # models that return [1, N, V] for a mask
+            logits = logits.reshape(-1, logits.shape[-1])
+    else:
+        out = forward(**batch.inputs, use_cache=False)
+        logits = out.logits[keep_model]
+    if dummy:
+        scale = logits.float().sum() * 0.0
+        return TokenLogprobs(
+            scale.reshape(1),
+            torch.zeros(1, dtype=torch.long, device=logits.device),
+            batch.num_sequences,
+        )
+    tgt = targets[valid]
+    seq = batch.sequence_ids[:, :-1][valid]
+    logp = -F.cross_entropy(logits.float(), tgt, reduction="none")
+    return TokenLogprobs(logp, seq, batch.num_sequences)
+
+
+class Method(ABC):
+    """A training method: how to build, train, save and reload the model."""
+
+    name: str = "base"
+    #: what ``LossOutput.count`` counts, for the global normalisation of the loss
+    normalizer: Literal["tokens", "pairs"] = "tokens"
+    #: padding-free batches possible (no per-sample virtual tokens, no last-token pooling)
+    supports_padding_free: bool = True
+    virtual_tokens: int = 0
+    saves_adapter: bool = False
+    #: attention kernel for the trainable model (set by the loop: varlen when padding-free)
+    attn_implementation: str = "sdpa"
+
+    def __init__(self, cfg: JobConfig) -> None:
+        self.cfg = cfg
+        self._keep_supported: bool | None = None
+
+    # -- model --------------------------------------------------------------------
+    @abstractmethod
+    def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
+        """Load the base model and make it trainable the method's way."""
+
+    @contextlib.contextmanager
+    def base_behaviour(self, model: nn.Module) -> Iterator[None]:
+        """Make the model behave like the untuned base (for the baseline evaluation)."""
+        yield
+
+    # -- loss ---------------------------------------------------------------------
+    def count(self, batch: Batch) -> float:
+        if self.normalizer == "pairs":
+            return float(batch.pair_weights.sum()) if batch.pair_weights is not None else 0.0
+        return float(batch.label_tokens)
+
+    def logprobs(self, forward: Forward, model: nn.Module, batch: Batch) -> TokenLogprobs:
+        if self._keep_supported is None:
+            self._keep_supported = _accepts_logits_to_keep(model)
+        return token_logprobs(
+            forward, batch, virtual_tokens=self.virtual_tokens, keep_supported=self._keep_supported
+        )
+
+    def loss(self, forward: Forward, model: nn.Module, batch: Batch) -> LossOutput:
+        """Summed next-token NLL over the labelled tokens (the SFT objective)."""
+        lp = self.logprobs(forward, model, batch)
+        nll = -lp.logprobs.sum()
+        return LossOutput(nll, float(batch.label_tokens), {"nll": float(nll.detach())})
+
+    def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        """Turn summed eval metrics into reported ones."""
+        import math
+
+        count = max(totals.get("count", 0.0), 1.0)
+        loss = totals.get("loss", 0.0) / count
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "tokens": totals.get("count", 0.0),
+        }
+
+    # -- weights ------------------------------------------------------------------
+    def export_state_dict(
+        self, model: nn.Module, full: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The part of a full state dict that the output holds (all of it by default)."""
+        return full
+
+    @abstractmethod
+    def save(
+        self, model: nn.Module, state_dict: dict[str, torch.Tensor], out_dir: Path, tokenizer: Any
+    ) -> None:
+        """Write the trained weights (HF format) to ``out_dir``."""
+
+    @abstractmethod
+    def load_trained(self, base_dir: Path, trained_dir: Path) -> nn.Module:
+        """Load what ``save`` wrote onto a fresh base model (for reload checks/eval)."""
+
+    def merge(self, base_dir: Path, trained_dir: Path, out_dir: Path, tokenizer: Any) -> None:
+        from kubetune_trainer.errors import InvalidConfigError
+
+        raise InvalidConfigError(f"method {self.name} cannot be merged into the base model")
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant checkpointing: works with frozen inputs (PEFT) without hacks."""
+    target: Any = model
+    if not hasattr(target, "gradient_checkpointing_enable"):
+        return
+    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
+    tokenizer.save_pretrained(out_dir)

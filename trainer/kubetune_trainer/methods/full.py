@@ -1,0 +1,40 @@
+"""Full fine-tuning: every weight trains; the output is a complete HF model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
+from kubetune_trainer.models.load import load_causal_lm
+
+
+class FullFineTuning(Method):
+    name = "full"
+
+    def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
+        model = load_causal_lm(
+            model_dir,
+            dtype=load_dtype,
+            trust_remote_code=self.cfg.model.trust_remote_code,
+            attn_implementation=self.attn_implementation,
+        )
+        if self.cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
+
+    def save(
+        self, model: nn.Module, state_dict: dict[str, torch.Tensor], out_dir: Path, tokenizer: Any
+    ) -> None:
+        from kubetune_trainer.methods.base import find_pretrained
+
+        find_pretrained(model).save_pretrained(
+            out_dir, state_dict=state_dict, safe_serialization=True
+        )  # type: ignore[operator]
+        save_tokenizer(tokenizer, out_dir)
+
+    def load_trained(self, base_dir: Path, trained_dir: Path) -> nn.Module:
+        return load_causal_lm(trained_dir, dtype=torch.float32)

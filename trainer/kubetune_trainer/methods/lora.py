@@ -1,0 +1,130 @@
+"""LoRA, DoRA and QLoRA through PEFT.
+
+QLoRA loads the frozen base in 4-bit with bitsandbytes, which needs CUDA: on a CPU the
+method stops with ExitCode.UNSUPPORTED before any data is touched (bitsandbytes is not
+a CPU dependency of the trainer image). Merging folds ``B @ A * alpha/r`` into the base
+weights; for QLoRA the base is reloaded unquantized (compute dtype) before merging, so
+the merged model is a normal dense checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kubetune_trainer.config import LoraSettings
+from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
+from kubetune_trainer.models.load import bitsandbytes_config, load_causal_lm
+
+
+def lora_config(settings: LoraSettings, task_type: str = "CAUSAL_LM") -> Any:
+    from peft import LoraConfig
+
+    targets: Any = list(settings.target_modules)
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        task_type=task_type,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        use_dora=settings.use_dora,
+        bias="none",
+    )
+
+
+class PeftAdapterMethod(Method):
+    """Shared save/reload/disable for methods implemented as PEFT adapters."""
+
+    saves_adapter = True
+
+    @contextlib.contextmanager
+    def base_behaviour(self, model: nn.Module) -> Iterator[None]:
+        peft_model = _peft_model(model)
+        virtual, self.virtual_tokens = self.virtual_tokens, 0  # no virtual tokens in the base
+        try:
+            with peft_model.disable_adapter():
+                yield
+        finally:
+            self.virtual_tokens = virtual
+
+    def export_state_dict(
+        self, model: nn.Module, full: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return full  # PeftModel.save_pretrained filters the adapter weights itself
+
+    def save(
+        self, model: nn.Module, state_dict: dict[str, torch.Tensor], out_dir: Path, tokenizer: Any
+    ) -> None:
+        peft_model = _peft_model(model)
+        peft_model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        save_tokenizer(tokenizer, out_dir)
+
+    def load_trained(self, base_dir: Path, trained_dir: Path) -> nn.Module:
+        from peft import PeftModel
+
+        base = load_causal_lm(base_dir, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, trained_dir)
+
+
+class LoraMethod(PeftAdapterMethod):
+    name = "lora"
+
+    def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        assert self.cfg.lora is not None
+        quantization = None
+        if self.cfg.method == "qlora":
+            assert self.cfg.quantization is not None
+            quantization = bitsandbytes_config(self.cfg.quantization)
+        model = load_causal_lm(
+            model_dir,
+            dtype=load_dtype,
+            trust_remote_code=self.cfg.model.trust_remote_code,
+            quantization=quantization,
+            attn_implementation=self.attn_implementation,
+        )
+        if quantization is not None:
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=self.cfg.train.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        elif self.cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return get_peft_model(model, lora_config(self.cfg.lora), autocast_adapter_dtype=True)
+
+    def merge(self, base_dir: Path, trained_dir: Path, out_dir: Path, tokenizer: Any) -> None:
+        """Fold the adapter into a dense copy of the base model and save it."""
+        from peft import PeftModel
+
+        dtype = torch.float32
+        if self.cfg.model.dtype in ("bfloat16", "float16"):
+            dtype = getattr(torch, self.cfg.model.dtype)
+        base = load_causal_lm(
+            base_dir,
+            dtype=dtype,
+            trust_remote_code=self.cfg.model.trust_remote_code,
+            attn_implementation="sdpa",
+        )
+        merged = PeftModel.from_pretrained(base, trained_dir).merge_and_unload()
+        merged.save_pretrained(out_dir, safe_serialization=True)
+        save_tokenizer(tokenizer, out_dir)
+
+
+def _peft_model(model: nn.Module) -> Any:
+    from peft import PeftModel
+
+    current: Any = model
+    for _ in range(4):
+        if isinstance(current, PeftModel):
+            return current
+        current = getattr(current, "module", current)
+    raise TypeError(f"{type(model).__name__} is not a PEFT model")

@@ -1,0 +1,33 @@
+"""Method name -> implementation."""
+
+from __future__ import annotations
+
+from kubetune_trainer.config import JobConfig
+from kubetune_trainer.errors import UnsupportedError
+from kubetune_trainer.methods.adapters import BottleneckAdapterMethod
+from kubetune_trainer.methods.base import Method
+from kubetune_trainer.methods.dpo import DpoMethod
+from kubetune_trainer.methods.full import FullFineTuning
+from kubetune_trainer.methods.lora import LoraMethod
+from kubetune_trainer.methods.reward import RewardModelMethod
+from kubetune_trainer.methods.virtual_tokens import PrefixTuning, PromptTuning
+
+METHODS: dict[str, type[Method]] = {
+    "full": FullFineTuning,
+    "lora": LoraMethod,
+    "qlora": LoraMethod,
+    "prefix": PrefixTuning,
+    "prompt": PromptTuning,
+    "adapter": BottleneckAdapterMethod,
+    "dpo": DpoMethod,
+    "reward": RewardModelMethod,
+}
+
+
+def get_method(cfg: JobConfig) -> Method:
+    cls = METHODS.get(cfg.method)
+    if cls is None:
+        raise UnsupportedError(f"method {cfg.method} is not supported by this trainer")
+    method = cls(cfg)
+    method.name = cfg.method
+    return method

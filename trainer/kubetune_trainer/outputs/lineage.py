@@ -1,0 +1,103 @@
+"""Lineage: what exactly produced a model (digests of inputs, config hash, versions).
+
+Digests are sha256 over file contents; a directory's digest hashes the sorted list of
+(relative path, file digest) pairs, so it is independent of file system order and
+timestamps. Hidden files and ``.cache`` are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "kubetune",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "deepspeed",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+)
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """Digest of a file, or of every file under a directory."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        digest.update(str(rel).encode() + b"\0" + sha256_file(file).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision() -> str | None:
+    """The source revision: $KUBETUNE_GIT_REVISION (set in the image) or ``git``."""
+    env = os.environ.get("KUBETUNE_GIT_REVISION")
+    if env:
+        return env
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    revision = out.stdout.strip()
+    return revision if out.returncode == 0 and revision else None
+
+
+def build_lineage(
+    *,
+    job: dict[str, Any],
+    base_model: dict[str, Any],
+    datasets: list[dict[str, Any]],
+    training: dict[str, Any],
+    evaluation: dict[str, Any],
+    outputs: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "schema": "kubetune.io/lineage/v1",
+        "job": job,
+        "baseModel": base_model,
+        "datasets": datasets,
+        "training": training,
+        "evaluation": evaluation,
+        "outputs": outputs,
+        "software": {"versions": package_versions(), "gitRevision": git_revision()},
+    }

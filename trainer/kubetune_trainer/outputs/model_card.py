@@ -1,0 +1,139 @@
+"""The model card (README.md) written next to the weights, from the lineage record.
+
+Hugging Face front matter (base model, library, tags) so hubs and registries index it,
+then what a reviewer needs: method and hyperparameters, data counts (including skipped
+and truncated rows), evaluation of tuned vs. base model, digests, versions, and how to
+load the result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def _eval_table(evaluation: dict[str, Any]) -> str:
+    base = evaluation.get("base") or {}
+    tuned = evaluation.get("tuned") or {}
+    if not tuned:
+        return "No evaluation set was configured (dataset.eval or dataset.evalSplit).\n"
+    keys = [k for k in tuned if isinstance(tuned[k], int | float)]
+    lines = ["| metric | base model | tuned model |", "| --- | --- | --- |"]
+    for key in keys:
+        lines.append(f"| {key} | {_fmt(base.get(key, 'n/a'))} | {_fmt(tuned[key])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _how_to_load(method: str, base_uri: str) -> str:
+    if method in ("lora", "qlora", "prefix", "prompt"):
+        return (
+            "```python\nfrom peft import AutoPeftModelForCausalLM\n"
+            'model = AutoPeftModelForCausalLM.from_pretrained("<this directory>")\n```\n'
+            f"(the adapter config names the base model; the base came from `{base_uri}`.)\n"
+        )
+    if method == "adapter":
+        return (
+            "Bottleneck adapters (kubetune's own; not mergeable):\n\n"
+            "```python\nfrom kubetune_trainer.methods.adapters import load_bottleneck_adapter\n"
+            'model = load_bottleneck_adapter(base_dir, "<this directory>")\n```\n'
+        )
+    if method == "reward":
+        return (
+            "```python\nfrom transformers import AutoModelForSequenceClassification\n"
+            'model = AutoModelForSequenceClassification.from_pretrained("<this directory>")\n```\n'
+        )
+    return (
+        "```python\nfrom transformers import AutoModelForCausalLM\n"
+        'model = AutoModelForCausalLM.from_pretrained("<this directory>")\n```\n'
+    )
+
+
+def render_model_card(lineage: dict[str, Any]) -> str:
+    job = lineage["job"]
+    base = lineage["baseModel"]
+    training = lineage["training"]
+    evaluation = lineage["evaluation"]
+    software = lineage["software"]
+    method = job["method"]
+    library = "peft" if method in ("lora", "qlora", "prefix", "prompt") else "transformers"
+    front = [
+        "---",
+        f"base_model: {json.dumps(base['uri'])}",
+        f"library_name: {library}",
+        "tags:",
+        "- kubetune",
+        f"- {method}",
+        "---",
+        "",
+    ]
+    data_rows = []
+    for d in lineage["datasets"]:
+        data_rows.append(
+            f"| {d['split']} | `{d['uri']}` | {d.get('rows', 'n/a')} | {d.get('validRows', 'n/a')} "
+            f"| {d.get('skippedRows', 0)} | {d.get('truncatedRows', 0)} "
+            f"| `{(d.get('sha256') or 'n/a')[:16]}…` |"
+        )
+    hp = training.get("hyperparameters", {})
+    hp_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in hp.items())
+    versions = ", ".join(f"{k} {v}" for k, v in software["versions"].items())
+    t = training
+    revision = f" (revision {base['revision']})" if base.get("revision") else ""
+    resumed = t.get("resumedFromStep")
+    summary = "\n".join(
+        [
+            f"- steps: {t.get('steps')} ({_fmt(t.get('epochs', 0.0))} epochs), "
+            f"world size {t.get('worldSize')}, engine {t.get('engine')}, "
+            f"precision {t.get('precision')}",
+            f"- batching: {t.get('batching')}",
+            f"- tokens trained on: {t.get('tokensSeen')} (non-padding), "
+            f"samples: {t.get('samplesSeen')}",
+            f"- final training loss: {_fmt(t.get('finalLoss'))}",
+            f"- wall time of the last attempt: {_fmt(t.get('elapsedSeconds'))} s"
+            + (f"; resumed from the checkpoint of step {resumed}" if resumed is not None else ""),
+        ]
+    )
+    body = f"""# {job["name"]}
+
+Fine-tuned by kubetune with method **{method}** from `{base["uri"]}`{revision}.
+
+## Training
+
+{summary}
+
+| hyperparameter | value |
+| --- | --- |
+{hp_rows}
+
+## Data
+
+| split | location | rows | used | skipped (invalid) | truncated | sha256 |
+| --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(data_rows)}
+
+Invalid rows are listed with file, line and reason in `data_issues.jsonl` when present.
+
+## Evaluation
+
+{_eval_table(evaluation)}
+## Lineage
+
+- base model sha256: `{base.get("sha256")}`
+- resolved job config sha256: `{job.get("configHash")}`
+- git revision: `{software.get("gitRevision") or "unknown"}`
+- software: {versions}
+
+The complete record is in `lineage.json`.
+
+## How to load
+
+{_how_to_load(method, base["uri"])}"""
+    return "\n".join(front) + body

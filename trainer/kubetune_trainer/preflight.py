@@ -1,0 +1,74 @@
+"""``--validate-only``: the operator's CPU-only check before any GPU is requested.
+
+Checks, in order, that the resolved config makes sense, the base (and DPO reference)
+model is reachable and well-formed (config, tokenizer, every safetensors header — no
+weights are loaded), the datasets are reachable and every row parses and tokenizes,
+and the output location is usable. The first failure raises the TrainerError whose
+exit code tells the operator what is wrong; success returns a one-paragraph summary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kubetune_trainer.config import JobConfig
+from kubetune_trainer.data.batching import BatchPlan
+from kubetune_trainer.data.validate import prepare_data
+from kubetune_trainer.errors import InvalidConfigError
+from kubetune_trainer.methods.registry import get_method
+from kubetune_trainer.models.load import inspect_model_dir, load_tokenizer, resolve_model_dir
+
+
+def validate_job(cfg: JobConfig, output_dir: Path) -> str:
+    method = get_method(cfg)  # refuses unknown methods
+    if (
+        cfg.method == "prompt"
+        and cfg.prompt
+        and cfg.prompt.init == "text"
+        and not cfg.prompt.init_text
+    ):
+        raise InvalidConfigError("peft.prompt.init text needs peft.prompt.initText")
+    model_dir = resolve_model_dir(cfg.model.uri, cfg.model.revision)
+    info = inspect_model_dir(model_dir, cfg.model.trust_remote_code)
+    if cfg.dpo and cfg.dpo.reference_model_uri:
+        inspect_model_dir(resolve_model_dir(cfg.dpo.reference_model_uri, what="reference model"))
+    tokenizer = load_tokenizer(model_dir, cfg.model.trust_remote_code)
+    data = prepare_data(cfg, tokenizer)
+    _check_output(output_dir)
+    plan = BatchPlan(
+        num_units=len(data.train.examples),
+        global_batch_size=cfg.train.global_batch_size,
+        micro_batch_size=cfg.train.micro_batch_size,
+        world_size=cfg.distributed.world_size,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        seed=cfg.train.seed,
+    )
+    steps = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+    train = data.train.report
+    eval_part = (
+        f"eval {data.eval.report.valid_rows} rows" if data.eval is not None else "no eval set"
+    )
+    notes = []
+    if cfg.data.packing and not (cfg.uses_padding_free and method.supports_padding_free):
+        notes.append(f"packing does not apply to method {cfg.method}: batches are padded")
+    if cfg.method == "qlora":
+        notes.append("qlora needs a CUDA GPU with bitsandbytes at training time")
+    return (
+        f"validation passed: model {cfg.model.uri} ({info.model_type}, "
+        f"{info.num_parameters:,} parameters); train {train.valid_rows} of {train.rows} rows "
+        f"({train.skipped_rows} invalid skipped, {train.truncated_rows} truncated to "
+        f"{cfg.data.max_seq_length} tokens), {eval_part}; {steps} optimizer steps planned "
+        f"({plan.steps_per_epoch} per epoch) on {cfg.distributed.world_size} processes"
+        + ("; " + "; ".join(notes) if notes else "")
+    )
+
+
+def _check_output(output_dir: Path) -> None:
+    """An existing output directory must be writable (e.g. not a read-only PVC mount).
+
+    A missing one is fine: the validation pod may not mount the output volume, and the
+    trainer creates the directory.
+    """
+    if output_dir.exists() and not os.access(output_dir, os.W_OK):
+        raise InvalidConfigError(f"the output location {output_dir} is not writable")

@@ -1,0 +1,602 @@
+"""The training loop: one lean loop for every method and parallelism strategy.
+
+Why not ``transformers.Trainer``/TRL trainers: the contract needs control they do not
+give cheaply — atomic multi-rank checkpoints with a COMPLETE marker, exact resume of
+the data position without replaying a data loader, a health verdict *before* the
+update is applied, SIGTERM agreement across ranks, padding-free batches for every
+method (TRL's preference trainers pad) and logits only for target positions. The loop
+is ~400 lines; methods plug in through :class:`~kubetune_trainer.methods.base.Method`
+and strategies through :class:`~kubetune_trainer.distributed.strategy.Engine`.
+
+Per optimizer step, on every rank: collate this rank's micro-batches (fixed count),
+all-reduce the number of target tokens (or pairs) of the global batch, run
+forward/backward with the loss normalised by that global count, all-reduce the loss,
+clip, check health, step. Then log, and checkpoint when the interval, a SIGTERM or the
+end says so (the stop decision is all-reduced so ranks never disagree).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune.contract import TrainerPaths
+from kubetune_trainer.checkpoint import atomic
+from kubetune_trainer.checkpoint.state import TrainerState, load_rng, save_rng
+from kubetune_trainer.config import JobConfig
+from kubetune_trainer.data.batching import Batch, BatchPlan, collate, eval_micro_batches
+from kubetune_trainer.data.encode import Encoded
+from kubetune_trainer.data.validate import PreparedData, prepare_data, write_issues
+from kubetune_trainer.distributed.env import (
+    DistEnv,
+    all_gather_objects,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+)
+from kubetune_trainer.distributed.precision import resolve_precision
+from kubetune_trainer.distributed.strategy import Engine, build_engine, write_engine_info
+from kubetune_trainer.errors import InvalidConfigError, PreemptedError
+from kubetune_trainer.health import HealthMonitor
+from kubetune_trainer.methods.base import Method
+from kubetune_trainer.methods.dpo import DpoMethod
+from kubetune_trainer.methods.registry import get_method
+from kubetune_trainer.metrics import MetricsServer, TrainerMetrics
+from kubetune_trainer.models.load import load_dtype, load_tokenizer, resolve_model_dir
+from kubetune_trainer.models.varlen_attention import padding_free_attention
+from kubetune_trainer.outputs.export import write_outputs
+from kubetune_trainer.progress import ProgressReporter
+from kubetune_trainer.signals import StopRequest
+
+log = logging.getLogger("kubetune.trainer")
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced (returned to tests and the CLI)."""
+
+    output_dir: Path
+    steps: int
+    final_loss: float | None
+    eval_results: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None
+    #: the trained module (unwrapped), for in-process callers such as tests
+    model: Any = None
+
+
+def seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: JobConfig, paths: TrainerPaths, env: DistEnv) -> None:
+        self.cfg = cfg
+        self.paths = paths
+        self.env = env
+        self.output_dir = paths.output_dir
+        self.ckpt_root = paths.checkpoints_dir
+        self.progress = ProgressReporter(paths.progress_file, enabled=env.is_main)
+        self.metrics = TrainerMetrics()
+        self.server: MetricsServer | None = None
+        self.stop = StopRequest()
+        self.health = HealthMonitor(cfg.health)
+        self.method: Method = get_method(cfg)
+        self.state = TrainerState(
+            world_size=env.world_size,
+            strategy=cfg.distributed.strategy,
+            config_hash=cfg.config_hash,
+        )
+        self.reference: dict[str, torch.Tensor] = {}
+        self.resumed_from: int | None = None
+        self._last_ckpt_time = time.monotonic()
+        self._last_ckpt_step: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def start_observability(self) -> None:
+        if not self.env.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.progress.update(state="validating")
+        self.progress.start_heartbeat()
+        try:
+            self.server = MetricsServer(self.metrics, self.progress, self.paths.metrics_port)
+            self.server.start()
+            log.info(
+                "metrics on :%s/metrics, progress on :%s/progress",
+                self.server.port,
+                self.server.port,
+            )
+        except OSError as exc:
+            log.warning("metrics server not started on port %s: %s", self.paths.metrics_port, exc)
+            self.server = None
+        self.metrics.info.info(
+            {
+                "job": self.cfg.name,
+                "namespace": self.cfg.namespace,
+                "method": self.cfg.method,
+                "model": self.cfg.model.uri,
+                "strategy": self.cfg.distributed.strategy,
+            }
+        )
+        self.metrics.world_size.set(self.env.world_size)
+
+    def load_data(self, tokenizer: Any) -> PreparedData:
+        data = prepare_data(self.cfg, tokenizer)
+        if self.env.is_main:
+            for report in data.reports:
+                self.metrics.skipped_rows.labels(split=report.split).inc(report.skipped_rows)
+                self.metrics.truncated_rows.labels(split=report.split).inc(report.truncated_rows)
+                log.info(
+                    "%s data: %d rows, %d used, %d skipped (invalid), %d truncated to %d tokens",
+                    report.split,
+                    report.rows,
+                    report.valid_rows,
+                    report.skipped_rows,
+                    report.truncated_rows,
+                    self.cfg.data.max_seq_length,
+                )
+            if any(r.issues for r in data.reports):
+                write_issues(data.reports, self.output_dir / "data_issues.jsonl")
+            self.progress.update(
+                skipped_rows=sum(r.skipped_rows for r in data.reports),
+                truncated_rows=sum(r.truncated_rows for r in data.reports),
+            )
+        return data
+
+    def scheduler_factory(self, total_steps: int) -> Any:
+        from transformers import get_scheduler
+
+        warmup = math.ceil(self.cfg.train.warmup_ratio * total_steps)
+
+        def factory(optimizer: torch.optim.Optimizer) -> Any:
+            return get_scheduler(
+                self.cfg.train.scheduler,
+                optimizer=optimizer,
+                num_warmup_steps=warmup,
+                num_training_steps=total_steps,
+            )
+
+        return factory
+
+    # ----------------------------------------------------------------- batches
+    def batch(self, examples: list[Encoded], ids: list[int], split: str) -> Batch:
+        units = [examples[i] for i in ids]
+        batch = collate(
+            units,
+            padding_free=self.padding_free,
+            pad_token_id=self.pad_token_id,
+            dummy=examples[0],
+        )
+        batch.unit_ids = ids or [0]
+        if split in self.reference:
+            batch.reference = self.reference[split][batch.unit_ids]
+        return batch.to(self.env.device)
+
+    # --------------------------------------------------------------- reference
+    def compute_reference(self, engine: Engine, data: PreparedData, model_dir: Path) -> None:
+        """DPO: log-probs of the reference policy for every pair, once, sharded by rank."""
+        assert isinstance(self.method, DpoMethod)
+        ref_uri = self.method.settings.reference_model_uri
+        if ref_uri:
+            ref_model = self.method.load_reference(
+                resolve_model_dir(ref_uri, what="reference model")
+            )
+            ref_model.to(self.env.device).eval()
+            forward: Callable[..., Any] = ref_model
+            module: torch.nn.Module = ref_model
+        else:
+            engine.eval()
+            forward, module = engine.forward, engine.model
+        splits = {"train": data.train.examples}
+        if data.eval is not None:
+            splits["eval"] = data.eval.examples
+        for split, examples in splits.items():
+            rows: list[tuple[int, float, float]] = []
+            micro = self.cfg.train.micro_batch_size
+            with torch.no_grad():
+                for ids in eval_micro_batches(
+                    len(examples), micro, self.env.world_size, self.env.rank
+                ):
+                    batch = self.batch(examples, ids, split="none")
+                    logps, _ = self.method.sequence_logps(forward, module, batch)
+                    n = batch.num_sequences // 2
+                    if ids:
+                        for k, unit in enumerate(ids):
+                            rows.append((unit, float(logps[k]), float(logps[n + k])))
+            table = torch.zeros((len(examples), 2), dtype=torch.float32)
+            for part in all_gather_objects(rows, self.env):
+                for unit, chosen, rejected in part:
+                    table[unit, 0] = chosen
+                    table[unit, 1] = rejected
+            self.reference[split] = table
+        if ref_uri:
+            del forward, module
+        engine.train()
+
+    # --------------------------------------------------------------- evaluate
+    def evaluate(self, engine: Engine, examples: list[Encoded]) -> dict[str, float]:
+        engine.eval()
+        totals: dict[str, float] = defaultdict(float)
+        micro = self.cfg.train.micro_batch_size
+        with torch.no_grad():
+            for ids in eval_micro_batches(len(examples), micro, self.env.world_size, self.env.rank):
+                batch = self.batch(examples, ids, split="eval")
+                out = self.method.loss(engine.forward, engine.model, batch)
+                if ids:
+                    totals["loss"] += float(out.loss_sum)
+                    totals["count"] += out.count
+                    for key, value in out.metrics.items():
+                        totals[key] += value
+        keys = sorted(set(totals) | {"loss", "count"})
+        summed = dict(zip(keys, all_reduce_sum([totals[k] for k in keys], self.env), strict=True))
+        engine.train()
+        return self.method.eval_metrics(summed)
+
+    # ------------------------------------------------------------- checkpoint
+    def save_checkpoint(self, engine: Engine, step: int) -> None:
+        started = time.perf_counter()
+        self.progress.update(state="saving")
+        staging = atomic.staging_path(self.ckpt_root, step)
+        if self.env.is_main:
+            atomic.prepare_staging(self.ckpt_root, step)
+        barrier(self.env)
+        engine.save(staging)
+        save_rng(staging, self.env.rank)
+        if self.env.is_main:
+            self.state.step = step
+            self.state.save(staging)
+            if self.reference:
+                torch.save(self.reference, staging / "reference_logps.pt")
+            write_engine_info(engine, staging)
+        barrier(self.env)
+        final: Path | None = None
+        if self.env.is_main:
+            final = atomic.commit(
+                self.ckpt_root,
+                staging,
+                step,
+                {"configHash": self.cfg.config_hash, "engine": engine.name},
+            )
+            atomic.prune(self.ckpt_root, self.cfg.checkpoint.keep_last)
+        barrier(self.env)
+        self._last_ckpt_time = time.monotonic()
+        self._last_ckpt_step = step
+        if self.env.is_main:
+            self.metrics.checkpoints.inc()
+            self.metrics.checkpoint_duration.observe(time.perf_counter() - started)
+            self.metrics.last_checkpoint_step.set(step)
+            self.progress.update(
+                state="training", last_checkpoint_step=step, last_checkpoint_path=str(final)
+            )
+            log.info("checkpoint %s written in %.2fs", final, time.perf_counter() - started)
+
+    def try_resume(self, engine: Engine) -> None:
+        if self.env.is_main:
+            atomic.clean_staging(self.ckpt_root)
+        barrier(self.env)
+        if self.cfg.checkpoint.resume != "auto":
+            return
+        # rank 0 decides; every rank must see the same directory (shared output volume)
+        found = atomic.latest_complete(self.ckpt_root) if self.env.is_main else None
+        latest_name = broadcast_object(found.name if found else None, self.env)
+        if latest_name is None:
+            return
+        latest = self.ckpt_root / latest_name
+        (missing,) = all_reduce_max([0.0 if (latest / atomic.COMPLETE).exists() else 1.0], self.env)
+        if missing:
+            raise InvalidConfigError(
+                f"checkpoint {latest} is not visible on every rank: the output location must "
+                "be one volume shared by all training pods (e.g. a ReadWriteMany PVC)"
+            )
+        saved = TrainerState.load(latest)
+        if saved.strategy != self.cfg.distributed.strategy and "deepspeed" in (
+            saved.strategy,
+            self.cfg.distributed.strategy,
+        ):
+            raise InvalidConfigError(
+                f"checkpoint {latest} was written by strategy {saved.strategy}, the job now uses "
+                f"{self.cfg.distributed.strategy}; set checkpoint.resume: never to start over"
+            )
+        if saved.world_size != self.env.world_size and self.cfg.distributed.strategy == "deepspeed":
+            raise InvalidConfigError(
+                f"checkpoint {latest} was written by {saved.world_size} DeepSpeed processes, "
+                f"this gang has {self.env.world_size}; ZeRO state cannot be re-partitioned here"
+            )
+        if saved.config_hash and saved.config_hash != self.cfg.config_hash:
+            log.warning("resuming from %s written with a different config hash", latest)
+        engine.load(latest)
+        if not load_rng(latest, self.env.rank):
+            seed_all(self.cfg.train.seed + 7919 * self.env.rank + saved.step)
+        if (latest / "reference_logps.pt").exists():
+            self.reference = torch.load(latest / "reference_logps.pt", weights_only=True)
+        self.state = saved
+        self.state.world_size = self.env.world_size
+        self.health.nonfinite_streak = saved.nonfinite_streak
+        self.resumed_from = saved.step
+        self._last_ckpt_step = saved.step
+        log.info("resumed from %s (step %d)", latest, saved.step)
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> RunResult:
+        cfg, env = self.cfg, self.env
+        self.start_observability()
+        self.stop.install()
+        started = time.monotonic()
+
+        model_dir = resolve_model_dir(cfg.model.uri, cfg.model.revision)
+        tokenizer = load_tokenizer(model_dir, cfg.model.trust_remote_code)
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        data = self.load_data(tokenizer)
+        self.padding_free = cfg.uses_padding_free and self.method.supports_padding_free
+
+        self.progress.update(state="loading")
+        if self.padding_free:
+            self.method.attn_implementation = padding_free_attention(env.device)
+        precision = resolve_precision(cfg.train.precision, env.device)
+        frozen = cfg.method in ("lora", "qlora", "prefix", "prompt", "adapter")
+        seed_all(cfg.train.seed)  # identical initialisation (reward head, adapters) on all ranks
+        model = self.method.build(model_dir, tokenizer, load_dtype(cfg.model, precision, frozen))
+        n_params = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.metrics.parameters.set(n_params)
+        self.metrics.trainable_parameters.set(n_train)
+        log.info(
+            "method %s: %d trainable of %d parameters (%.3f%%), precision %s, %s batches",
+            cfg.method,
+            n_train,
+            n_params,
+            100.0 * n_train / max(n_params, 1),
+            precision,
+            "padding-free" if self.padding_free else "padded",
+        )
+
+        plan = BatchPlan(
+            num_units=len(data.train.examples),
+            global_batch_size=cfg.train.global_batch_size,
+            micro_batch_size=cfg.train.micro_batch_size,
+            world_size=env.world_size,
+            gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+            seed=cfg.train.seed,
+        )
+        total_steps = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+        engine = build_engine(model, env, precision, cfg, self.scheduler_factory(total_steps))
+        self.try_resume(engine)
+        if self.resumed_from is None:
+            seed_all(cfg.train.seed + 7919 * env.rank)
+        if isinstance(self.method, DpoMethod) and not self.reference:
+            self.compute_reference(engine, data, model_dir)
+        self.metrics.total_steps.set(total_steps)
+
+        if data.eval is not None and self.state.base_eval is None:
+            self.progress.update(state="evaluating", total_steps=total_steps)
+            with self.method.base_behaviour(engine.unwrapped):
+                self.state.base_eval = self.evaluate(engine, data.eval.examples)
+            if env.is_main:
+                self.metrics.eval_loss.labels(model="base").set(self.state.base_eval["loss"])
+                log.info("base model eval: %s", _short(self.state.base_eval))
+
+        self.progress.update(state="training", total_steps=total_steps, step=self.state.step)
+        self.train_steps(engine, data, plan, total_steps)
+        if self._last_ckpt_step != self.state.step:
+            self.save_checkpoint(engine, self.state.step)
+
+        eval_results: dict[str, Any] = {"evaluated": data.eval is not None}
+        if data.eval is not None:
+            self.progress.update(state="evaluating")
+            tuned = self.evaluate(engine, data.eval.examples)
+            eval_results.update(base=self.state.base_eval, tuned=tuned)
+            if env.is_main:
+                self.metrics.eval_loss.labels(model="tuned").set(tuned["loss"])
+                self.progress.update(eval_loss=tuned["loss"])
+                log.info("tuned model eval: %s", _short(tuned))
+
+        self.progress.update(state="saving")
+        full = engine.full_state_dict()
+        if env.is_main:
+            assert full is not None
+            write_outputs(
+                trainer=self,
+                engine=engine,
+                state_dict=self.method.export_state_dict(engine.unwrapped, full),
+                tokenizer=tokenizer,
+                model_dir=model_dir,
+                data=data,
+                eval_results=eval_results,
+                total_steps=total_steps,
+                plan=plan,
+                wall_seconds=time.monotonic() - started,
+            )
+        barrier(env)
+        if env.is_main:  # the final scrape, for runs nobody scraped (kubetune run --local)
+            (self.output_dir / "metrics.prom").write_bytes(self.metrics.exposition())
+        self.progress.update(state="done", step=self.state.step)
+        self.progress.stop()
+        return RunResult(
+            self.output_dir,
+            self.state.step,
+            self.state.last_loss,
+            eval_results,
+            self.resumed_from,
+            engine.unwrapped,
+        )
+
+    def train_steps(
+        self, engine: Engine, data: PreparedData, plan: BatchPlan, total_steps: int
+    ) -> None:
+        cfg, env, method = self.cfg, self.env, self.method
+        examples = data.train.examples
+        interval_steps = cfg.checkpoint.interval_steps
+        interval_seconds = cfg.checkpoint.interval_seconds
+        log_path = self.output_dir / "train_log.jsonl"
+        step_times: list[float] = []
+        engine.train()
+        while self.state.step < total_steps:
+            t0 = time.perf_counter()
+            step = self.state.step
+            batches = [
+                self.batch(examples, ids, "train") for ids in plan.micro_batches(step, env.rank)
+            ]
+            local_count = sum(method.count(b) for b in batches)
+            (global_count,) = all_reduce_sum([local_count], env)
+            scale = env.world_size / global_count if global_count > 0 else 0.0
+            loss_sum = 0.0
+            extra: dict[str, float] = defaultdict(float)
+            for index, batch in enumerate(batches):
+                last = index == len(batches) - 1
+                with engine.sync_context(last):
+                    out = method.loss(engine.forward, engine.model, batch)
+                    engine.backward(out.loss_sum * scale, last)
+                loss_sum += float(out.loss_sum.detach())
+                for key, value in out.metrics.items():
+                    extra[key] += value
+            tokens = sum(b.real_tokens for b in batches)
+            samples = sum(b.samples for b in batches)
+            total_loss, total_tokens, total_samples = all_reduce_sum(
+                [loss_sum, float(tokens), float(samples)], env
+            )
+            loss = total_loss / global_count if global_count > 0 else float("nan")
+            grad_norm = engine.clip_gradients(cfg.train.max_grad_norm)
+            lr = engine.learning_rate()
+            can_skip = engine.name != "deepspeed"
+            verdict = self.health.check(step + 1, loss, grad_norm, can_skip=can_skip)
+            if verdict == "skip":
+                engine.skip_step()
+                self.metrics.skipped_steps.inc()
+                log.warning("step %d: non-finite loss, update skipped (tolerated)", step + 1)
+            else:
+                after = engine.optimizer_step()
+                if grad_norm is None and after is not None:
+                    grad_norm = after
+                    self.health.check(step + 1, loss, grad_norm, can_skip=False)
+            self.state.step = step + 1
+            self.state.tokens_seen += int(total_tokens)
+            self.state.samples_seen += int(total_samples)
+            self.state.last_loss = loss
+            self.state.nonfinite_streak = self.health.nonfinite_streak
+            elapsed = time.perf_counter() - t0
+            step_times.append(elapsed)
+            self.report_step(
+                loss,
+                lr,
+                grad_norm,
+                total_tokens,
+                total_samples,
+                elapsed,
+                step_times,
+                plan,
+                total_steps,
+                log_path,
+            )
+            stop_local = 1.0 if self.stop.requested(self.state.step) else 0.0
+            due_time = (
+                1.0
+                if env.is_main
+                and interval_seconds
+                and time.monotonic() - self._last_ckpt_time >= interval_seconds
+                else 0.0
+            )
+            stop_flag, time_flag = all_reduce_max([stop_local, due_time], env)
+            due_steps = bool(interval_steps) and self.state.step % int(interval_steps or 1) == 0
+            periodic = (due_steps or bool(time_flag)) and self.state.step < total_steps
+            if periodic or stop_flag:
+                self.save_checkpoint(engine, self.state.step)
+            if stop_flag:
+                reason = self.stop.signal_name or "a stop request on another rank"
+                self.progress.update(state="failed", message=f"preempted by {reason}")
+                raise PreemptedError(
+                    f"stopped by {reason} at step {self.state.step}/{total_steps}; checkpoint "
+                    f"{atomic.checkpoint_name(self.state.step)} is complete; a restart resumes "
+                    "there"
+                )
+
+    def report_step(
+        self,
+        loss: float,
+        lr: float,
+        grad_norm: float | None,
+        tokens: float,
+        samples: float,
+        elapsed: float,
+        step_times: list[float],
+        plan: BatchPlan,
+        total_steps: int,
+        log_path: Path,
+    ) -> None:
+        if not self.env.is_main:
+            return
+        step = self.state.step
+        recent = step_times[-20:]
+        avg = sum(recent) / len(recent)
+        eta = max(0.0, (total_steps - step) * avg)
+        tps = tokens / elapsed if elapsed > 0 else 0.0
+        sps = samples / elapsed if elapsed > 0 else 0.0
+        m = self.metrics
+        m.loss.set(loss)
+        m.learning_rate.set(lr)
+        if grad_norm is not None:
+            m.grad_norm.set(grad_norm)
+        m.tokens_per_second.set(tps)
+        m.samples_per_second.set(sps)
+        m.step_duration.observe(elapsed)
+        m.steps.inc()
+        m.tokens.inc(tokens)
+        m.samples.inc(samples)
+        m.step.set(step)
+        m.epoch.set(plan.epoch_of(step))
+        m.eta.set(eta)
+        m.record_memory(self.env.device.type)
+        self.progress.update(
+            state="training",
+            step=step,
+            total_steps=total_steps,
+            epoch=plan.epoch_of(step),
+            loss=loss if math.isfinite(loss) else None,
+            learning_rate=lr,
+            tokens_per_second=tps,
+            samples_per_second=sps,
+            grad_norm=grad_norm if grad_norm is not None and math.isfinite(grad_norm) else None,
+            eta_seconds=eta,
+        )
+        record = {
+            "step": step,
+            "loss": loss,
+            "learningRate": lr,
+            "gradNorm": grad_norm,
+            "tokens": tokens,
+            "tokensPerSecond": tps,
+            "stepSeconds": elapsed,
+            "epoch": plan.epoch_of(step),
+        }
+        with log_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        gn = f"{grad_norm:.3f}" if grad_norm is not None else "n/a"
+        log.info(
+            "step %d/%d loss %.4f lr %.3g grad %s tok/s %.0f eta %.0fs",
+            step,
+            total_steps,
+            loss,
+            lr,
+            gn,
+            tps,
+            eta,
+        )
+
+
+def _short(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
