@@ -62,7 +62,8 @@ def test_job_runs_with_the_right_pods_in_a_restricted_namespace(
         spec = pod["spec"]
         c = spec["containers"][0]
         cmd = c["command"]
-        assert cmd[0] == "torchrun" and cmd[-2:] == ["-m", "kubetune_trainer"]
+        assert cmd[:3] == ["python", "-m", "kubetune_trainer.launch"]
+        assert cmd[-2:] == ["-m", "kubetune_trainer"]
         assert f"--node-rank={rank}" in cmd and "--nnodes=2" in cmd
         assert "--nproc-per-node=8" in cmd
         assert f"--master-addr=ft-0.ft.{ns}.svc" in cmd

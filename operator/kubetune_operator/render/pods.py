@@ -28,13 +28,22 @@ def master_address(job: FineTuneJob) -> str:
     )
 
 
+LAUNCHER = ("python", "-m", "kubetune_trainer.launch")
+
+
 def torchrun_command(
     job: FineTuneJob, attempt: int, rank: int, settings: OperatorSettings
 ) -> list[str]:
-    """``torchrun ... -m kubetune_trainer`` for ``rank`` of gang ``attempt``."""
+    """``torchrun ... -m kubetune_trainer`` for ``rank`` of gang ``attempt``.
+
+    Run through ``kubetune_trainer.launch``, a drop-in for ``torchrun`` that passes the
+    arguments on verbatim: torchrun alone exits 1 for any failed worker, the launcher
+    exits with the most meaningful code a rank recorded, so the operator can tell bad
+    data (permanent) from preemption (retryable).
+    """
     res = job.spec.resources
     return [
-        "torchrun",
+        *LAUNCHER,
         f"--nnodes={res.nodes}",
         f"--nproc-per-node={res.gpus_per_node}",
         f"--node-rank={rank}",

@@ -137,7 +137,8 @@ def test_checker_catches_violations(job: FineTuneJob, settings: OperatorSettings
 
 def test_torchrun_command(job: FineTuneJob, settings: OperatorSettings) -> None:
     cmd = torchrun_command(job, 3, 1, settings)
-    assert cmd[0] == "torchrun" and cmd[-2:] == ["-m", "kubetune_trainer"]
+    assert cmd[:3] == ["python", "-m", "kubetune_trainer.launch"]
+    assert cmd[-2:] == ["-m", "kubetune_trainer"]
     assert "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd and "--node-rank=1" in cmd
     assert "--rdzv-backend=static" in cmd
     assert "--master-addr=tune-0.tune.team.svc" in cmd

@@ -115,7 +115,8 @@ def test_torchrun_accepts_the_rendered_command(manifest: Callable[..., dict[str,
         manifest(resources={"nodes": 4}, hyperparameters={"globalBatchSize": 64})
     )
     command = torchrun_command(job, 3, 2, OperatorSettings(leader_election=False))
-    config, _entrypoint, args = config_from_args(parse_args(command[1:]))
+    assert command[:3] == ["python", "-m", "kubetune_trainer.launch"]
+    config, _entrypoint, args = config_from_args(parse_args(command[3:]))
     assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (4, 4, 8)
     assert config.rdzv_backend == "static" and config.max_restarts == 0
     assert config.rdzv_endpoint == "tune-0.tune.team.svc:29400"
