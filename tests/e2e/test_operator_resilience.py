@@ -60,7 +60,17 @@ def test_failure_while_the_operator_is_down_restarts_once(
     finish_pod(cluster, ns, "down-a1-0", 75, message="interrupted")
     replica = operator.spawn()
     replica.wait_ready()
-    status = wait_phase(cluster, ns, "down", "Running", timeout=60)
+    # The job still shows attempt 1 Running from before the crash: wait for the new
+    # leader to notice the failed pod and start attempt 2.
+    status = wait_until(
+        lambda: (
+            (s := job_status(cluster, ns, "down")).get("phase") == "Running"
+            and s.get("attempts", 0) >= 2
+            and s
+        ),
+        timeout=60,
+        what="attempt 2 of down Running",
+    )
     assert status["attempts"] == 2
     time.sleep(3)  # any duplicate reaction would show by now
     assert job_status(cluster, ns, "down")["attempts"] == 2
