@@ -18,6 +18,7 @@ from kubetune.api.infra import (
 from kubetune.api.methods import (
     LORA_METHODS,
     MERGEABLE_METHODS,
+    PACKING_METHODS,
     PEFT_METHODS,
     PREFERENCE_METHODS,
     RLHF_METHODS,
@@ -86,6 +87,13 @@ SPEC_RULES: list[dict[str, Any]] = [
         "dataset.format must be preference for methods reward and dpo, and must not be "
         "preference for the other methods",
         field_path=".dataset.format",
+    ),
+    cel(
+        "!(has(self.dataset.packing) && self.dataset.packing) || "
+        f"self.method in {cel_list(PACKING_METHODS)}",
+        "dataset.packing applies only to methods full, lora, qlora and adapter (prefix and "
+        "prompt tuning prepend virtual tokens per sample; reward models pool each row)",
+        field_path=".dataset.packing",
     ),
     cel(
         f"!self.output.mergeAdapter || self.method in {cel_list(MERGEABLE_METHODS)}",

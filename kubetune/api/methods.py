@@ -16,6 +16,10 @@ RLHF_METHODS: tuple[str, ...] = ("reward", "ppo", "dpo")
 # trainer: refused by the API server with a clear message instead of mishandled.
 UNSUPPORTED_METHODS: tuple[str, ...] = ("ppo",)
 
+# Padding-free packing needs whole-row independence the other methods lack: virtual
+# tokens are prepended per sample and reward models pool each row's last token.
+PACKING_METHODS: tuple[str, ...] = ("full", "lora", "qlora", "adapter")
+
 # Only the low-rank methods have weights that fold back into the base model.
 MERGEABLE_METHODS: tuple[str, ...] = LORA_METHODS
 

@@ -16,6 +16,7 @@ from pydantic import Field
 from kubetune.api.base import ApiModel
 from kubetune.api.defaults import DEFAULT_EVAL_SPLIT, DEFAULT_ZERO_STAGE, METHOD_DEFAULTS
 from kubetune.api.job import API_VERSION, FineTuneJob, FineTuneJobSpec
+from kubetune.api.methods import PACKING_METHODS
 from kubetune.api.training import (
     AdapterSettings,
     DpoSettings,
@@ -111,7 +112,7 @@ def resolve(
     if data.eval is None and data.eval_split is None:
         data.eval_split = DEFAULT_EVAL_SPLIT
     if data.packing is None:
-        data.packing = data.format != "preference"
+        data.packing = data.format != "preference" and spec.method in PACKING_METHODS
     if spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage is None:
         spec.distributed.zero_stage = DEFAULT_ZERO_STAGE
     _fill_method_blocks(spec)

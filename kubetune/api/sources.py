@@ -115,8 +115,8 @@ class DatasetSpec(ApiModel):
     packing: bool | None = Field(
         default=None,
         description="Pack several samples into one sequence without cross-sample attention "
-        "(padding-free batching). Default true, except for preference data, where it is "
-        "not available.",
+        "(padding-free batching). Default true for methods full, lora, qlora and adapter; "
+        "not available for prefix/prompt tuning, reward models and preference data.",
     )
     completion_only_loss: bool = Field(
         default=True,

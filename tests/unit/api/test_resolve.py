@@ -48,6 +48,12 @@ def test_dpo_defaults(manifest: dict[str, Any]) -> None:
     assert resolved.spec.hyperparameters.epochs == 1.0
 
 
+def test_packing_defaults_by_method(manifest: dict[str, Any]) -> None:
+    for method, packed in (("full", True), ("adapter", True), ("prefix", False), ("prompt", False)):
+        manifest["spec"]["method"] = method
+        assert resolve(_job(manifest)).spec.dataset.packing is packed, method
+
+
 def test_deepspeed_defaults_to_zero2(manifest: dict[str, Any]) -> None:
     manifest["spec"]["distributed"] = {"strategy": "deepspeed"}
     assert resolve(_job(manifest)).spec.distributed.zero_stage == 2
