@@ -37,11 +37,11 @@ class Cluster:
 
     @property
     def kubectl_path(self) -> Path:
-        return self.binaries.kubectl
+        return self.dev.kubectl_path
 
     @property
     def helm_path(self) -> Path:
-        return self.binaries.helm
+        return self.dev.helm_path
 
     @property
     def bin_dirs(self) -> list[Path]:

@@ -215,6 +215,24 @@ def pull_policy(spec: FineTuneJobSpec, settings: OperatorSettings) -> str | None
     return spec.image_pull_policy or settings.image_pull_policy
 
 
+def trainer_container(
+    spec: FineTuneJobSpec, settings: OperatorSettings, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A trainer-image container with what every kubetune container shares: restricted
+    security context, the termination message the operator reads, the pull policy."""
+    container: dict[str, Any] = {
+        "image": image_of(spec, settings),
+        **fields,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": str(paths.TERMINATION_LOG),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    policy = pull_policy(spec, settings)
+    if policy:
+        container["imagePullPolicy"] = policy
+    return container
+
+
 def pod_base_spec(spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
     """Fields every pod of the job shares: no API token, restricted security, pull secrets."""
     pod: dict[str, Any] = {

@@ -114,32 +114,29 @@ def render_worker_pod(
         annotations[naming.KUEUE_RETRIABLE_ANNOTATION] = "false"
 
     store = common.storage(spec, settings, with_output=True)
-    container: dict[str, Any] = {
-        "name": naming.TRAINER_CONTAINER,
-        "image": common.image_of(spec, settings),
-        "command": torchrun_command(job, attempt, rank, settings),
-        "env": [
-            *common.user_env(spec),
-            *common.credential_env(spec),
-            *contract_env(job, attempt, store.output_dir, settings),
-        ],
-        "ports": [
-            {"name": "metrics", "containerPort": settings.progress_port, "protocol": "TCP"},
-            {"name": "rdzv", "containerPort": settings.rendezvous_port, "protocol": "TCP"},
-        ],
-        "resources": resources(job),
-        "volumeMounts": [
-            common.config_mount(),
-            {"name": common.SHM_VOLUME, "mountPath": "/dev/shm"},
-            *store.mounts,
-        ],
-        "securityContext": common.container_security_context(),
-        "terminationMessagePath": str(paths.TERMINATION_LOG),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    policy = common.pull_policy(spec, settings)
-    if policy:
-        container["imagePullPolicy"] = policy
+    container = common.trainer_container(
+        spec,
+        settings,
+        {
+            "name": naming.TRAINER_CONTAINER,
+            "command": torchrun_command(job, attempt, rank, settings),
+            "env": [
+                *common.user_env(spec),
+                *common.credential_env(spec),
+                *contract_env(job, attempt, store.output_dir, settings),
+            ],
+            "ports": [
+                {"name": "metrics", "containerPort": settings.progress_port, "protocol": "TCP"},
+                {"name": "rdzv", "containerPort": settings.rendezvous_port, "protocol": "TCP"},
+            ],
+            "resources": resources(job),
+            "volumeMounts": [
+                common.config_mount(),
+                {"name": common.SHM_VOLUME, "mountPath": "/dev/shm"},
+                *store.mounts,
+            ],
+        },
+    )
 
     pod_spec = common.pod_base_spec(spec, settings)
     pod_spec.update(

@@ -27,29 +27,26 @@ def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings
     # s3:// output without one); a directory that does not exist here is fine for it.
     output_dir = common.storage(spec, settings, with_output=True).output_dir
     amounts = {"cpu": settings.validation_cpu, "memory": settings.validation_memory}
-    container: dict[str, Any] = {
-        "name": naming.VALIDATION_CONTAINER,
-        "image": common.image_of(spec, settings),
-        "command": list(VALIDATE_COMMAND),
-        "env": [
-            *common.user_env(spec),
-            *common.credential_env(spec),
-            {"name": paths.CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
-            {"name": paths.VALIDATE_ONLY_ENV, "value": "1"},
-            *([{"name": paths.OUTPUT_ENV, "value": output_dir}] if output_dir else []),
-            {"name": common.PVC_ROOT_ENV, "value": settings.pvc_mount_root},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "PYTHONUNBUFFERED", "value": "1"},
-        ],
-        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
-        "volumeMounts": [common.config_mount(), *store.mounts],
-        "securityContext": common.container_security_context(),
-        "terminationMessagePath": str(paths.TERMINATION_LOG),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    policy = common.pull_policy(spec, settings)
-    if policy:
-        container["imagePullPolicy"] = policy
+    container = common.trainer_container(
+        spec,
+        settings,
+        {
+            "name": naming.VALIDATION_CONTAINER,
+            "command": list(VALIDATE_COMMAND),
+            "env": [
+                *common.user_env(spec),
+                *common.credential_env(spec),
+                {"name": paths.CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
+                {"name": paths.VALIDATE_ONLY_ENV, "value": "1"},
+                *([{"name": paths.OUTPUT_ENV, "value": output_dir}] if output_dir else []),
+                {"name": common.PVC_ROOT_ENV, "value": settings.pvc_mount_root},
+                {"name": "HF_HUB_OFFLINE", "value": "1"},
+                {"name": "PYTHONUNBUFFERED", "value": "1"},
+            ],
+            "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+            "volumeMounts": [common.config_mount(), *store.mounts],
+        },
+    )
     pod_spec = common.pod_base_spec(spec, settings)
     pod_spec.update(
         {

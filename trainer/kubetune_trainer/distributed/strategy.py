@@ -115,7 +115,42 @@ class Engine(ABC):
         self.model.eval()
 
 
-class LocalEngine(Engine):
+class _TorchOptimizerEngine(Engine):
+    """An engine whose AdamW and LR schedule are plain torch objects (not DeepSpeed's)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+    def _init_optimizer(
+        self,
+        module: nn.Module,
+        cfg: JobConfig,
+        scheduler_factory: SchedulerFactory,
+        *,
+        fused: bool | None,
+    ) -> None:
+        """``fused=None`` leaves torch's own choice (foreach on GPU); DTensors cannot fuse."""
+        self.optimizer = torch.optim.AdamW(
+            param_groups(module, cfg.train.weight_decay),
+            lr=cfg.train.learning_rate,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            fused=fused,
+        )
+        self.scheduler = scheduler_factory(self.optimizer)
+
+    def _next_step(self) -> None:
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def skip_step(self) -> None:
+        self._next_step()
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+class LocalEngine(_TorchOptimizerEngine):
     """One process, or DDP across processes (gloo on CPU, NCCL on GPU)."""
 
     def __init__(
@@ -133,14 +168,7 @@ class LocalEngine(Engine):
         self.params = trainable_parameters(module)
         # fused AdamW: one kernel over all parameters (CUDA, and CPU since torch 2.4)
         fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self.params)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(module, cfg.train.weight_decay),
-            lr=cfg.train.learning_rate,
-            betas=(0.9, 0.999),
-            eps=1e-8,
-            fused=fused,
-        )
-        self.scheduler = scheduler_factory(self.optimizer)
+        self._init_optimizer(module, cfg, scheduler_factory, fused=fused)
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -181,16 +209,8 @@ class LocalEngine(Engine):
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._next_step()
         return None
-
-    def skip_step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-
-    def learning_rate(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
 
     def _named_trainable(self) -> dict[str, torch.Tensor]:
         return {
@@ -231,7 +251,7 @@ class LocalEngine(Engine):
         return {k: v.detach().cpu() for k, v in self.unwrapped.state_dict().items()}
 
 
-class FsdpEngine(Engine):
+class FsdpEngine(_TorchOptimizerEngine):
     """FSDP2 (``fully_shard``): parameters, gradients and optimizer state sharded."""
 
     name = "fsdp"
@@ -272,13 +292,7 @@ class FsdpEngine(Engine):
         self.model = module
         self.unwrapped = module
         self.params = trainable_parameters(module)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(module, cfg.train.weight_decay),
-            lr=cfg.train.learning_rate,
-            betas=(0.9, 0.999),
-            eps=1e-8,
-        )
-        self.scheduler = scheduler_factory(self.optimizer)
+        self._init_optimizer(module, cfg, scheduler_factory, fused=None)
 
     @property
     def uses_autocast(self) -> bool:
@@ -299,16 +313,8 @@ class FsdpEngine(Engine):
 
     def optimizer_step(self) -> float | None:
         self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._next_step()
         return None
-
-    def skip_step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-
-    def learning_rate(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
 
     def save(self, directory: Path) -> None:
         import torch.distributed.checkpoint as dcp

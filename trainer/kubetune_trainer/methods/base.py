@@ -214,3 +214,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
+
+
+def save_whole_model(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], out_dir: Path, tokenizer: Any
+) -> None:
+    """Save a complete HF model (full fine-tuning, reward models) with its tokenizer."""
+    find_pretrained(model).save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)  # type: ignore[operator]
+    save_tokenizer(tokenizer, out_dir)

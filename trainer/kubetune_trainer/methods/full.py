@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
+from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_whole_model
 from kubetune_trainer.models.load import load_causal_lm
 
 
@@ -29,12 +29,7 @@ class FullFineTuning(Method):
     def save(
         self, model: nn.Module, state_dict: dict[str, torch.Tensor], out_dir: Path, tokenizer: Any
     ) -> None:
-        from kubetune_trainer.methods.base import find_pretrained
-
-        find_pretrained(model).save_pretrained(
-            out_dir, state_dict=state_dict, safe_serialization=True
-        )  # type: ignore[operator]
-        save_tokenizer(tokenizer, out_dir)
+        save_whole_model(model, state_dict, out_dir, tokenizer)
 
     def load_trained(self, base_dir: Path, trained_dir: Path) -> nn.Module:
         return load_causal_lm(trained_dir, dtype=torch.float32)

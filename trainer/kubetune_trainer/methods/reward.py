@@ -21,8 +21,7 @@ from kubetune_trainer.methods.base import (
     LossOutput,
     Method,
     enable_gradient_checkpointing,
-    find_pretrained,
-    save_tokenizer,
+    save_whole_model,
 )
 from kubetune_trainer.models.load import load_sequence_classifier
 
@@ -76,10 +75,7 @@ class RewardModelMethod(Method):
     def save(
         self, model: nn.Module, state_dict: dict[str, torch.Tensor], out_dir: Path, tokenizer: Any
     ) -> None:
-        find_pretrained(model).save_pretrained(
-            out_dir, state_dict=state_dict, safe_serialization=True
-        )  # type: ignore[operator]
-        save_tokenizer(tokenizer, out_dir)
+        save_whole_model(model, state_dict, out_dir, tokenizer)
 
     def load_trained(self, base_dir: Path, trained_dir: Path) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
