@@ -34,7 +34,7 @@ cluster-binaries:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy kubetune operator/kubetune_operator trainer/kubetune_trainer
+	$(BIN)/mypy src/kubetune operator/kubetune_operator trainer/kubetune_trainer
 
 crd: $(STAMP)
 	$(BIN)/kubetune crd

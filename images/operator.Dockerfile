@@ -3,7 +3,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY kubetune ./kubetune
+COPY src ./src
 COPY operator ./operator
 COPY trainer/kubetune_trainer/__init__.py ./trainer/kubetune_trainer/__init__.py
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'

@@ -11,7 +11,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN useradd --uid 65532 --create-home --home-dir /workspace --shell /usr/sbin/nologin kubetune
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY kubetune ./kubetune
+COPY src ./src
 COPY trainer ./trainer
 COPY operator/kubetune_operator/__init__.py ./operator/kubetune_operator/__init__.py
 RUN pip install '.[trainer]' && rm -rf /src
