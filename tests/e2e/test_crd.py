@@ -14,11 +14,10 @@ import pytest
 import yaml
 
 from kubetune.devcluster.testing import Cluster, Kubectl, wait_until
-from kubetune.devcluster.versions import find_repo_root
 
 pytestmark = pytest.mark.e2e
 
-REPO = find_repo_root()
+REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "kubetune.io_finetunejobs.yaml"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 CRD_NAME = "finetunejobs.kubetune.io"

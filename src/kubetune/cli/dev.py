@@ -2,7 +2,7 @@
 
 ``kubetune dev cluster build|up|down|env|status`` manages a real local control plane (etcd,
 kube-apiserver, kube-controller-manager, kube-scheduler) with KWOK fake GPU nodes, built from
-source at pinned versions (see hack/cluster/versions.env).
+source at pinned versions (see kubetune/devcluster/data/versions.env).
 
 Progress goes to stderr; ``up`` and ``env`` print shell lines on stdout, so
 ``eval "$(kubetune dev cluster up)"`` points the current shell at the cluster.

@@ -1,4 +1,4 @@
-"""Build (and cache) the control plane binaries by running ``hack/cluster/build.sh``."""
+"""Build (and cache) the control plane binaries by running the packaged ``data/build.sh``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kubetune.devcluster.versions import Binaries, DevClusterError, find_repo_root
+from kubetune.devcluster.versions import DATA_DIR, Binaries, DevClusterError
 
 FALLBACK_GO = Path("/usr/local/go/bin/go")
 
@@ -33,15 +33,13 @@ def build(
     force: bool = False,
     log_path: Path | None = None,
     on_line: Callable[[str], None] | None = None,
-    repo_root: Path | None = None,
 ) -> Binaries:
     """Build every missing component (or ``components``) and return the binary paths.
 
     Output of the build goes to ``log_path`` (if given) and, line by line, to ``on_line``.
     Raises DevClusterError with the tail of the log when the build fails.
     """
-    root = repo_root or find_repo_root()
-    binaries = Binaries.default(root)
+    binaries = Binaries.default()
     wanted = components if components is not None else binaries.missing()
     if not wanted and not force:
         return binaries
@@ -51,8 +49,7 @@ def build(
             "no Go toolchain found: install Go >= "
             f"{binaries.versions.go_min} or set GO=/path/to/go to build the dev cluster"
         )
-    script = root / "hack" / "cluster" / "build.sh"
-    cmd = ["bash", str(script), *(["--force"] if force else []), *wanted]
+    cmd = ["bash", str(DATA_DIR / "build.sh"), *(["--force"] if force else []), *wanted]
     env = dict(os.environ, GO=str(go))
     tail: list[str] = []
     started = time.monotonic()
@@ -60,7 +57,6 @@ def build(
     try:
         with subprocess.Popen(
             cmd,
-            cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
 """Run a real local control plane (etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler) with KWOK fake nodes, from the binaries built by ``hack/cluster/build.sh``.
+kube-scheduler) with KWOK fake nodes, from the binaries built by ``data/build.sh``.
 
 Everything listens on 127.0.0.1 on ports chosen at start (the API server port can be fixed), so
 several clusters (CI and a developer's) can run side by side with different state directories.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -36,7 +37,7 @@ from kubetune.devcluster.procs import (
     spawn,
     terminate,
 )
-from kubetune.devcluster.versions import Binaries, DevClusterError
+from kubetune.devcluster.versions import COMPONENT_BINARIES, Binaries, DevClusterError
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -51,6 +52,8 @@ RUNTIME_COMPONENTS = ("etcd", "kubernetes", "kwok")
 STATE_ENTRIES = frozenset(
     {"state.json", "state.tmp", "kubeconfig", "kubeconfigs", "pki", "etcd", "kwok", "logs"}
 )
+#: every listener, all on 127.0.0.1, picked free at each start
+PORT_NAMES = ("etcd", "etcd_peer", "kube_controller_manager", "kube_scheduler", "kwok", "apiserver")
 STARTUP_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 Progress = Callable[[str], None]
@@ -250,11 +253,11 @@ class DevCluster:
 
     @property
     def kubectl_path(self) -> Path:
-        return self.binaries.kubectl
+        return self.binaries.path("kubectl")
 
     @property
     def helm_path(self) -> Path:
-        return self.binaries.helm
+        return self.binaries.path("helm")
 
     # -- state ---------------------------------------------------------------------------------
     def load_state(self) -> ClusterState | None:
@@ -302,8 +305,8 @@ class DevCluster:
         b = self.binaries
         return [
             f"export KUBECONFIG={shlex.quote(str(self.kubeconfig))}",
-            f"export KUBETUNE_KUBECTL={shlex.quote(str(b.kubectl))}",
-            f"export KUBETUNE_HELM={shlex.quote(str(b.helm))}",
+            f"export KUBETUNE_KUBECTL={shlex.quote(str(self.kubectl_path))}",
+            f"export KUBETUNE_HELM={shlex.quote(str(self.helm_path))}",
             f'export PATH="{b.component_dir("kubernetes")}:{b.component_dir("helm")}:$PATH"',
         ]
 
@@ -344,8 +347,7 @@ class DevCluster:
         if missing:
             if not build:
                 raise DevClusterError(
-                    f"binaries missing for {missing}: run `kubetune dev cluster build` "
-                    "(or hack/cluster/build.sh) first"
+                    f"binaries missing for {missing}: run `kubetune dev cluster build` first"
                 )
             from kubetune.devcluster.build import build as build_binaries
 
@@ -384,261 +386,45 @@ class DevCluster:
         deadline: float,
         say: Progress,
     ) -> ClusterState:
-        b = self.binaries
-        sd = self.state_dir
+        """Bring the control plane up in dependency order; every process started is appended
+        to ``infos`` (and state.json) at once, so a failed start can be stopped."""
         say("generating certificates")
-        pki = certs.generate(sd / "pki")
+        pki = certs.generate(self.state_dir / "pki")
+        state = self._new_state(_pick_ports(apiserver_port), infos, nodes)
+        boot = _Boot(self, state, pki, deadline=deadline, die_with_parent=die_with_parent)
+        say("starting etcd")
+        boot.etcd()
+        say("starting kube-apiserver")
+        boot.apiserver()
+        say("starting kube-controller-manager, kube-scheduler and kwok")
+        boot.controller_manager()
+        boot.scheduler()
+        boot.kwok()
+        say(f"creating {len(nodes)} fake nodes")
+        self.kubectl("apply", "-f", "-", input=manifests.nodes_yaml(nodes))
+        boot.wait_components_healthy()
+        say("waiting for the nodes to become Ready and schedulable")
+        boot.wait_nodes_ready({n.name for n in nodes})
+        say("waiting for the default ServiceAccount")
+        boot.wait_default_service_account()
+        return state
 
-        ports_list = free_ports(6)
-        if apiserver_port:
-            if port_in_use(apiserver_port):
-                raise DevClusterError(f"API server port {apiserver_port} is already in use")
-            ports_list = [*[p for p in ports_list if p != apiserver_port][:5], apiserver_port]
-        ports = dict(
-            zip(
-                ["etcd", "etcd_peer", "kube_controller_manager", "kube_scheduler", "kwok"],
-                ports_list[:5],
-                strict=True,
-            )
-        )
-        ports["apiserver"] = ports_list[5]
-        server = f"https://127.0.0.1:{ports['apiserver']}"
-        kc_dir = sd / "kubeconfigs"
-        write_kubeconfig(
-            self.kubeconfig, server, pki.ca_crt, pki.client_crt("admin"), pki.client_key("admin")
-        )
-        component_kc = {
-            name: write_kubeconfig(
-                kc_dir / f"{name}.kubeconfig",
-                server,
-                pki.ca_crt,
-                pki.client_crt(name),
-                pki.client_key(name),
-                user=name,
-            )
-            for name in ("kube-controller-manager", "kube-scheduler", "kwok")
-        }
-        state = ClusterState(
-            state_dir=str(sd),
+    def _new_state(
+        self, ports: dict[str, int], infos: list[ProcInfo], nodes: list[manifests.NodeSpec]
+    ) -> ClusterState:
+        """The state of a cluster about to start: where it listens, what runs it."""
+        b = self.binaries
+        return ClusterState(
+            state_dir=str(self.state_dir),
             kubeconfig=str(self.kubeconfig),
-            server=server,
+            server=f"https://127.0.0.1:{ports['apiserver']}",
             ports=ports,
             processes=infos,
-            versions={
-                c: self.binaries.versions.of(c) for c in ("kubernetes", "etcd", "kwok", "helm")
-            },
-            binaries={
-                n: str(b.path(n))
-                for n in (
-                    "etcd",
-                    "kube-apiserver",
-                    "kube-controller-manager",
-                    "kube-scheduler",
-                    "kubectl",
-                    "kwok",
-                    "helm",
-                )
-            },
+            versions={c: b.versions.of(c) for c in COMPONENT_BINARIES},
+            binaries={n: str(b.path(n)) for names in COMPONENT_BINARIES.values() for n in names},
             started_at=time.time(),
             nodes=[n.name for n in nodes],
         )
-
-        def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-            proc, info = spawn(
-                name,
-                argv,
-                self.logs_dir / f"{name}.log",
-                env=env,
-                cwd=sd,
-                die_with_parent=die_with_parent,
-            )
-            self._popens[proc.pid] = proc
-            infos.append(info)
-            self._save_state(state)
-
-        def wait_for(what: str, check: Callable[[], bool], log_of: str) -> None:
-            while True:
-                if check():
-                    return
-                dead = [p.name for p in infos if not p.alive()]
-                if dead:
-                    raise DevClusterError(
-                        f"{', '.join(dead)} exited while waiting for {what}; log of {dead[0]}:\n"
-                        + _log_tail(self.logs_dir / f"{dead[0]}.log")
-                    )
-                if time.monotonic() > deadline:
-                    raise DevClusterError(
-                        f"timed out waiting for {what}; log of {log_of}:\n"
-                        + _log_tail(self.logs_dir / f"{log_of}.log")
-                    )
-                time.sleep(0.1)
-
-        # etcd ----------------------------------------------------------------------------------
-        say("starting etcd")
-        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-        peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
-        start(
-            "etcd",
-            [
-                str(b.etcd),
-                "--name=kubetune",
-                f"--data-dir={sd / 'etcd'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=kubetune={peer_url}",
-                "--initial-cluster-state=new",
-                # a throw-away dev/test cluster: durability is not wanted, speed is
-                "--unsafe-no-fsync=true",
-                "--quota-backend-bytes=4294967296",
-                "--log-level=warn",
-            ],
-        )
-        wait_for("etcd", lambda: _http_ok(f"{etcd_url}/health"), "etcd")
-
-        # kube-apiserver ------------------------------------------------------------------------
-        say("starting kube-apiserver")
-        start(
-            "kube-apiserver",
-            [
-                str(b.kube_apiserver),
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={ports['apiserver']}",
-                f"--cert-dir={pki.dir / 'kube-apiserver'}",
-                f"--tls-cert-file={pki.apiserver_crt}",
-                f"--tls-private-key-file={pki.apiserver_key}",
-                f"--client-ca-file={pki.ca_crt}",
-                "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction",
-                "--allow-privileged=true",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={pki.sa_pub}",
-                f"--service-account-signing-key-file={pki.sa_key}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                # the aggregation layer (front proxy), as a kubeadm cluster has it
-                f"--requestheader-client-ca-file={pki.ca_crt}",
-                f"--requestheader-allowed-names={certs.FRONT_PROXY_CN}",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={pki.client_crt('front-proxy-client')}",
-                f"--proxy-client-key-file={pki.client_key('front-proxy-client')}",
-                # the only advertise address is 127.0.0.1, which Endpoints may not hold; no pod
-                # runs for real, so nothing needs the kubernetes Service's endpoints
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-                "--event-ttl=1h",
-                "--v=1",
-            ],
-        )
-        api = _Api(server, pki)
-        wait_for(
-            "kube-apiserver /readyz",
-            lambda: api.get("/readyz", timeout=2)[0] == 200,
-            "kube-apiserver",
-        )
-
-        # controller-manager, scheduler, kwok ---------------------------------------------------
-        say("starting kube-controller-manager, kube-scheduler and kwok")
-        kcm_kc = component_kc["kube-controller-manager"]
-        start(
-            "kube-controller-manager",
-            [
-                str(b.kube_controller_manager),
-                f"--kubeconfig={kcm_kc}",
-                f"--authentication-kubeconfig={kcm_kc}",
-                f"--authorization-kubeconfig={kcm_kc}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={ports['kube_controller_manager']}",
-                f"--cert-dir={pki.dir / 'kube-controller-manager'}",
-                "--leader-elect=false",
-                "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={pki.sa_key}",
-                f"--root-ca-file={pki.ca_crt}",
-                f"--cluster-signing-cert-file={pki.ca_crt}",
-                f"--cluster-signing-key-file={pki.ca_key}",
-                "--controllers=*",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
-        sched_kc = component_kc["kube-scheduler"]
-        start(
-            "kube-scheduler",
-            [
-                str(b.kube_scheduler),
-                f"--kubeconfig={sched_kc}",
-                f"--authentication-kubeconfig={sched_kc}",
-                f"--authorization-kubeconfig={sched_kc}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={ports['kube_scheduler']}",
-                f"--cert-dir={pki.dir / 'kube-scheduler'}",
-                "--leader-elect=false",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
-        stages = sd / "kwok" / "stages.yaml"
-        stages.parent.mkdir(parents=True, exist_ok=True)
-        stages.write_text(manifests.STAGES_YAML)
-        # KWOK also loads ~/.kwok/kwok.yaml when it exists: give it a private HOME.
-        kwok_home = sd / "kwok" / "home"
-        kwok_home.mkdir(parents=True, exist_ok=True)
-        start(
-            "kwok",
-            [
-                str(b.kwok),
-                f"--kubeconfig={component_kc['kwok']}",
-                f"--config={stages}",
-                "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector={manifests.FAKE_NODE_SELECTOR}",
-                f"--node-ip={NODE_IP}",
-                f"--cidr={POD_CIDR}",
-                "--node-lease-duration-seconds=40",
-                f"--server-address=127.0.0.1:{ports['kwok']}",
-            ],
-            env=dict(os.environ, HOME=str(kwok_home)),
-        )
-
-        say(f"creating {len(nodes)} fake nodes")
-        self.kubectl("apply", "-f", "-", input=manifests.nodes_yaml(nodes))
-
-        kcm_health = f"https://127.0.0.1:{ports['kube_controller_manager']}/healthz"
-        sched_health = f"https://127.0.0.1:{ports['kube_scheduler']}/healthz"
-        wait_for(
-            "kube-controller-manager /healthz",
-            lambda: _healthz_insecure(kcm_health),
-            "kube-controller-manager",
-        )
-        wait_for(
-            "kube-scheduler /healthz", lambda: _healthz_insecure(sched_health), "kube-scheduler"
-        )
-
-        names = {n.name for n in nodes}
-
-        def nodes_ready() -> bool:
-            data = api.get_json("/api/v1/nodes")
-            if not data:
-                return False
-            ready = {
-                i["metadata"]["name"]
-                for i in data.get("items", [])
-                if _node_ready(i) and not _startup_tainted(i)
-            }
-            return names <= ready
-
-        say("waiting for the nodes to become Ready and schedulable")
-        wait_for("the fake nodes to become Ready", nodes_ready, "kwok")
-        say("waiting for the default ServiceAccount")
-        wait_for(
-            "the default ServiceAccount",
-            lambda: api.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
-            "kube-controller-manager",
-        )
-        return state
 
     def _apiserver_ready(self, state: ClusterState) -> bool:
         try:
@@ -729,6 +515,254 @@ class DevCluster:
         return out
 
 
+def _pick_ports(apiserver_port: int) -> dict[str, int]:
+    """Free loopback ports for every listener, so clusters can run side by side; a fixed API
+    server port (``--apiserver-port``) must be free too."""
+    ports = free_ports(len(PORT_NAMES))
+    if apiserver_port:
+        if port_in_use(apiserver_port):
+            raise DevClusterError(f"API server port {apiserver_port} is already in use")
+        ports = [*[p for p in ports if p != apiserver_port][: len(PORT_NAMES) - 1], apiserver_port]
+    return dict(zip(PORT_NAMES, ports, strict=True))
+
+
+class _Boot:
+    """One start of the control plane, one method per component.
+
+    Each step spawns its component (recorded in state.json at once, so ``down`` can stop it
+    however the start ends) and waits for what the later steps need; a component that exits, or
+    the deadline passing, fails the start with the tail of the relevant log.
+    """
+
+    def __init__(
+        self,
+        dev: DevCluster,
+        state: ClusterState,
+        pki: certs.Pki,
+        *,
+        deadline: float,
+        die_with_parent: bool,
+    ) -> None:
+        self.dev = dev
+        self.state = state
+        self.pki = pki
+        self.ports = state.ports
+        self.deadline = deadline
+        self.die_with_parent = die_with_parent
+        self.etcd_url = f"http://127.0.0.1:{self.ports['etcd']}"
+        self.kubeconfigs = self._write_kubeconfigs()
+        self.api = _Api(state.server, pki)
+
+    def _write_kubeconfigs(self) -> dict[str, Path]:
+        """The admin's kubeconfig (what users get), and one per component with its own client
+        certificate, so RBAC sees the identities a kubeadm cluster has."""
+
+        def write(path: Path, user: str) -> Path:
+            return write_kubeconfig(
+                path,
+                self.state.server,
+                self.pki.ca_crt,
+                self.pki.client_crt(user),
+                self.pki.client_key(user),
+                user=user,
+            )
+
+        write(self.dev.kubeconfig, "admin")
+        return {
+            name: write(self.dev.state_dir / "kubeconfigs" / f"{name}.kubeconfig", name)
+            for name in ("kube-controller-manager", "kube-scheduler", "kwok")
+        }
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        """Run the built binary ``name`` with its log in logs/, and record it right away."""
+        proc, info = spawn(
+            name,
+            [str(self.dev.binaries.path(name)), *args],
+            self.dev.logs_dir / f"{name}.log",
+            env=env,
+            cwd=self.dev.state_dir,
+            die_with_parent=self.die_with_parent,
+        )
+        self.dev._popens[proc.pid] = proc
+        self.state.processes.append(info)
+        self.dev._save_state(self.state)
+
+    def _wait_for(self, what: str, check: Callable[[], bool], log_of: str) -> None:
+        """Poll ``check``; fail early when a process died, or at the deadline."""
+        while not check():
+            dead = [p.name for p in self.state.processes if not p.alive()]
+            if dead:
+                raise DevClusterError(
+                    f"{', '.join(dead)} exited while waiting for {what}; log of {dead[0]}:\n"
+                    + _log_tail(self.dev.logs_dir / f"{dead[0]}.log")
+                )
+            if time.monotonic() > self.deadline:
+                raise DevClusterError(
+                    f"timed out waiting for {what}; log of {log_of}:\n"
+                    + _log_tail(self.dev.logs_dir / f"{log_of}.log")
+                )
+            time.sleep(0.1)
+
+    def etcd(self) -> None:
+        """etcd first: the API server keeps everything there."""
+        peer_url = f"http://127.0.0.1:{self.ports['etcd_peer']}"
+        self._spawn(
+            "etcd",
+            [
+                "--name=kubetune",
+                f"--data-dir={self.dev.state_dir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=kubetune={peer_url}",
+                "--initial-cluster-state=new",
+                # a throw-away dev/test cluster: durability is not wanted, speed is
+                "--unsafe-no-fsync=true",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
+        self._wait_for("etcd", lambda: _http_ok(f"{self.etcd_url}/health"), "etcd")
+
+    def apiserver(self) -> None:
+        """The API server, configured like a kubeadm cluster's (TLS, Node+RBAC authorization,
+        ServiceAccount tokens, the aggregation layer); everything else talks only to it."""
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.ports['apiserver']}",
+                f"--cert-dir={pki.dir / 'kube-apiserver'}",
+                f"--tls-cert-file={pki.apiserver_crt}",
+                f"--tls-private-key-file={pki.apiserver_key}",
+                f"--client-ca-file={pki.ca_crt}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                # the aggregation layer (front proxy), as a kubeadm cluster has it
+                f"--requestheader-client-ca-file={pki.ca_crt}",
+                f"--requestheader-allowed-names={certs.FRONT_PROXY_CN}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.client_crt('front-proxy-client')}",
+                f"--proxy-client-key-file={pki.client_key('front-proxy-client')}",
+                # the only advertise address is 127.0.0.1, which Endpoints may not hold; no pod
+                # runs for real, so nothing needs the kubernetes Service's endpoints
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--event-ttl=1h",
+                "--v=1",
+            ],
+        )
+        self._wait_for(
+            "kube-apiserver /readyz",
+            lambda: self.api.get("/readyz", timeout=2)[0] == 200,
+            "kube-apiserver",
+        )
+
+    def _client_flags(self, name: str) -> list[str]:
+        """What the controller-manager and the scheduler share: their own identity, a serving
+        port on loopback (self-signed in pki/NAME) and no leader election (one replica)."""
+        kc = self.kubeconfigs[name]
+        return [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports[name.replace('-', '_')]}",
+            f"--cert-dir={self.pki.dir / name}",
+            "--leader-elect=false",
+        ]
+
+    def controller_manager(self) -> None:
+        """All default controllers (garbage collection, Jobs, node lifecycle, pod GC, tokens):
+        the operator relies on them as on a real cluster."""
+        pki = self.pki
+        self._spawn(
+            "kube-controller-manager",
+            [
+                *self._client_flags("kube-controller-manager"),
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_crt}",
+                f"--cluster-signing-cert-file={pki.ca_crt}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                "--controllers=*",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def scheduler(self) -> None:
+        """The real scheduler, so placement (GPUs, selectors, gangs) is decided as in production."""
+        flags = self._client_flags("kube-scheduler")
+        self._spawn("kube-scheduler", [*flags, "--profiling=false", "--v=1"])
+
+    def kwok(self) -> None:
+        """KWOK plays the kubelet of the fake nodes (annotated ones only) with our Stages."""
+        kwok_dir = self.dev.state_dir / "kwok"
+        stages = kwok_dir / "stages.yaml"
+        stages.parent.mkdir(parents=True, exist_ok=True)
+        stages.write_text(manifests.stages_yaml())
+        # KWOK also loads ~/.kwok/kwok.yaml when it exists: give it a private HOME.
+        home = kwok_dir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfigs['kwok']}",
+                f"--config={stages}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={manifests.FAKE_NODE_SELECTOR}",
+                f"--node-ip={NODE_IP}",
+                f"--cidr={POD_CIDR}",
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{self.ports['kwok']}",
+            ],
+            env=dict(os.environ, HOME=str(home)),
+        )
+
+    def wait_components_healthy(self) -> None:
+        """Waited for only after the nodes are created, so they start meanwhile."""
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            url = f"https://127.0.0.1:{self.ports[name.replace('-', '_')]}/healthz"
+            self._wait_for(f"{name} /healthz", functools.partial(_healthz_insecure, url), name)
+
+    def wait_nodes_ready(self, names: set[str]) -> None:
+        """Ready AND without the startup taints: until the node lifecycle controller lifts
+        them, pods would wait (tests would see spurious Pending)."""
+
+        def ready() -> bool:
+            data = self.api.get_json("/api/v1/nodes")
+            if not data:
+                return False
+            ready = {
+                i["metadata"]["name"]
+                for i in data.get("items", [])
+                if _node_ready(i) and not _startup_tainted(i)
+            }
+            return names <= ready
+
+        self._wait_for("the fake nodes to become Ready", ready, "kwok")
+
+    def wait_default_service_account(self) -> None:
+        """Pods in ``default`` are refused until the controller-manager has created it."""
+        self._wait_for(
+            "the default ServiceAccount",
+            lambda: self.api.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            "kube-controller-manager",
+        )
+
+
 def kubectl_cmd(
     kubeconfig: Path | str | None = None, kubectl: Path | str | None = None
 ) -> list[str]:
@@ -736,7 +770,7 @@ def kubectl_cmd(
     exe: str | None = str(kubectl) if kubectl else os.environ.get("KUBETUNE_KUBECTL")
     if not exe:
         with contextlib.suppress(DevClusterError, OSError):
-            built = Binaries.default().kubectl
+            built = Binaries.default().path("kubectl")
             if built.is_file():
                 exe = str(built)
     if not exe:

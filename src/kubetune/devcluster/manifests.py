@@ -10,8 +10,8 @@ nodes (``kwok-cpu-0..1``, ``kubetune.io/node-pool=cpu``). Every node carries the
 operator does not add a KWOK toleration to the pods it creates, and in this cluster every node is
 fake anyway, so pods schedule onto them exactly as they would onto real nodes.
 
-Pod lifecycle (KWOK Stages)
----------------------------
+Pod lifecycle (KWOK Stages, ``data/stages.yaml``)
+-------------------------------------------------
 * A pod bound to a fake node goes ``Pending -> Running`` (all containers running and ready).
 * It stays Running until it is annotated (or created) with ``kwok.kubetune.io/exit-code``; then
   every container terminates with that exit code (or only ``kwok.kubetune.io/exit-container``
@@ -38,10 +38,13 @@ Node lifecycle
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from kubetune.devcluster.versions import DATA_DIR
 
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FAKE_NODE_SELECTOR = f"{FAKE_NODE_ANNOTATION}=fake"
@@ -132,357 +135,20 @@ def nodes_yaml(nodes: list[NodeSpec]) -> str:
     return yaml.safe_dump_all([node_manifest(n) for n in nodes], sort_keys=False)
 
 
-_NODE_NOT_MARKED_NOT_READY = f"""\
-    - key: '.metadata.annotations["{NODE_READY_ANNOTATION}"]'
-      operator: 'NotIn'
-      values:
-      - 'false'
-"""
+def stages_yaml() -> str:
+    """KWOK's Stage config (``data/stages.yaml``) with the annotation names filled in.
 
-_NODE_CONDITIONS = """\
-      {{ $now := Now }}
-      {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
-      conditions:
-      {{ range NodeConditions }}
-      - lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $lastTransitionTime | Quote }}
-        message: {{ .message | Quote }}
-        reason: {{ .reason | Quote }}
-        status: {{ .status | Quote }}
-        type: {{ .type | Quote }}
-      {{ end }}
-"""
-
-# The Stage resources given to KWOK with --config. Based on KWOK's own node-fast,
-# node-heartbeat-with-lease, node-chaos and pod-fast stages, plus the kubetune conventions.
-STAGES_YAML = (
-    f"""\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: kubetune-node-initialize
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Node
-  selector:
-    matchExpressions:
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: 'NotIn'
-      values:
-      - 'True'
-{_NODE_NOT_MARKED_NOT_READY}\
-  next:
-    statusTemplate: |
-{_NODE_CONDITIONS}\
-"""
-    + """\
-      {{ $hasInternalIP := false }}
-      {{ $hasHostname := false }}
-      {{ range .status.addresses }}
-        {{ if eq .type "InternalIP" }}{{ $hasInternalIP = true }}{{ end }}
-        {{ if eq .type "Hostname" }}{{ $hasHostname = true }}{{ end }}
-      {{ end }}
-      {{ if or (not $hasInternalIP) (not $hasHostname) }}
-      addresses:
-      {{ end }}
-      {{ if not $hasInternalIP }}
-      {{ with NodeIP }}
-      - address: {{ . | Quote }}
-        type: InternalIP
-      {{ end }}
-      {{ end }}
-      {{ if not $hasHostname }}
-      {{ with NodeName }}
-      - address: {{ . | Quote }}
-        type: Hostname
-      {{ end }}
-      {{ end }}
-      {{ with NodePort }}
-      daemonEndpoints:
-        kubeletEndpoint:
-          Port: {{ . }}
-      {{ end }}
-      allocatable:
-      {{ with .status.allocatable }}
-      {{ YAML . 1 }}
-      {{ else }}
-        cpu: 1k
-        memory: 1Ti
-        pods: 1M
-      {{ end }}
-      capacity:
-      {{ with .status.capacity }}
-      {{ YAML . 1 }}
-      {{ else }}
-        cpu: 1k
-        memory: 1Ti
-        pods: 1M
-      {{ end }}
-      {{ $nodeInfo := .status.nodeInfo }}
-      {{ $kwokVersion := printf "kwok-%s" Version }}
-      nodeInfo:
-        architecture: {{ or $nodeInfo.architecture "amd64" }}
-        bootID: {{ or $nodeInfo.bootID `""` }}
-        containerRuntimeVersion: {{ or $nodeInfo.containerRuntimeVersion $kwokVersion }}
-        kernelVersion: {{ or $nodeInfo.kernelVersion $kwokVersion }}
-        kubeProxyVersion: {{ or $nodeInfo.kubeProxyVersion $kwokVersion }}
-        kubeletVersion: {{ or $nodeInfo.kubeletVersion $kwokVersion }}
-        machineID: {{ or $nodeInfo.machineID `""` }}
-        operatingSystem: {{ or $nodeInfo.operatingSystem "linux" }}
-        osImage: {{ or $nodeInfo.osImage `""` }}
-        systemUUID: {{ or $nodeInfo.systemUUID `""` }}
-      phase: Running
----
-"""
-    + f"""\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: kubetune-node-heartbeat-with-lease
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Node
-  selector:
-    matchExpressions:
-    - key: '.status.phase'
-      operator: 'In'
-      values:
-      - 'Running'
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: 'In'
-      values:
-      - 'True'
-{_NODE_NOT_MARKED_NOT_READY}\
-  delay:
-    durationMilliseconds: 600000
-    jitterDurationMilliseconds: 610000
-  next:
-    statusTemplate: |
-{_NODE_CONDITIONS}\
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: kubetune-node-not-ready
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Node
-  selector:
-    matchExpressions:
-    - key: '.metadata.annotations["{NODE_READY_ANNOTATION}"]'
-      operator: 'In'
-      values:
-      - 'false'
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: 'In'
-      values:
-      - 'True'
-  next:
-    statusTemplate: |
-      {{{{ $now := Now }}}}
-      {{{{ $annotations := or .metadata.annotations dict }}}}
-      {{{{ $reason := index $annotations "{NODE_NOT_READY_REASON_ANNOTATION}" }}}}
-      {{{{ $reason = or $reason "KubeletNotReady" }}}}
-      conditions:
-      {{{{ range NodeConditions }}}}
-      {{{{ if eq .type "Ready" }}}}
-      - lastHeartbeatTime: {{{{ $now | Quote }}}}
-        lastTransitionTime: {{{{ $now | Quote }}}}
-        message: "simulated by kubetune: node marked not ready"
-        reason: {{{{ $reason | Quote }}}}
-        status: "False"
-        type: Ready
-      {{{{ else }}}}
-      - lastHeartbeatTime: {{{{ $now | Quote }}}}
-        lastTransitionTime: {{{{ $now | Quote }}}}
-        message: {{{{ .message | Quote }}}}
-        reason: {{{{ .reason | Quote }}}}
-        status: {{{{ .status | Quote }}}}
-        type: {{{{ .type | Quote }}}}
-      {{{{ end }}}}
-      {{{{ end }}}}
----
-"""
-    + """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: kubetune-pod-ready
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.phase'
-      operator: 'In'
-      values:
-      - 'Pending'
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: 'NotIn'
-      values:
-      - 'True'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "True"
-        type: Initialized
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "True"
-        type: Ready
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "True"
-        type: ContainersReady
-      {{ range .spec.readinessGates }}
-      - lastTransitionTime: {{ $now | Quote }}
-        status: "True"
-        type: {{ .conditionType | Quote }}
-      {{ end }}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: true
-        restartCount: 0
-        started: true
-        state:
-          running:
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      initContainerStatuses:
-      {{ range .spec.initContainers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: true
-        restartCount: 0
-        {{ if eq .restartPolicy "Always" }}
-        started: true
-        state:
-          running:
-            startedAt: {{ $now | Quote }}
-        {{ else }}
-        state:
-          terminated:
-            exitCode: 0
-            finishedAt: {{ $now | Quote }}
-            reason: Completed
-            startedAt: {{ $now | Quote }}
-        {{ end }}
-      {{ end }}
-      {{ $hostIPs := NodeIPsWith .spec.nodeName }}
-      {{ with $hostIPs }}
-      hostIP: {{ index . 0 | Quote }}
-      hostIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      {{ $m := .metadata }}
-      {{ $podIPs := PodIPsWith .spec.nodeName ( or .spec.hostNetwork false )
-           ( or $m.uid "" ) ( or $m.name "" ) ( or $m.namespace "" ) }}
-      {{ with $podIPs }}
-      podIP: {{ index . 0 | Quote }}
-      podIPs:
-      {{ range . }}
-      - ip: {{ . | Quote }}
-      {{ end }}
-      {{ end }}
-      phase: Running
-      startTime: {{ $now | Quote }}
----
-"""
-    + f"""\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: kubetune-pod-exit
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.phase'
-      operator: 'In'
-      values:
-      - 'Running'
-    - key: '.metadata.annotations["{EXIT_CODE_ANNOTATION}"]'
-      operator: 'Exists'
-  delay:
-    durationMilliseconds: 0
-    durationFrom:
-      expressionFrom: '.metadata.annotations["{EXIT_DELAY_ANNOTATION}"]'
-  next:
-    statusTemplate: |
-      {{{{ $now := Now }}}}
-      {{{{ $root := . }}}}
-      {{{{ $annotations := or .metadata.annotations dict }}}}
-      {{{{ $code := index $annotations "{EXIT_CODE_ANNOTATION}" }}}}
-      {{{{ $ok := eq $code "0" }}}}
-      {{{{ $reason := "Error" }}}}
-      {{{{ if $ok }}}}{{{{ $reason = "Completed" }}}}{{{{ end }}}}
-      {{{{ with index $annotations "{EXIT_REASON_ANNOTATION}" }}}}{{{{ $reason = . }}}}{{{{ end }}}}
-      {{{{ $message := or ( index $annotations "{EXIT_MESSAGE_ANNOTATION}" ) "" }}}}
-      {{{{ $only := or ( index $annotations "{EXIT_CONTAINER_ANNOTATION}" ) "" }}}}
-      {{{{ $podReason := "PodFailed" }}}}
-      {{{{ if $ok }}}}{{{{ $podReason = "PodCompleted" }}}}{{{{ end }}}}
-      {{{{ $startedAt := or .status.startTime $now }}}}
-      conditions:
-      - lastTransitionTime: {{{{ $now | Quote }}}}
-        status: "True"
-        type: Initialized
-      - lastTransitionTime: {{{{ $now | Quote }}}}
-        reason: {{{{ $podReason | Quote }}}}
-        status: "False"
-        type: Ready
-      - lastTransitionTime: {{{{ $now | Quote }}}}
-        reason: {{{{ $podReason | Quote }}}}
-        status: "False"
-        type: ContainersReady
-      containerStatuses:
-      {{{{ range .spec.containers }}}}
-      - image: {{{{ .image | Quote }}}}
-        name: {{{{ .name | Quote }}}}
-        ready: false
-        restartCount: 0
-        started: false
-        state:
-          terminated:
-      {{{{ if or ( not $only ) ( eq .name $only ) }}}}
-            exitCode: {{{{ $code }}}}
-            reason: {{{{ $reason | Quote }}}}
-            message: {{{{ $message | Quote }}}}
-      {{{{ else }}}}
-            exitCode: 0
-            reason: Completed
-      {{{{ end }}}}
-            startedAt: {{{{ $startedAt | Quote }}}}
-            finishedAt: {{{{ $now | Quote }}}}
-      {{{{ end }}}}
-      phase: {{{{ if $ok }}}}Succeeded{{{{ else }}}}Failed{{{{ end }}}}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: kubetune-pod-delete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'Exists'
-  next:
-    delete: true
-"""
-)
+    The YAML stays plain KWOK config (diffable against KWOK's own stages); only the annotation
+    names are parameters, so they are defined once, here, for the stages and their callers.
+    """
+    params = {
+        "EXIT_CODE_ANNOTATION": EXIT_CODE_ANNOTATION,
+        "EXIT_REASON_ANNOTATION": EXIT_REASON_ANNOTATION,
+        "EXIT_MESSAGE_ANNOTATION": EXIT_MESSAGE_ANNOTATION,
+        "EXIT_CONTAINER_ANNOTATION": EXIT_CONTAINER_ANNOTATION,
+        "EXIT_DELAY_ANNOTATION": EXIT_DELAY_ANNOTATION,
+        "NODE_READY_ANNOTATION": NODE_READY_ANNOTATION,
+        "NODE_NOT_READY_REASON_ANNOTATION": NODE_NOT_READY_REASON_ANNOTATION,
+    }
+    text = (DATA_DIR / "stages.yaml").read_text()
+    return re.sub(r"\$\{([A-Z_]+)\}", lambda m: params[m[1]], text)

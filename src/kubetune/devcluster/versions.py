@@ -1,7 +1,7 @@
 """Pinned component versions and the binary cache layout.
 
-The ONE place versions live is ``hack/cluster/versions.env`` in the repository; this module
-reads it. Binaries are cached per version outside the repository::
+The ONE place versions live is ``data/versions.env`` in this package (shipped with it, and read
+by ``data/build.sh`` too). Binaries are cached per version outside the repository::
 
     ${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/bin/<component>-<version>/<binary>
 """
@@ -13,7 +13,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-VERSIONS_RELPATH = Path("hack") / "cluster" / "versions.env"
+#: what the dev cluster ships beside its code: the build scripts, pinned versions, KWOK stages
+DATA_DIR = Path(__file__).with_name("data")
+VERSIONS_ENV = DATA_DIR / "versions.env"
 
 #: component -> binaries it provides
 COMPONENT_BINARIES: dict[str, tuple[str, ...]] = {
@@ -26,27 +28,6 @@ COMPONENT_BINARIES: dict[str, tuple[str, ...]] = {
 
 class DevClusterError(RuntimeError):
     """Raised when the local development cluster cannot be built, started or used."""
-
-
-def find_repo_root(start: Path | None = None) -> Path:
-    """Return the kubetune repository root (the directory holding hack/cluster/versions.env).
-
-    Looks at ``$KUBETUNE_REPO_ROOT``, then upwards from this file, then upwards from ``start``
-    (default: the current directory).
-    """
-    candidates: list[Path] = []
-    env = os.environ.get("KUBETUNE_REPO_ROOT")
-    if env:
-        candidates.append(Path(env))
-    candidates.extend(Path(__file__).resolve().parents)
-    here = (start or Path.cwd()).resolve()
-    candidates.extend([here, *here.parents])
-    for cand in candidates:
-        if (cand / VERSIONS_RELPATH).is_file():
-            return cand
-    raise DevClusterError(
-        f"cannot find {VERSIONS_RELPATH} (set KUBETUNE_REPO_ROOT to the kubetune checkout)"
-    )
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
@@ -81,9 +62,8 @@ class Versions:
     go_min: str
 
     @classmethod
-    def load(cls, repo_root: Path | None = None) -> Versions:
-        root = repo_root or find_repo_root()
-        env = parse_env_file(root / VERSIONS_RELPATH)
+    def load(cls) -> Versions:
+        env = parse_env_file(VERSIONS_ENV)
         try:
             return cls(
                 kubernetes=env["KUBERNETES_VERSION"],
@@ -93,7 +73,7 @@ class Versions:
                 go_min=env.get("GO_MIN_VERSION", "1.26.0"),
             )
         except KeyError as exc:
-            raise DevClusterError(f"{VERSIONS_RELPATH} lacks {exc.args[0]}") from exc
+            raise DevClusterError(f"{VERSIONS_ENV} lacks {exc.args[0]}") from exc
 
     def of(self, component: str) -> str:
         return str(getattr(self, component))
@@ -107,8 +87,8 @@ class Binaries:
     root: Path
 
     @classmethod
-    def default(cls, repo_root: Path | None = None) -> Binaries:
-        return cls(Versions.load(repo_root), cache_dir() / "bin")
+    def default(cls) -> Binaries:
+        return cls(Versions.load(), cache_dir() / "bin")
 
     def component_dir(self, component: str) -> Path:
         return self.root / f"{component}-{self.versions.of(component)}"
@@ -127,31 +107,3 @@ class Binaries:
             if not (d / ".complete").is_file() or not all(os.access(d / n, os.X_OK) for n in names):
                 out.append(component)
         return out
-
-    @property
-    def etcd(self) -> Path:
-        return self.path("etcd")
-
-    @property
-    def kube_apiserver(self) -> Path:
-        return self.path("kube-apiserver")
-
-    @property
-    def kube_controller_manager(self) -> Path:
-        return self.path("kube-controller-manager")
-
-    @property
-    def kube_scheduler(self) -> Path:
-        return self.path("kube-scheduler")
-
-    @property
-    def kubectl(self) -> Path:
-        return self.path("kubectl")
-
-    @property
-    def kwok(self) -> Path:
-        return self.path("kwok")
-
-    @property
-    def helm(self) -> Path:
-        return self.path("helm")
