@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from kubetune_operator.model import NodeView, PodView
+from kubetune_operator.observed import NodeView, PodView
 
 JobKey = tuple[str, str]
 OVERLAY_TTL_SECONDS = 120.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +28,10 @@ from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune_operator import naming
 from kubetune_operator.cache import JobKey, Snapshot
 from kubetune_operator.kube import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
-from kubetune_operator.lifecycle import (
+from kubetune_operator.lifecycle import decide
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.observed import Observed, ProgressSample, format_time
+from kubetune_operator.plan import (
     ApplyConfigMap,
     CreatePod,
     DeleteJob,
@@ -36,13 +40,11 @@ from kubetune_operator.lifecycle import (
     Event,
     Plan,
     UngatePod,
-    decide,
 )
-from kubetune_operator.metrics import OperatorMetrics
-from kubetune_operator.model import Observed, ProgressSample, format_time
 from kubetune_operator.progress import fetch_document, progress_url
+from kubetune_operator.reasons import Reason
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status import merge_patch
+from kubetune_operator.status import CONDITION_ADMITTED, merge_patch
 from kubetune_operator.workqueue import WorkQueue
 
 logger = logging.getLogger("kubetune.operator")
@@ -50,7 +52,7 @@ logger = logging.getLogger("kubetune.operator")
 
 #: Conditions whose changes may wait for the next write (they never change the phase): the
 #: gang being placed is followed within moments by it running, one write covers both.
-COSMETIC_CONDITIONS = frozenset({"Admitted"})
+COSMETIC_CONDITIONS = frozenset({CONDITION_ADMITTED})
 
 
 def material(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,27 +189,21 @@ class Controller:
         raw = self.cache.job(key)
         if raw is None:
             return None
-        now = now or datetime.now(UTC)
-        pods = self.cache.pods_of(key)
-        uid = str((raw.get("metadata") or {}).get("uid"))
-        status = raw.get("status") or {}
-        attempts = [p.attempt for p in pods if p.attempt is not None and p.owner_uid == uid]
-        attempt = max([int(status.get("attempts") or 0), *attempts, 1])
-        gang = [p for p in pods if p.owner_uid == uid and p.attempt == attempt]
-        ungated_since = None
-        mem_key = (uid, attempt)
-        if gang and all(not p.gates for p in gang):
-            ungated_since = self._ungated_since.setdefault(mem_key, now)
-        else:
-            self._ungated_since.pop(mem_key, None)
-        return Observed(
+        obs = Observed(
             raw=raw,
-            pods=pods,
+            pods=self.cache.pods_of(key),
             nodes=self.cache.node_map(),
             progress=self._progress.get(key),
-            now=now,
-            ungated_since=ungated_since,
+            now=now or datetime.now(UTC),
         )
+        attempt = obs.attempt
+        gang = [p for p in obs.pods if p.owner_uid == obs.uid and p.attempt == attempt]
+        mem_key = (obs.uid, attempt)
+        if not (gang and all(not p.gates for p in gang)):
+            self._ungated_since.pop(mem_key, None)
+            return obs
+        ungated_since = self._ungated_since.setdefault(mem_key, obs.now)
+        return dataclasses.replace(obs, ungated_since=ungated_since)
 
     async def reconcile(self, key: JobKey) -> float | None:
         obs = self.observe(key)
@@ -330,7 +326,7 @@ class Controller:
                 if exc.already_exists:
                     return
                 await self._post_event(
-                    obs, Event("Warning", "FailedCreate", f"pod {action.name}: {exc.message}")
+                    obs, Event("Warning", Reason.FAILED_CREATE, f"pod {action.name}: {exc.message}")
                 )
                 raise
             self.cache.wrote_pod(ns, created)

@@ -14,35 +14,30 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from kubetune.contract.exit_codes import classify_exit_code, exit_reason
-from kubetune_operator.model import NodeView, PodView
+from kubetune_operator.observed import NodeView, PodView
+from kubetune_operator.reasons import INFRASTRUCTURE, Reason
 
 MAX_MESSAGE = 1024
 
 # DisruptionTarget condition reasons (k8s.io/api/core/v1 PodReason*).
 _DISRUPTION_REASONS = {
-    "PreemptionByScheduler": "Preempted",
-    "PreemptionByKubeScheduler": "Preempted",
-    "DeletionByTaintManager": "NodeLost",
-    "DeletionByPodGC": "NodeLost",
-    "EvictionByEvictionAPI": "Evicted",
-    "TerminationByKubelet": "Evicted",
+    "PreemptionByScheduler": Reason.PREEMPTED,
+    "PreemptionByKubeScheduler": Reason.PREEMPTED,
+    "DeletionByTaintManager": Reason.NODE_LOST,
+    "DeletionByPodGC": Reason.NODE_LOST,
+    "EvictionByEvictionAPI": Reason.EVICTED,
+    "TerminationByKubelet": Reason.EVICTED,
 }
 
 # Pod status reasons set by the kubelet / node controllers.
 _POD_REASONS = {
-    "Evicted": "Evicted",
-    "NodeLost": "NodeLost",
-    "Shutdown": "NodeShutdown",
-    "Terminated": "NodeShutdown",
-    "NodeAffinity": "AdmissionFailed",
-    "UnexpectedAdmissionError": "AdmissionFailed",
+    "Evicted": Reason.EVICTED,
+    "NodeLost": Reason.NODE_LOST,
+    "Shutdown": Reason.NODE_SHUTDOWN,
+    "Terminated": Reason.NODE_SHUTDOWN,
+    "NodeAffinity": Reason.ADMISSION_FAILED,
+    "UnexpectedAdmissionError": Reason.ADMISSION_FAILED,
 }
-
-#: Reasons that say "the machine went away", preferred as the root cause of a gang failure
-#: over the collateral exits of the other ranks (which lose their peers and exit non-zero).
-INFRASTRUCTURE_REASONS = frozenset(
-    {"NodeLost", "NodeShutdown", "Preempted", "Evicted", "AdmissionFailed", "PodDeleted", "PodLost"}
-)
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,7 @@ class Failure:
 
     @property
     def infrastructure(self) -> bool:
-        return self.reason in INFRASTRUCTURE_REASONS
+        return self.reason in INFRASTRUCTURE
 
 
 def _clip(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -78,12 +73,12 @@ def classify_exit(pod: PodView) -> Failure | None:
         return None
     kind = classify_exit_code(ex.exit_code)
     reason = exit_reason(ex.exit_code)
-    if ex.reason == "OOMKilled":
+    if ex.reason == "OOMKilled":  # the kubelet's container reason
         # Host-memory OOM: often a spike (checkpoint save, eval); backoffLimit bounds the cost.
-        reason = "OOMKilled"
+        reason = Reason.OOM_KILLED
     detail = ex.message or ex.reason or ""
     message = f"{_who(pod)} exited with code {ex.exit_code} ({reason})"
-    if reason == "OOMKilled":
+    if reason == Reason.OOM_KILLED:
         message += ": out of memory; consider raising spec.resources.memory"
     elif detail:
         message += f": {detail}"
@@ -102,23 +97,30 @@ def _disruption(pod: PodView) -> Failure | None:
     cond = pod.disruption
     if cond is None or cond.status != "True":
         return None
-    reason = _DISRUPTION_REASONS.get(cond.reason or "", "Disrupted")
+    reason = _DISRUPTION_REASONS.get(cond.reason or "", Reason.DISRUPTED)
     text = f"{_who(pod)} was disrupted ({cond.reason or 'unknown'})"
     if cond.message:
         text += f": {cond.message}"
     return Failure(True, reason, _clip(text), pod.name, pod.rank, at=cond.last_transition_time)
 
 
-def _node_loss(
+def node_gone(pod: PodView, nodes: Mapping[str, NodeView] | None) -> bool:
+    """The pod is bound to a Node object that no longer exists."""
+    return bool(nodes is not None and pod.node_name and pod.node_name not in nodes)
+
+
+def node_loss(
     pod: PodView, nodes: Mapping[str, NodeView] | None, now: datetime, grace: float
 ) -> Failure | None:
+    """The pod's node is gone, or NotReady for ``grace`` seconds: the pod is lost, whatever
+    its own phase still says (nobody is left to update it)."""
     if nodes is None or not pod.node_name or pod.terminated:
         return None
     node = nodes.get(pod.node_name)
     if node is None:
         return Failure(
             True,
-            "NodeLost",
+            Reason.NODE_LOST,
             f"{_who(pod)}: node {pod.node_name} no longer exists",
             pod.name,
             pod.rank,
@@ -129,7 +131,7 @@ def _node_loss(
         if now - since >= timedelta(seconds=grace):
             return Failure(
                 True,
-                "NodeLost",
+                Reason.NODE_LOST,
                 f"{_who(pod)}: node {pod.node_name} has been NotReady since "
                 f"{since.strftime('%Y-%m-%dT%H:%M:%SZ')}",
                 pod.name,
@@ -177,18 +179,18 @@ def classify_pod(
         if by_exit is not None:
             return by_exit
         text = f"{_who(pod)} failed" + (f": {pod.message}" if pod.message else "")
-        return Failure(True, "PodFailed", _clip(text), pod.name, pod.rank)
+        return Failure(True, Reason.POD_FAILED, _clip(text), pod.name, pod.rank)
     if pod.phase == "Unknown":
         return Failure(
-            True, "NodeLost", f"{_who(pod)}: its node stopped reporting", pod.name, pod.rank
+            True, Reason.NODE_LOST, f"{_who(pod)}: its node stopped reporting", pod.name, pod.rank
         )
     if pod.deleting:
         if disrupted:
             return disrupted
         return Failure(
-            True, "PodDeleted", f"{_who(pod)} was deleted while running", pod.name, pod.rank
+            True, Reason.POD_DELETED, f"{_who(pod)} was deleted while running", pod.name, pod.rank
         )
-    return _node_loss(pod, nodes, now, node_lost_grace)
+    return node_loss(pod, nodes, now, node_lost_grace)
 
 
 def root_cause(failures: Iterable[Failure]) -> Failure | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kubetune_operator.model import PodView
+from kubetune_operator.observed import PodView
 
 
 def backoff_seconds(restart: int, base: float, cap: float) -> float:

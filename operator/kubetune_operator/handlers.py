@@ -21,7 +21,7 @@ import kopf
 from kubetune_operator import naming
 from kubetune_operator.controller import Controller
 from kubetune_operator.kube import Credentials
-from kubetune_operator.model import NodeView, PodView
+from kubetune_operator.observed import NodeView, PodView
 
 POD_SELECTOR = naming.LABEL_JOB  # server-side: the operator never receives unrelated pods
 

@@ -30,23 +30,41 @@ Phases: Pending -> Validating -> Queued -> Running -> Succeeded | Failed, plus S
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
 from kubetune.api import FineTuneJob
+from kubetune.api.infra import RunPolicy
 from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
 from kubetune.api.status import TERMINAL_PHASES, FineTuneJobStatus, Lineage, Progress
 from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune.contract.exit_codes import exit_reason
 from kubetune_operator import naming
-from kubetune_operator.failures import Failure, classify_pod, node_loss_deadline, root_cause
+from kubetune_operator.failures import (
+    Failure,
+    classify_pod,
+    node_gone,
+    node_loss,
+    node_loss_deadline,
+    root_cause,
+)
 from kubetune_operator.gang import GangState, backoff_seconds
-from kubetune_operator.model import Observed, PodView, parse_time
+from kubetune_operator.observed import Observed, PodView, parse_time
+from kubetune_operator.plan import (
+    ApplyConfigMap,
+    CreatePod,
+    DeleteJob,
+    DeletePod,
+    EnsureService,
+    MetricEvent,
+    Plan,
+    UngatePod,
+)
 from kubetune_operator.progress import clip_summary, map_progress, step_summary
+from kubetune_operator.reasons import Reason
 from kubetune_operator.render import (
     render_config_map,
     render_service,
@@ -64,6 +82,8 @@ from kubetune_operator.status import (
     CONDITION_SUCCEEDED,
     CONDITION_SUSPENDED,
     CONDITION_VALIDATED,
+    MAX_MESSAGE,
+    ConditionStatus,
     dump_status,
     get_condition,
     is_true,
@@ -71,98 +91,8 @@ from kubetune_operator.status import (
     set_condition,
 )
 
-EventType = Literal["Normal", "Warning"]
-
 #: How long to wait for deleted pods to disappear before looking again anyway.
 WAIT_FOR_DELETION_SECONDS = 5.0
-
-
-# -- plan ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CreatePod:
-    body: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.body["metadata"]["name"])
-
-
-@dataclass(frozen=True)
-class ApplyConfigMap:
-    """Create the ConfigMap, or replace its data if it exists (a new attempt's config)."""
-
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class EnsureService:
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class UngatePod:
-    name: str
-
-
-@dataclass(frozen=True)
-class DeletePod:
-    """Delete a pod (uid precondition: never a newer pod that reuses the name).
-
-    ``force`` (grace period 0) only for pods whose Node object is gone: no kubelet will ever
-    confirm their termination, exactly the case the pod garbage collector force-deletes.
-    """
-
-    name: str
-    uid: str
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    """TTL after finishing: delete the FineTuneJob (garbage collection takes the rest)."""
-
-    uid: str
-
-
-Action = CreatePod | ApplyConfigMap | EnsureService | UngatePod | DeletePod | DeleteJob
-
-
-@dataclass(frozen=True)
-class Event:
-    type: EventType
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class MetricEvent:
-    """Something the metrics module counts: transition/restart/failure/time_to_running."""
-
-    kind: Literal["transition", "restart", "failure", "time_to_running"]
-    label: str = ""
-    value: float = 1.0
-
-
-@dataclass
-class Plan:
-    """What :func:`decide` wants done, in order: status first, then actions."""
-
-    status: dict[str, Any] | None = None
-    actions: list[Action] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    metrics: list[MetricEvent] = field(default_factory=list)
-    requeue_after: float | None = None
-
-    def requeue(self, seconds: float) -> None:
-        seconds = max(0.5, float(seconds))
-        if self.requeue_after is None or seconds < self.requeue_after:
-            self.requeue_after = seconds
-
-    def pods_to_create(self) -> list[str]:
-        return [a.name for a in self.actions if isinstance(a, CreatePod)]
-
-    def pods_to_delete(self) -> list[str]:
-        return [a.name for a in self.actions if isinstance(a, DeletePod)]
 
 
 # -- decision -------------------------------------------------------------------------------------
@@ -183,6 +113,15 @@ def _parse_status(raw: Any) -> FineTuneJobStatus:
         return FineTuneJobStatus.model_validate(raw or {})
     except ValidationError:
         return FineTuneJobStatus()
+
+
+def _run_policy(obs: Observed) -> RunPolicy:
+    """The run policy alone, typed: a finished job's spec may be invalid as a whole (it
+    failed as ``InvalidSpec``), its ``ttlSecondsAfterFinished`` still applies."""
+    try:
+        return RunPolicy.model_validate((obs.raw.get("spec") or {}).get("runPolicy") or {})
+    except ValidationError:  # not storable by the API server's schema
+        return RunPolicy()
 
 
 class _Decision:
@@ -235,12 +174,12 @@ class _Decision:
                 self.st,
                 CONDITION_VALIDATED,
                 "False",
-                "InvalidSpec",
+                Reason.INVALID_SPEC,
                 problems,
                 self.now,
                 self.generation,
             )
-            self._fail("InvalidSpec", f"the FineTuneJob is invalid: {problems}")
+            self._fail(Reason.INVALID_SPEC, f"the FineTuneJob is invalid: {problems}")
             return self._finish()
         self.job = self.report.job
         self.st.observed_generation = self.generation
@@ -259,7 +198,7 @@ class _Decision:
                     self.st,
                     CONDITION_VALIDATED,
                     "True",
-                    "ValidationDisabled",
+                    Reason.VALIDATION_DISABLED,
                     "validation pods are disabled in the operator configuration",
                     self.now,
                     self.generation,
@@ -275,50 +214,33 @@ class _Decision:
         return self.job
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _event(self, kind: EventType, reason: str, message: str) -> None:
-        self.plan.events.append(Event(kind, reason, message[:1024]))
-
     def _delete(self, pods: Iterable[PodView]) -> int:
         count = 0
         queued = set(self.plan.pods_to_delete())
         for pod in pods:
             if not pod.deleting and pod.name not in queued:
-                self.plan.actions.append(DeletePod(pod.name, pod.uid, force=self._node_gone(pod)))
+                force = node_gone(pod, self.obs.nodes)
+                self.plan.actions.append(DeletePod(pod.name, pod.uid, force=force))
                 queued.add(pod.name)
                 count += 1
         return count
-
-    def _node_gone(self, pod: PodView) -> bool:
-        nodes = self.obs.nodes
-        return bool(nodes is not None and pod.node_name and pod.node_name not in nodes)
-
-    def _on_lost_node(self, pod: PodView) -> bool:
-        """Bound to a node that is gone or NotReady past the grace period."""
-        nodes = self.obs.nodes
-        if nodes is None or not pod.node_name:
-            return False
-        node = nodes.get(pod.node_name)
-        if node is None:
-            return True
-        if node.ready:
-            return False
-        since = node.since or self.now
-        return self.now - since >= timedelta(seconds=self.cfg.node_lost_grace_seconds)
 
     def _blocking(self, attempt: int) -> list[PodView]:
         """Old pods the next gang of ``attempt`` must wait for: same-attempt pods until they
         are gone (their names are reused), others while they may still hold GPUs (pods on
         lost nodes hold nothing the scheduler could give us)."""
+        grace = self.cfg.node_lost_grace_seconds
         return [
             p
             for p in self.workers
-            if p.attempt == attempt or not (p.terminated or self._on_lost_node(p))
+            if p.attempt == attempt
+            or not (p.terminated or node_loss(p, self.obs.nodes, self.now, grace))
         ]
 
     def _set(
         self,
         kind: str,
-        state: Literal["True", "False", "Unknown"],
+        state: ConditionStatus,
         reason: str,
         message: str,
         *,
@@ -338,19 +260,14 @@ class _Decision:
     def _seconds_until(self, when: datetime) -> float:
         return (when - self.now).total_seconds()
 
-    def _attempt(self) -> int:
-        labelled = [p.attempt for p in self.workers if p.attempt is not None]
-        return max([self.st.attempts, *labelled, 1])
-
     # -- terminal ---------------------------------------------------------------------------------
     def _terminal(self) -> None:
         # Whatever still runs after the verdict holds resources for nothing.
         self._delete(p for p in self.owned if not p.terminated)
-        policy = (self.obs.raw.get("spec") or {}).get("runPolicy") or {}
-        ttl = policy.get("ttlSecondsAfterFinished")
+        ttl = _run_policy(self.obs).ttl_seconds_after_finished
         done = self.st.completion_time
         if ttl is not None and done is not None:
-            expires = done + timedelta(seconds=int(ttl))
+            expires = done + timedelta(seconds=ttl)
             if self.now >= expires:
                 self.plan.actions.append(DeleteJob(self.obs.uid))
             else:
@@ -372,12 +289,12 @@ class _Decision:
         job = self.spec_job
         self.st.phase = "Succeeded"
         msg = (
-            f"all {gang.size} pods of attempt {self._attempt()} completed; "
+            f"all {gang.size} pods of attempt {self.obs.attempt} completed; "
             f"output at {job.spec.output.uri}"
         )
         self.phase_message = msg
-        self._set(CONDITION_SUCCEEDED, "True", "Completed", msg)
-        self._set(CONDITION_RUNNING, "False", "Completed", "training finished")
+        self._set(CONDITION_SUCCEEDED, "True", Reason.COMPLETED, msg)
+        self._set(CONDITION_RUNNING, "False", Reason.COMPLETED, "training finished")
         self.st.completion_time = self.st.completion_time or self.now
         self.st.output_uri = job.spec.output.uri
         progress = self.st.progress or Progress()
@@ -403,10 +320,10 @@ class _Decision:
             return
         text = "; ".join(messages)
         before = get_condition(self.st, CONDITION_CONFIG_WARNING)
-        self._set(CONDITION_CONFIG_WARNING, "True", "NotRecommended", text)
-        if before is None or before.message != text[:32768]:
+        self._set(CONDITION_CONFIG_WARNING, "True", Reason.NOT_RECOMMENDED, text)
+        if before is None or before.message != text[:MAX_MESSAGE]:
             for message in messages:
-                self._event("Warning", "ConfigWarning", message)
+                self.plan.event("Warning", Reason.CONFIG_WARNING, message)
 
     def _deadline_exceeded(self) -> bool:
         limit = self.spec_job.spec.run_policy.active_deadline_seconds
@@ -416,7 +333,7 @@ class _Decision:
         deadline = start + timedelta(seconds=limit)
         if self.now >= deadline:
             self._fail(
-                "DeadlineExceeded",
+                Reason.DEADLINE_EXCEEDED,
                 f"the job ran longer than activeDeadlineSeconds={limit} (since "
                 f"{start.strftime('%Y-%m-%dT%H:%M:%SZ')})",
             )
@@ -431,10 +348,10 @@ class _Decision:
         self._delete([*self.workers, *(p for p in self.validators if not p.terminated)])
         self.st.phase = "Suspended"
         self.phase_message = "runPolicy.suspend is true: pods removed, status and checkpoints kept"
-        self._set(CONDITION_SUSPENDED, "True", "Suspended", self.phase_message)
-        self._set(CONDITION_RUNNING, "False", "Suspended", "the job is suspended")
+        self._set(CONDITION_SUSPENDED, "True", Reason.SUSPENDED, self.phase_message)
+        self._set(CONDITION_RUNNING, "False", Reason.SUSPENDED, "the job is suspended")
         if get_condition(self.st, CONDITION_ADMITTED) is not None:
-            self._set(CONDITION_ADMITTED, "False", "Suspended", "the gang was released")
+            self._set(CONDITION_ADMITTED, "False", Reason.SUSPENDED, "the gang was released")
         progress = self.st.progress
         self.summary = "suspended" + (
             f" at {progress.step}/{progress.total_steps}"
@@ -447,15 +364,15 @@ class _Decision:
     def _resume_if_suspended(self) -> None:
         if not is_true(self.st, CONDITION_SUSPENDED):
             return
-        self._set(CONDITION_SUSPENDED, "False", "Resumed", "runPolicy.suspend is false")
-        self._event("Normal", "Resumed", "the job was resumed")
+        self._set(CONDITION_SUSPENDED, "False", Reason.RESUMED, "runPolicy.suspend is false")
+        self.plan.event("Normal", Reason.RESUMED, "the job was resumed")
         self.st.start_time = None  # as batch/v1 Job: the deadline clock restarts on resume
         if self.workers and not is_true(self.st, CONDITION_RESTARTING):
             # Pods of the suspended gang may still be terminating: replace them first.
             self._set(
                 CONDITION_RESTARTING,
                 "True",
-                "Resumed",
+                Reason.RESUMED,
                 "waiting for the pods of the suspended gang to terminate",
             )
 
@@ -472,7 +389,7 @@ class _Decision:
             self._set(
                 CONDITION_VALIDATED,
                 "True",
-                "ValidationPassed",
+                Reason.VALIDATION_PASSED,
                 detail or f"model, dataset and config checked by pod {latest.name}",
             )
             # The Completed pod stays (it holds nothing; `kubectl logs` shows what was
@@ -503,7 +420,7 @@ class _Decision:
             pod = render_validation_pod(job, run, self.cfg)
             self.plan.actions.append(CreatePod(pod))
             message = f"checking model, dataset and config in pod {pod['metadata']['name']}"
-            self._set(CONDITION_VALIDATED, "Unknown", "Validating", message)
+            self._set(CONDITION_VALIDATED, "Unknown", Reason.VALIDATING, message)
             self.phase_message = message
             self.plan.requeue(self.cfg.validation_timeout_seconds)
             return False
@@ -528,8 +445,8 @@ class _Decision:
                 f"validation pod {latest.name} did not finish within "
                 f"{self.cfg.validation_timeout_seconds}s"
             )
-            self._set(CONDITION_VALIDATED, "False", "ValidationTimeout", message)
-            self._fail("ValidationTimeout", message)
+            self._set(CONDITION_VALIDATED, "False", Reason.VALIDATION_TIMEOUT, message)
+            self._fail(Reason.VALIDATION_TIMEOUT, message)
             return False
         scheduled = latest.scheduled
         if not latest.bound and scheduled is not None and scheduled.message:
@@ -537,7 +454,7 @@ class _Decision:
             self._set(
                 CONDITION_VALIDATED,
                 "Unknown",
-                "ValidationPending",
+                Reason.VALIDATION_PENDING,
                 f"validation pod {latest.name} cannot start: {scheduled.message}",
             )
             self.summary = "validating: pod pending"
@@ -545,7 +462,7 @@ class _Decision:
             self._set(
                 CONDITION_VALIDATED,
                 "Unknown",
-                "Validating",
+                Reason.VALIDATING,
                 f"checking model, dataset and config in pod {latest.name}",
             )
         self.plan.requeue(self._seconds_until(deadline))
@@ -559,7 +476,7 @@ class _Decision:
         try:
             resolved = resolve(self.spec_job, attempt=attempt)
         except (ResolutionError, ValidationError) as exc:
-            self._fail("InvalidConfig", f"the spec does not resolve: {exc}")
+            self._fail(Reason.INVALID_CONFIG, f"the spec does not resolve: {exc}")
             return None
         self.plan.actions.append(ApplyConfigMap(render_config_map(self.spec_job, resolved)))
         return resolved
@@ -567,7 +484,7 @@ class _Decision:
     def _gang(self) -> None:
         job = self.spec_job
         size = job.spec.resources.nodes
-        attempt = self._attempt()
+        attempt = self.obs.attempt
         if self.st.attempts != attempt and self.st.attempts:
             self.st.attempts = attempt  # pods of a newer attempt exist: status catches up
         restarting = get_condition(self.st, CONDITION_RESTARTING)
@@ -596,9 +513,9 @@ class _Decision:
             self.summary = f"restarting: stopping {len(blocking)} pods"
             self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
             return
-        if reason == "GangUnschedulable":
+        if reason == Reason.GANG_UNSCHEDULABLE:
             delay = self.cfg.unschedulable_retry_seconds
-        elif reason == "Resumed":
+        elif reason == Reason.RESUMED:
             delay = 0.0
         else:
             delay = backoff_seconds(
@@ -620,17 +537,7 @@ class _Decision:
             return
         self.plan.actions.append(EnsureService(render_service(job, self.cfg)))
         config_hash = resolved.config_hash()
-        for rank in range(res.nodes):
-            self.plan.actions.append(
-                CreatePod(render_worker_pod(job, attempt, rank, self.cfg, config_hash=config_hash))
-            )
-        # Gates come off once ALL creates succeeded (AlreadyExists counts): the executor runs
-        # actions in order and stops at the first failure, so after a crash or an error the
-        # pods that exist stay gated until the next reconcile completes the gang.
-        for rank in range(res.nodes):
-            self.plan.actions.append(
-                UngatePod(naming.pod_name(str(job.metadata.name), attempt, rank))
-            )
+        self._complete_gang(attempt, range(res.nodes), [], config_hash)
         gpus = res.nodes * res.gpus_per_node
         self.st.attempts = attempt
         self.st.start_time = self.st.start_time or self.now
@@ -648,24 +555,47 @@ class _Decision:
         self._set(
             CONDITION_ADMITTED,
             "Unknown",
-            "GangCreated",
+            Reason.GANG_CREATED,
             message + "; waiting for the whole gang to be placed",
             force=True,
         )
-        self._set(CONDITION_RUNNING, "False", "GangPending", "waiting for the gang to be placed")
+        self._set(
+            CONDITION_RUNNING, "False", Reason.GANG_PENDING, "waiting for the gang to be placed"
+        )
         if get_condition(self.st, CONDITION_RESTARTING) is not None:
-            self._set(CONDITION_RESTARTING, "False", "GangCreated", message)
+            self._set(CONDITION_RESTARTING, "False", Reason.GANG_CREATED, message)
         if self.old.phase == "Queued":  # otherwise the phase-transition Event says it
-            self._event("Normal", "GangCreated", message)
+            self.plan.event("Normal", Reason.GANG_CREATED, message)
         self.summary = f"queued: 0/{res.nodes} placed"
         self.plan.requeue(job.spec.run_policy.scheduling_timeout_seconds)
+
+    def _complete_gang(
+        self,
+        attempt: int,
+        ranks: Sequence[int],
+        gated: Sequence[PodView],
+        config_hash: str | None,
+    ) -> None:
+        """Create the pods of ``ranks``, then lift the gang gate of ``gated`` and of them.
+
+        Gates come off once ALL creates succeeded (AlreadyExists counts): the executor runs
+        actions in order and stops at the first failure, so after a crash or an error the
+        pods that exist stay gated until the next reconcile completes the gang.
+        """
+        job = self.spec_job
+        for rank in ranks:
+            body = render_worker_pod(job, attempt, rank, self.cfg, config_hash=config_hash)
+            self.plan.actions.append(CreatePod(body))
+        names = [naming.pod_name(str(job.metadata.name), attempt, rank) for rank in ranks]
+        for name in [*(p.name for p in gated), *names]:
+            self.plan.actions.append(UngatePod(name))
 
     def _restart(self, attempt: int, failure: Failure) -> None:
         policy = self.spec_job.spec.run_policy
         restarts = attempt - 1
         if restarts >= policy.backoff_limit:
             self._fail(
-                "BackoffLimitExceeded",
+                Reason.BACKOFF_LIMIT_EXCEEDED,
                 f"attempt {attempt} failed ({failure.reason}): {failure.message}; "
                 f"backoffLimit {policy.backoff_limit} reached",
             )
@@ -689,8 +619,8 @@ class _Decision:
         self.phase_message = message
         self._set(CONDITION_RESTARTING, "True", failure.reason, message)
         self._set(CONDITION_RUNNING, "False", failure.reason, failure.message)
-        self._set(CONDITION_ADMITTED, "False", "GangReleased", "the failed gang was released")
-        self._event("Warning", "Restarting", message)
+        self._set(CONDITION_ADMITTED, "False", Reason.GANG_RELEASED, "the failed gang was released")
+        self.plan.event("Warning", Reason.RESTARTING, message)
         self.plan.metrics.append(MetricEvent("restart", failure.reason))
         self._delete(self.workers)
         self.summary = f"restarting (attempt {nxt})"
@@ -713,7 +643,7 @@ class _Decision:
                 failures.append(
                     Failure(
                         True,
-                        "PodLost",
+                        Reason.POD_LOST,
                         f"pod {naming.pod_name(job.metadata.name or '', attempt, rank)} "
                         f"(rank {rank}) disappeared",
                         rank=rank,
@@ -726,30 +656,16 @@ class _Decision:
             else:
                 self._fail(cause.reason, cause.message)
             return
-        if missing:
-            # Crashed between creating pods: complete the gang; it is still gated.
+        if missing or gang.gated:
+            # Missing pods: crashed between creating them; the gang is still gated.
             resolved_hash = self.st.lineage.resolved_config_hash if self.st.lineage else None
-            for rank in missing:
-                self.plan.actions.append(
-                    CreatePod(
-                        render_worker_pod(job, attempt, rank, self.cfg, config_hash=resolved_hash)
-                    )
-                )
-            # Every create must succeed before the gates go: the executor stops at the first
-            # failed action, so a partial gang never loses its gate.
-            for pod in gang.gated:
-                self.plan.actions.append(UngatePod(pod.name))
-            for rank in missing:
-                self.plan.actions.append(
-                    UngatePod(naming.pod_name(str(job.metadata.name), attempt, rank))
-                )
-            self.summary = f"queued: 0/{size} placed"
-            return
+            self._complete_gang(attempt, missing, gang.gated, resolved_hash)
+            if missing:
+                self.summary = f"queued: 0/{size} placed"
+                return
         if gang.succeeded == size:
             self._succeed(gang)
             return
-        for pod in gang.gated:
-            self.plan.actions.append(UngatePod(pod.name))
         for pod in gang.pods:
             lost_at = node_loss_deadline(pod, self.obs.nodes, self.cfg.node_lost_grace_seconds)
             if lost_at is not None:
@@ -761,13 +677,13 @@ class _Decision:
         self._set(
             CONDITION_ADMITTED,
             "True",
-            "GangScheduled",
+            Reason.GANG_SCHEDULED,
             f"all {size} pods placed on {', '.join(nodes)}",
         )
         if gang.running + gang.succeeded < size:
             waiting = gang.waiting_reasons()
             detail = "; ".join(waiting) if waiting else "containers starting"
-            self._set(CONDITION_RUNNING, "False", "ContainersStarting", detail)
+            self._set(CONDITION_RUNNING, "False", Reason.CONTAINERS_STARTING, detail)
             self.summary = f"starting: {gang.running}/{size} running"
             return
         self._running(attempt, gang)
@@ -780,7 +696,7 @@ class _Decision:
         if gang.gated or foreign:
             queue = job.spec.run_policy.queue_name
             if foreign:
-                reason = "WaitingForQueue"
+                reason = Reason.WAITING_FOR_QUEUE
                 message = (
                     f"waiting for admission by Kueue queue {queue}"
                     if queue
@@ -788,7 +704,7 @@ class _Decision:
                 )
                 self.summary = clip_summary(f"queued in {queue}" if queue else "queued: gated")
             else:
-                reason, message = "GangPending", "releasing the gang to the scheduler"
+                reason, message = Reason.GANG_PENDING, "releasing the gang to the scheduler"
                 self.summary = f"queued: 0/{size} placed"
             self._set(CONDITION_ADMITTED, "Unknown", reason, message)
             return
@@ -812,19 +728,24 @@ class _Decision:
                 + f"; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
             )
             self.phase_message = message
-            self._set(CONDITION_ADMITTED, "False", "GangUnschedulable", message)
-            self._set(CONDITION_RESTARTING, "True", "GangUnschedulable", message)
+            self._set(CONDITION_ADMITTED, "False", Reason.GANG_UNSCHEDULABLE, message)
+            self._set(CONDITION_RESTARTING, "True", Reason.GANG_UNSCHEDULABLE, message)
             self._set(
-                CONDITION_RUNNING, "False", "GangUnschedulable", "the gang could not be placed"
+                CONDITION_RUNNING,
+                "False",
+                Reason.GANG_UNSCHEDULABLE,
+                "the gang could not be placed",
             )
-            self._event("Warning", "GangUnschedulable", message)
+            self.plan.event("Warning", Reason.GANG_UNSCHEDULABLE, message)
             self._delete(self.workers)
             self.summary = "unschedulable: gang released"
             self.plan.requeue(self.cfg.unschedulable_retry_seconds)
             return
         message = placed + (f"; scheduler: {scheduler}" if scheduler else "")
-        self._set(CONDITION_ADMITTED, "Unknown", "GangPending", message)
-        self._set(CONDITION_RUNNING, "False", "GangPending", "waiting for the gang to be placed")
+        self._set(CONDITION_ADMITTED, "Unknown", Reason.GANG_PENDING, message)
+        self._set(
+            CONDITION_RUNNING, "False", Reason.GANG_PENDING, "waiting for the gang to be placed"
+        )
         self.summary = f"queued: {placed.replace(' pods', '')}"
         self.plan.requeue(self._seconds_until(deadline))
 
@@ -834,7 +755,7 @@ class _Decision:
         self.st.phase = "Running"
         was_running = self.old.phase == "Running"
         self.phase_message = f"all {size} pods of attempt {attempt} are running"
-        transitioned = self._set(CONDITION_RUNNING, "True", "GangRunning", self.phase_message)
+        transitioned = self._set(CONDITION_RUNNING, "True", Reason.GANG_RUNNING, self.phase_message)
         if (
             not was_running
             and attempt == 1
@@ -868,7 +789,9 @@ class _Decision:
             step = progress.step if progress else 0
             self._restart(
                 attempt,
-                Failure(True, "Stalled", f"no training progress for {stall}s (at step {step})"),
+                Failure(
+                    True, Reason.STALLED, f"no training progress for {stall}s (at step {step})"
+                ),
             )
             return
         self.plan.requeue(self._seconds_until(deadline))
@@ -896,7 +819,6 @@ class _Decision:
             self.plan.status = new
         if st.phase != self.old.phase:
             self.plan.metrics.append(MetricEvent("transition", st.phase))
-            kind: EventType = "Warning" if st.phase == "Failed" else "Normal"
             message = self.phase_message or f"phase {self.old.phase} -> {st.phase}"
-            self._event(kind, st.phase, message)
+            self.plan.event("Warning" if st.phase == "Failed" else "Normal", st.phase, message)
         return self.plan

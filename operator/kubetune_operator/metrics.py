@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kubetune.api.status import PHASES
-from kubetune_operator.lifecycle import MetricEvent
+from kubetune_operator.plan import MetricEvent
 
 # The *_created series double the output for no use on dashboards or alerts.
 disable_created_metrics()

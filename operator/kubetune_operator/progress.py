@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from kubetune.api.status import CheckpointStatus, Progress
 from kubetune.contract.progress import ProgressDocument
-from kubetune_operator.model import PodView, ProgressSample
+from kubetune_operator.observed import PodView, ProgressSample
 
 SUMMARY_MAX = 128
 

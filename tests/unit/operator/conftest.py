@@ -1,5 +1,5 @@
 """Fixtures for the operator's unit tests: job manifests and an in-memory cluster that
-applies :class:`~kubetune_operator.lifecycle.Plan` objects the way the API server and a
+applies :class:`~kubetune_operator.plan.Plan` objects the way the API server and a
 kubelet would (deterministically, with a controllable clock)."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from kubetune_operator import naming
-from kubetune_operator.lifecycle import (
+from kubetune_operator.lifecycle import decide
+from kubetune_operator.observed import NodeView, Observed, PodView, ProgressSample, format_time
+from kubetune_operator.plan import (
     ApplyConfigMap,
     CreatePod,
     DeleteJob,
@@ -21,9 +23,7 @@ from kubetune_operator.lifecycle import (
     EnsureService,
     Plan,
     UngatePod,
-    decide,
 )
-from kubetune_operator.model import NodeView, Observed, PodView, ProgressSample, format_time
 from kubetune_operator.settings import OperatorSettings
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -13,7 +13,13 @@ from kubetune.api.status import FineTuneJobStatus, Progress
 from kubetune.contract.exit_codes import ExitCode
 from kubetune_operator.failures import Failure, classify_pod, root_cause
 from kubetune_operator.gang import backoff_seconds
-from kubetune_operator.model import ContainerExit, NodeView, PodCondition, PodView, ProgressSample
+from kubetune_operator.observed import (
+    ContainerExit,
+    NodeView,
+    PodCondition,
+    PodView,
+    ProgressSample,
+)
 from kubetune_operator.progress import map_progress, progress_url, step_summary
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import merge_patch, set_condition

@@ -7,8 +7,9 @@ from datetime import timedelta
 from typing import Any
 
 from kubetune_operator import naming
-from kubetune_operator.lifecycle import CreatePod, DeleteJob, DeletePod, UngatePod, decide
-from kubetune_operator.model import NodeView, ProgressSample
+from kubetune_operator.lifecycle import decide
+from kubetune_operator.observed import NodeView, ProgressSample
+from kubetune_operator.plan import CreatePod, DeleteJob, DeletePod, UngatePod
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, str]:

@@ -16,7 +16,9 @@ from kubetune_operator.cache import Snapshot, newer_or_same
 from kubetune_operator.controller import Controller
 from kubetune_operator.kube import ApiError, Credentials, KubeClient, _resource_of
 from kubetune_operator.leader import LeaderElector
-from kubetune_operator.lifecycle import (
+from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.observed import Observed, PodView
+from kubetune_operator.plan import (
     ApplyConfigMap,
     CreatePod,
     DeletePod,
@@ -26,8 +28,6 @@ from kubetune_operator.lifecycle import (
     Plan,
     UngatePod,
 )
-from kubetune_operator.metrics import OperatorMetrics
-from kubetune_operator.model import Observed, PodView
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.workqueue import WorkQueue
 

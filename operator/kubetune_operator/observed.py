@@ -241,6 +241,18 @@ class Observed:
         return str((self.raw.get("metadata") or {}).get("uid", ""))
 
     @property
+    def attempt(self) -> int:
+        """The current attempt: the status's count, or newer where the job's own worker pods
+        say so (a plan that creates pods writes its status alongside them, not before)."""
+        recorded = int((self.raw.get("status") or {}).get("attempts") or 0)
+        labelled = [
+            p.attempt
+            for p in self.pods
+            if p.owner_uid == self.uid and p.role == naming.ROLE_WORKER and p.attempt is not None
+        ]
+        return max([recorded, *labelled, 1])
+
+    @property
     def generation(self) -> int | None:
         gen = (self.raw.get("metadata") or {}).get("generation")
         return int(gen) if gen is not None else None
