@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import CACHE, REPO, manifest, save_results
+from common import CACHE, manifest, save_results
 
 MODEL_SPEC: dict[str, Any] = {
     "vocab_size": 2048,
@@ -150,7 +150,6 @@ def process_rss(name: str, model_dir: Path, data: Path, work: Path) -> dict[str,
             "KUBETUNE_OUTPUT_DIR": str(out),
             "KUBETUNE_METRICS_PORT": "0",
             "KUBETUNE_TERMINATION_LOG": str(work / "termination-log"),
-            "PYTHONPATH": os.pathsep.join([str(REPO / "trainer"), str(REPO)]),
         }
     )
     child = Path(__file__).with_name("_rss_child.py")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-TRAINER_SRC = REPO / "trainer"
 PYTHON = sys.executable
 
 
@@ -88,7 +87,6 @@ def trainer_env(config: Path, output: Path, **extra: str) -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(TRAINER_SRC), str(REPO), env.get("PYTHONPATH", "")]),
         }
     )
     env.update(extra)
@@ -143,11 +141,11 @@ def train_log(output: Path) -> list[dict[str, Any]]:
 def train_in_process(doc: dict[str, Any], workdir: Path, nproc: int = 1) -> Any:
     """Run the trainer in this process (world size 1) and return its RunResult."""
     from kubetune.contract import TrainerPaths
-    from kubetune_trainer.config import load_job_config
+    from kubetune_trainer.config import load_job
     from kubetune_trainer.run import run_training
 
     config = write_config(doc, workdir / "job.json", nproc)
-    cfg = load_job_config(config)
+    cfg = load_job(config)
     out = Path(doc["spec"]["output"]["uri"])
     paths = TrainerPaths(
         config=config, output_dir=out, progress_file=out / "progress.json", metrics_port=0

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import (
+
+from kubetune.api.training import HealthSpec
+from kubetune.contract import ExitCode
+from kubetune_trainer.checkpoint import atomic
+from kubetune_trainer.errors import NumericalDivergenceError, PreemptedError
+from kubetune_trainer.health import HealthMonitor
+from tests.trainer.helpers import (
     PYTHON,
     REPO,
     manifest,
@@ -21,12 +27,6 @@ from helpers import (
     trainer_env,
     write_config,
 )
-
-from kubetune.contract import ExitCode
-from kubetune_trainer.checkpoint import atomic
-from kubetune_trainer.config import HealthSettings
-from kubetune_trainer.errors import NumericalDivergenceError, PreemptedError
-from kubetune_trainer.health import HealthMonitor
 
 
 def test_atomic_commit_prune_and_staging_cleanup(tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def test_absurd_learning_rate_stops_with_numerical_divergence(
 
 
 def test_health_monitor_nan_tolerance_and_threshold() -> None:
-    monitor = HealthMonitor(HealthSettings(grad_norm_abort_threshold=10.0, nan_tolerance_steps=1))
+    monitor = HealthMonitor(HealthSpec(grad_norm_abort_threshold=10.0, nan_tolerance_steps=1))
     assert monitor.check(1, 2.0, 1.0) == "ok"
     assert monitor.check(2, math.nan, None) == "skip"  # one tolerated
     assert monitor.check(3, 1.5, 2.0) == "ok"  # streak reset
@@ -247,11 +247,9 @@ def test_health_monitor_nan_tolerance_and_threshold() -> None:
     with pytest.raises(NumericalDivergenceError, match="non-finite loss"):
         monitor.check(5, math.nan, None)
     with pytest.raises(NumericalDivergenceError, match="exceeds"):
-        HealthMonitor(HealthSettings(grad_norm_abort_threshold=10.0)).check(1, 1.0, 11.0)
+        HealthMonitor(HealthSpec(grad_norm_abort_threshold=10.0)).check(1, 1.0, 11.0)
     with pytest.raises(NumericalDivergenceError):  # DeepSpeed cannot skip: no tolerance
-        HealthMonitor(HealthSettings(nan_tolerance_steps=3)).check(
-            1, math.nan, None, can_skip=False
-        )
+        HealthMonitor(HealthSpec(nan_tolerance_steps=3)).check(1, math.nan, None, can_skip=False)
 
 
 def test_injected_nan_loss_stops_the_run(

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from helpers import PYTHON, REPO, trainer_env
+from tests.trainer.helpers import PYTHON, REPO, trainer_env
 
 
 def _kubetune(

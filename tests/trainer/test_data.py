@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import manifest, read_json, train_in_process, write_config
 
-from kubetune_trainer.config import load_job_config
+from kubetune_trainer.config import load_job
 from kubetune_trainer.data.batching import BatchPlan, eval_micro_batches
 from kubetune_trainer.data.encode import IGNORE, Encoder
 from kubetune_trainer.data.formats import RowError, parse_row
 from kubetune_trainer.data.readers import iter_rows
 from kubetune_trainer.data.validate import hold_out, prepare_data
 from kubetune_trainer.errors import InvalidDataError
+from tests.trainer.helpers import manifest, read_json, train_in_process, write_config
 
 GOOD = {
     "messages": [
@@ -45,7 +45,7 @@ def _cfg(tmp_path: Path, model: Path, train: Path, fmt: str = "chat", **dataset:
     doc = manifest(
         "lora", model, train, fmt, tmp_path / "out", dataset=dataset, peft={"lora": {"r": 2}}
     )
-    return load_job_config(write_config(doc, tmp_path / "job.json"))
+    return load_job(write_config(doc, tmp_path / "job.json"))
 
 
 def test_bad_rows_are_reported_with_file_line_and_reason(tiny_model: Path, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import manifest, read_json, run_torchrun, train_in_process, write_config
+
+from tests.trainer.helpers import manifest, read_json, run_torchrun, train_in_process, write_config
 
 HYPER = {
     "maxSteps": 3,

@@ -67,13 +67,13 @@ def test_dpo_loss_matches_trl(loss_type: str, tiny_model: Path, tmp_path: Path) 
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, batch))
 
-    from kubetune_trainer.config import DpoSettings
+    from kubetune.api.training import DpoSettings
     from kubetune_trainer.methods.dpo import DpoMethod
 
     method = DpoMethod.__new__(DpoMethod)
     method._keep_supported = None
     method.virtual_tokens = 0
-    method.cfg = type("C", (), {"dpo": DpoSettings(beta=1.0, loss_type=loss_type)})()
+    method.settings = DpoSettings(beta=1.0, loss_type=loss_type)
     ours_batch = collate(
         pairs, padding_free=True, pad_token_id=tokenizer.pad_token_id, dummy=pairs[0]
     )

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import manifest, read_json, train_in_process
 
-from kubetune_trainer.config import load_job_config
+from kubetune_trainer.config import load_job
 from kubetune_trainer.methods.registry import get_method
+from tests.trainer.helpers import manifest, read_json, train_in_process
 
 CASES: dict[str, dict[str, Any]] = {
     "full": {"hyper": {"learningRate": 2e-3}},
@@ -88,7 +88,7 @@ def test_method_trains_saves_and_reloads(
     assert (out / "README.md").exists() and (out / "lineage.json").exists()
 
     # save -> load into a fresh base -> same outputs as the trained model in memory
-    cfg = load_job_config(tmp_path / "job.json")
+    cfg = load_job(tmp_path / "job.json")
     impl = get_method(cfg)
     reloaded = impl.load_trained(tiny_model, out).eval()
     trained = result.model.eval()
@@ -135,9 +135,8 @@ def test_lora_merged_export_matches_adapter(
 
 
 def test_qlora_on_cpu_is_unsupported(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
-    from helpers import run_trainer, write_config
-
     from kubetune.contract import ExitCode
+    from tests.trainer.helpers import run_trainer, write_config
 
     out = tmp_path / "out"
     doc = manifest("qlora", tiny_model, data_dir / "chat.jsonl", "chat", out)

@@ -10,9 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers import PYTHON, REPO, manifest, trainer_env, write_config
-
 from kubetune.contract import ExitCode, ProgressDocument
+from tests.trainer.helpers import PYTHON, REPO, manifest, trainer_env, write_config
 
 
 def _free_port() -> int:

@@ -6,9 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from helpers import manifest, run_trainer, write_config
-
 from kubetune.contract import ExitCode
+from tests.trainer.helpers import manifest, run_trainer, write_config
 
 
 def _run(doc: dict, tmp_path: Path, *args: str, **env: str):
@@ -41,7 +40,7 @@ def test_good_job_passes(tiny_model: Path, data_dir: Path, tmp_path: Path) -> No
 def test_env_flag_also_selects_validate_only(
     tiny_model: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    from helpers import run_trainer as run
+    from tests.trainer.helpers import run_trainer as run
 
     doc = manifest("full", tiny_model, data_dir / "text.jsonl", "text", tmp_path / "out")
     proc = run(
@@ -115,7 +114,7 @@ def test_pvc_and_hf_locations(tiny_model: Path, data_dir: Path, tmp_path: Path) 
 
 
 def test_unreadable_or_invalid_document_fails_with_invalid_config(tmp_path: Path) -> None:
-    from helpers import run_trainer as run
+    from tests.trainer.helpers import run_trainer as run
 
     config = tmp_path / "job.json"
     config.write_text(

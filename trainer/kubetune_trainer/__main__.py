@@ -18,14 +18,21 @@ import sys
 import traceback
 from pathlib import Path
 
+from kubetune.api.resolve import ResolvedJob
 from kubetune.contract import ExitCode, TrainerPaths
-from kubetune.contract.paths import OUTPUT_ENV, TERMINATION_LOG, VALIDATE_ONLY_ENV
-from kubetune_trainer.config import JobConfig, env_flag, load_job_config
+from kubetune.contract.env import (
+    CONFIG_ENV,
+    EXIT_DIR_ENV,
+    OUTPUT_ENV,
+    RANK_ENV,
+    TERMINATION_LOG_ENV,
+    VALIDATE_ONLY_ENV,
+)
+from kubetune.contract.paths import TERMINATION_LOG
+from kubetune_trainer.config import env_flag, load_job
 from kubetune_trainer.errors import TrainerError, UnsupportedError
 from kubetune_trainer.uris import local_path_of
 
-EXIT_DIR_ENV = "KUBETUNE_EXIT_DIR"
-TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"
 MAX_MESSAGE = 4000  # Kubernetes keeps at most 4096 bytes of the termination message
 
 log = logging.getLogger("kubetune.trainer")
@@ -43,15 +50,15 @@ def configure_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def output_dir_for(cfg: JobConfig) -> Path:
+def output_dir_for(job: ResolvedJob) -> Path:
     """KUBETUNE_OUTPUT_DIR wins; otherwise the local path of ``spec.output.uri``."""
     env = os.environ.get(OUTPUT_ENV)
     if env:
         return Path(env)
-    local = local_path_of(cfg.output.uri)
+    local = local_path_of(job.spec.output.uri)
     if local is None:
         raise UnsupportedError(
-            f"output {cfg.output.uri}: the trainer writes to a mounted volume; for s3:// "
+            f"output {job.spec.output.uri}: the trainer writes to a mounted volume; for s3:// "
             f"outputs the operator must mount a staging volume and set {OUTPUT_ENV}"
         )
     return local
@@ -82,7 +89,7 @@ def record_exit(code: int, message: str) -> None:
     directory = os.environ.get(EXIT_DIR_ENV)
     if not directory:
         return
-    rank = os.environ.get("RANK", "0")
+    rank = os.environ.get(RANK_ENV, "0")
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / f"rank-{rank}.json").write_text(
@@ -109,27 +116,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.config:
-        os.environ["KUBETUNE_CONFIG"] = str(args.config)
+        os.environ[CONFIG_ENV] = str(args.config)
     if args.output_dir:
         os.environ[OUTPUT_ENV] = str(args.output_dir)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = int(os.environ.get(RANK_ENV, "0"))
     configure_logging(rank)
     validate_only = args.validate_only or env_flag(VALIDATE_ONLY_ENV)
     try:
         paths = TrainerPaths.from_env()
-        cfg = load_job_config(paths.config)
-        paths = TrainerPaths.from_env(output_dir=output_dir_for(cfg))
+        job = load_job(paths.config)
+        paths = TrainerPaths.from_env(output_dir=output_dir_for(job))
         if validate_only:
             from kubetune_trainer.preflight import validate_job
 
-            message = validate_job(cfg, paths.output_dir)
+            message = validate_job(job, paths.output_dir)
             print(message, flush=True)
             write_termination_message(message)
             record_exit(ExitCode.SUCCESS, message)
             return int(ExitCode.SUCCESS)
         from kubetune_trainer.run import run_training
 
-        result = run_training(cfg, paths)
+        result = run_training(job, paths)
         message = f"training finished: {result.steps} steps, outputs in {result.output_dir}"
         if rank == 0:
             print(message, flush=True)

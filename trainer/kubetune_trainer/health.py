@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from kubetune_trainer.config import HealthSettings
+from kubetune.api.training import HealthSpec
 from kubetune_trainer.errors import NumericalDivergenceError
 
 Verdict = Literal["ok", "skip"]
@@ -20,7 +20,7 @@ Verdict = Literal["ok", "skip"]
 
 @dataclass
 class HealthMonitor:
-    settings: HealthSettings
+    settings: HealthSpec
     nonfinite_streak: int = 0
     skipped_steps: int = 0
 

@@ -7,13 +7,14 @@ which checkpoint and exit 75), and afterwards reads the code every rank recorded
 ``$KUBETUNE_EXIT_DIR``: a permanent code wins over a retryable one, which wins over
 an unattributed crash. Two ways to call it:
 
-- as a drop-in for ``torchrun`` (the operator's pod command): the arguments are passed
-  to torchrun verbatim when they name the module themselves::
+- as a drop-in for ``torchrun`` (the command ``kubetune.contract.launch`` builds for the
+  operator's pods and ``kubetune run --local``): the arguments are passed to torchrun
+  verbatim when they name the module themselves::
 
       python -m kubetune_trainer.launch --nnodes=2 --nproc-per-node=8 --node-rank=0 \
           --rdzv-backend=static --master-addr=... --master-port=... -m kubetune_trainer
 
-- with its own short options (``kubetune run --local``)::
+- with its own short option, for one machine::
 
       python -m kubetune_trainer.launch --nproc-per-node 2 [-- --validate-only]
 """
@@ -31,32 +32,8 @@ from pathlib import Path
 from types import FrameType
 
 from kubetune.contract import ExitCode, classify_exit_code
-from kubetune_trainer.__main__ import EXIT_DIR_ENV
-
-
-def torchrun_command(
-    nproc_per_node: int,
-    trainer_args: list[str],
-    *,
-    nnodes: int = 1,
-    node_rank: int | None = None,
-    rdzv_endpoint: str | None = None,
-    rdzv_id: str | None = None,
-    rdzv_timeout: int | None = None,
-) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
-    if nnodes == 1 and rdzv_endpoint is None:
-        cmd.append("--standalone")
-    else:
-        cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
-        if rdzv_id:
-            cmd.append(f"--rdzv-id={rdzv_id}")
-        if node_rank is not None:
-            cmd.append(f"--node-rank={node_rank}")
-        if rdzv_timeout:
-            cmd.append(f"--rdzv-conf=timeout={rdzv_timeout}")
-    cmd += ["-m", "kubetune_trainer", *trainer_args]
-    return cmd
+from kubetune.contract.env import EXIT_DIR_ENV
+from kubetune.contract.launch import LAUNCH_MODULE, TORCHRUN_MODULE, torchrun_args
 
 
 def collect_exit_code(exit_dir: Path, torchrun_code: int) -> tuple[int, str | None]:
@@ -86,12 +63,12 @@ def collect_exit_code(exit_dir: Path, torchrun_code: int) -> tuple[int, str | No
     return (torchrun_code if torchrun_code > 0 else 1), None
 
 
-def run(torchrun_cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Run torchrun, forward termination signals, return the mapped exit code."""
+def run(args: list[str], env: dict[str, str] | None = None) -> int:
+    """Run torchrun with ``args``, forward termination signals, return the mapped exit code."""
     env = dict(env if env is not None else os.environ)
     with tempfile.TemporaryDirectory(prefix="kubetune-exit-") as exit_dir:
         env[EXIT_DIR_ENV] = exit_dir
-        child = subprocess.Popen(torchrun_cmd, env=env)
+        child = subprocess.Popen([sys.executable, "-m", TORCHRUN_MODULE, *args], env=env)
 
         def forward(signum: int, frame: FrameType | None) -> None:
             if child.poll() is None:
@@ -110,31 +87,15 @@ def run(torchrun_cmd: list[str], env: dict[str, str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-m" in argv or "--module" in argv:  # a complete torchrun command line
-        return run([sys.executable, "-m", "torch.distributed.run", *argv])
+        return run(argv)
     trainer_args: list[str] = []
     if "--" in argv:
         split = argv.index("--")
         argv, trainer_args = argv[:split], argv[split + 1 :]
-    parser = argparse.ArgumentParser(prog="python -m kubetune_trainer.launch", description=__doc__)
-    parser.add_argument(
-        "--nproc-per-node", type=int, default=int(os.environ.get("KUBETUNE_NPROC_PER_NODE", "1"))
-    )
-    parser.add_argument("--nnodes", type=int, default=int(os.environ.get("KUBETUNE_NNODES", "1")))
-    parser.add_argument("--node-rank", type=int, default=None)
-    parser.add_argument("--rdzv-endpoint", default=os.environ.get("KUBETUNE_RDZV_ENDPOINT"))
-    parser.add_argument("--rdzv-id", default=os.environ.get("KUBETUNE_RDZV_ID"))
-    parser.add_argument("--rdzv-timeout", type=int, default=None)
+    parser = argparse.ArgumentParser(prog=f"python -m {LAUNCH_MODULE}", description=__doc__)
+    parser.add_argument("--nproc-per-node", type=int, default=1)
     args = parser.parse_args(argv)
-    cmd = torchrun_command(
-        args.nproc_per_node,
-        trainer_args,
-        nnodes=args.nnodes,
-        node_rank=args.node_rank,
-        rdzv_endpoint=args.rdzv_endpoint,
-        rdzv_id=args.rdzv_id,
-        rdzv_timeout=args.rdzv_timeout,
-    )
-    return run(cmd)
+    return run(torchrun_args(args.nproc_per_node, trainer_args=trainer_args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kubetune_trainer.config import JobConfig
+from kubetune.api.methods import METHOD_TRAITS
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.data.batching import BatchPlan
 from kubetune_trainer.data.validate import prepare_data
 from kubetune_trainer.errors import InvalidConfigError
@@ -20,46 +21,44 @@ from kubetune_trainer.methods.registry import get_method
 from kubetune_trainer.models.load import inspect_model_dir, load_tokenizer, resolve_model_dir
 
 
-def validate_job(cfg: JobConfig, output_dir: Path) -> str:
-    method = get_method(cfg)  # refuses unknown methods
-    if (
-        cfg.method == "prompt"
-        and cfg.prompt
-        and cfg.prompt.init == "text"
-        and not cfg.prompt.init_text
-    ):
+def validate_job(job: ResolvedJob, output_dir: Path) -> str:
+    get_method(job)  # refuses unknown methods
+    spec, hp, derived = job.spec, job.spec.hyperparameters, job.derived
+    prompt = spec.peft.prompt if spec.peft else None
+    if spec.method == "prompt" and prompt and prompt.init == "text" and not prompt.init_text:
         raise InvalidConfigError("peft.prompt.init text needs peft.prompt.initText")
-    model_dir = resolve_model_dir(cfg.model.uri, cfg.model.revision)
-    info = inspect_model_dir(model_dir, cfg.model.trust_remote_code)
-    if cfg.dpo and cfg.dpo.reference_model_uri:
-        inspect_model_dir(resolve_model_dir(cfg.dpo.reference_model_uri, what="reference model"))
-    tokenizer = load_tokenizer(model_dir, cfg.model.trust_remote_code)
-    data = prepare_data(cfg, tokenizer)
+    model_dir = resolve_model_dir(spec.model.uri, spec.model.revision)
+    info = inspect_model_dir(model_dir, spec.model.trust_remote_code)
+    dpo = spec.rlhf.dpo if spec.rlhf else None
+    if dpo and dpo.reference_model:
+        inspect_model_dir(resolve_model_dir(dpo.reference_model, what="reference model"))
+    tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
+    data = prepare_data(job, tokenizer)
     _check_output(output_dir)
     plan = BatchPlan(
         num_units=len(data.train.examples),
-        global_batch_size=cfg.train.global_batch_size,
-        micro_batch_size=cfg.train.micro_batch_size,
-        world_size=cfg.distributed.world_size,
-        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-        seed=cfg.train.seed,
+        global_batch_size=derived.global_batch_size,
+        micro_batch_size=hp.micro_batch_size,
+        world_size=derived.world_size,
+        gradient_accumulation_steps=derived.gradient_accumulation_steps,
+        seed=hp.seed,
     )
-    steps = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
+    steps = plan.total_steps(hp.epochs, hp.max_steps)
     train = data.train.report
     eval_part = (
         f"eval {data.eval.report.valid_rows} rows" if data.eval is not None else "no eval set"
     )
     notes = []
-    if cfg.data.packing and not (cfg.uses_padding_free and method.supports_padding_free):
-        notes.append(f"packing does not apply to method {cfg.method}: batches are padded")
-    if cfg.method == "qlora":
+    if spec.dataset.packing and not METHOD_TRAITS[spec.method].packs:
+        notes.append(f"packing does not apply to method {spec.method}: batches are padded")
+    if spec.method == "qlora":
         notes.append("qlora needs a CUDA GPU with bitsandbytes at training time")
     return (
-        f"validation passed: model {cfg.model.uri} ({info.model_type}, "
+        f"validation passed: model {spec.model.uri} ({info.model_type}, "
         f"{info.num_parameters:,} parameters); train {train.valid_rows} of {train.rows} rows "
         f"({train.skipped_rows} invalid skipped, {train.truncated_rows} truncated to "
-        f"{cfg.data.max_seq_length} tokens), {eval_part}; {steps} optimizer steps planned "
-        f"({plan.steps_per_epoch} per epoch) on {cfg.distributed.world_size} processes"
+        f"{spec.dataset.max_seq_length} tokens), {eval_part}; {steps} optimizer steps planned "
+        f"({plan.steps_per_epoch} per epoch) on {derived.world_size} processes"
         + ("; " + "; ".join(notes) if notes else "")
     )
 

@@ -15,7 +15,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-STOP_AFTER_STEP_ENV = "KUBETUNE_STOP_AFTER_STEP"
+from kubetune.contract.env import STOP_AFTER_STEP_ENV
 
 
 class StopRequest:

@@ -22,39 +22,38 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
 
+from kubetune.api.resolve import ResolvedJob
 from kubetune.contract import TrainerPaths
 from kubetune_trainer.checkpoint import atomic
 from kubetune_trainer.checkpoint.state import TrainerState, load_rng, save_rng
-from kubetune_trainer.config import JobConfig
 from kubetune_trainer.data.batching import Batch, BatchPlan, collate, eval_micro_batches
 from kubetune_trainer.data.encode import Encoded
 from kubetune_trainer.data.validate import PreparedData, prepare_data, write_issues
 from kubetune_trainer.distributed.env import (
-    DistEnv,
-    all_gather_objects,
     all_reduce_max,
     all_reduce_sum,
     barrier,
     broadcast_object,
+    init_distributed,
+    shutdown,
 )
 from kubetune_trainer.distributed.precision import resolve_precision
 from kubetune_trainer.distributed.strategy import Engine, build_engine, write_engine_info
-from kubetune_trainer.errors import InvalidConfigError, PreemptedError
+from kubetune_trainer.errors import InvalidConfigError, PreemptedError, TrainerError
 from kubetune_trainer.health import HealthMonitor
 from kubetune_trainer.methods.base import Method
-from kubetune_trainer.methods.dpo import DpoMethod
 from kubetune_trainer.methods.registry import get_method
 from kubetune_trainer.metrics import MetricsServer, TrainerMetrics
 from kubetune_trainer.models.load import load_dtype, load_tokenizer, resolve_model_dir
 from kubetune_trainer.models.varlen_attention import padding_free_attention
-from kubetune_trainer.outputs.export import write_outputs
+from kubetune_trainer.outputs.export import RunSummary, write_outputs
 from kubetune_trainer.progress import ProgressReporter
 from kubetune_trainer.signals import StopRequest
 
@@ -85,27 +84,58 @@ def seed_all(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: JobConfig, paths: TrainerPaths, env: DistEnv) -> None:
-        self.cfg = cfg
+    """One rank's run of a job; a context manager that joins the gang and leaves it.
+
+    Entering joins the process group, serves metrics (rank 0) and traps SIGTERM;
+    leaving undoes all of it. On failure the process group is left as is: peers may be
+    blocked in a collective (a barrier would hang) and destroying a gloo group under
+    them aborts the process, replacing our exit code; ``__main__`` exits with
+    ``os._exit`` instead.
+    """
+
+    def __init__(self, job: ResolvedJob, paths: TrainerPaths) -> None:
+        spec = job.spec
+        self.job = job
+        self.hp = spec.hyperparameters
         self.paths = paths
-        self.env = env
+        self.env = env = init_distributed(spec.distributed.strategy, job.derived.world_size)
         self.output_dir = paths.output_dir
         self.ckpt_root = paths.checkpoints_dir
         self.progress = ProgressReporter(paths.progress_file, enabled=env.is_main)
         self.metrics = TrainerMetrics()
         self.server: MetricsServer | None = None
         self.stop = StopRequest()
-        self.health = HealthMonitor(cfg.health)
-        self.method: Method = get_method(cfg)
+        self.health = HealthMonitor(spec.health)
+        self.method: Method = get_method(job)
+        self.config_hash = job.config_hash()
         self.state = TrainerState(
             world_size=env.world_size,
-            strategy=cfg.distributed.strategy,
-            config_hash=cfg.config_hash,
+            strategy=spec.distributed.strategy,
+            config_hash=self.config_hash,
         )
-        self.reference: dict[str, torch.Tensor] = {}
         self.resumed_from: int | None = None
         self._last_ckpt_time = time.monotonic()
         self._last_ckpt_step: int | None = None
+
+    def __enter__(self) -> Trainer:
+        self.start_observability()
+        self.stop.install()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, TrainerError):
+            self.progress.update(state="failed", message=exc.message[:1000])
+        if self.server is not None:
+            self.server.stop()
+        self.progress.stop()
+        self.stop.restore()
+        if exc is None:
+            shutdown(self.env)
 
     # ------------------------------------------------------------------ setup
     def start_observability(self) -> None:
@@ -127,17 +157,17 @@ class Trainer:
             self.server = None
         self.metrics.info.info(
             {
-                "job": self.cfg.name,
-                "namespace": self.cfg.namespace,
-                "method": self.cfg.method,
-                "model": self.cfg.model.uri,
-                "strategy": self.cfg.distributed.strategy,
+                "job": self.job.name,
+                "namespace": self.job.namespace,
+                "method": self.job.spec.method,
+                "model": self.job.spec.model.uri,
+                "strategy": self.job.spec.distributed.strategy,
             }
         )
         self.metrics.world_size.set(self.env.world_size)
 
     def load_data(self, tokenizer: Any) -> PreparedData:
-        data = prepare_data(self.cfg, tokenizer)
+        data = prepare_data(self.job, tokenizer)
         if self.env.is_main:
             for report in data.reports:
                 self.metrics.skipped_rows.labels(split=report.split).inc(report.skipped_rows)
@@ -149,7 +179,7 @@ class Trainer:
                     report.valid_rows,
                     report.skipped_rows,
                     report.truncated_rows,
-                    self.cfg.data.max_seq_length,
+                    self.job.spec.dataset.max_seq_length,
                 )
             if any(r.issues for r in data.reports):
                 write_issues(data.reports, self.output_dir / "data_issues.jsonl")
@@ -162,11 +192,11 @@ class Trainer:
     def scheduler_factory(self, total_steps: int) -> Any:
         from transformers import get_scheduler
 
-        warmup = math.ceil(self.cfg.train.warmup_ratio * total_steps)
+        warmup = math.ceil(self.hp.warmup_ratio * total_steps)
 
         def factory(optimizer: torch.optim.Optimizer) -> Any:
             return get_scheduler(
-                self.cfg.train.scheduler,
+                self.hp.scheduler,
                 optimizer=optimizer,
                 num_warmup_steps=warmup,
                 num_training_steps=total_steps,
@@ -184,56 +214,14 @@ class Trainer:
             dummy=examples[0],
         )
         batch.unit_ids = ids or [0]
-        if split in self.reference:
-            batch.reference = self.reference[split][batch.unit_ids]
+        self.method.attach(batch, split)
         return batch.to(self.env.device)
-
-    # --------------------------------------------------------------- reference
-    def compute_reference(self, engine: Engine, data: PreparedData, model_dir: Path) -> None:
-        """DPO: log-probs of the reference policy for every pair, once, sharded by rank."""
-        assert isinstance(self.method, DpoMethod)
-        ref_uri = self.method.settings.reference_model_uri
-        if ref_uri:
-            ref_model = self.method.load_reference(
-                resolve_model_dir(ref_uri, what="reference model")
-            )
-            ref_model.to(self.env.device).eval()
-            forward: Callable[..., Any] = ref_model
-            module: torch.nn.Module = ref_model
-        else:
-            engine.eval()
-            forward, module = engine.forward, engine.model
-        splits = {"train": data.train.examples}
-        if data.eval is not None:
-            splits["eval"] = data.eval.examples
-        for split, examples in splits.items():
-            rows: list[tuple[int, float, float]] = []
-            micro = self.cfg.train.micro_batch_size
-            with torch.no_grad():
-                for ids in eval_micro_batches(
-                    len(examples), micro, self.env.world_size, self.env.rank
-                ):
-                    batch = self.batch(examples, ids, split="none")
-                    logps, _ = self.method.sequence_logps(forward, module, batch)
-                    n = batch.num_sequences // 2
-                    if ids:
-                        for k, unit in enumerate(ids):
-                            rows.append((unit, float(logps[k]), float(logps[n + k])))
-            table = torch.zeros((len(examples), 2), dtype=torch.float32)
-            for part in all_gather_objects(rows, self.env):
-                for unit, chosen, rejected in part:
-                    table[unit, 0] = chosen
-                    table[unit, 1] = rejected
-            self.reference[split] = table
-        if ref_uri:
-            del forward, module
-        engine.train()
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, engine: Engine, examples: list[Encoded]) -> dict[str, float]:
         engine.eval()
         totals: dict[str, float] = defaultdict(float)
-        micro = self.cfg.train.micro_batch_size
+        micro = self.hp.micro_batch_size
         with torch.no_grad():
             for ids in eval_micro_batches(len(examples), micro, self.env.world_size, self.env.rank):
                 batch = self.batch(examples, ids, split="eval")
@@ -261,8 +249,7 @@ class Trainer:
         if self.env.is_main:
             self.state.step = step
             self.state.save(staging)
-            if self.reference:
-                torch.save(self.reference, staging / "reference_logps.pt")
+            self.method.save_state(staging)
             write_engine_info(engine, staging)
         barrier(self.env)
         final: Path | None = None
@@ -271,9 +258,9 @@ class Trainer:
                 self.ckpt_root,
                 staging,
                 step,
-                {"configHash": self.cfg.config_hash, "engine": engine.name},
+                {"configHash": self.config_hash, "engine": engine.name},
             )
-            atomic.prune(self.ckpt_root, self.cfg.checkpoint.keep_last)
+            atomic.prune(self.ckpt_root, self.job.spec.checkpoint.keep_last)
         barrier(self.env)
         self._last_ckpt_time = time.monotonic()
         self._last_ckpt_step = step
@@ -290,7 +277,7 @@ class Trainer:
         if self.env.is_main:
             atomic.clean_staging(self.ckpt_root)
         barrier(self.env)
-        if self.cfg.checkpoint.resume != "auto":
+        if self.job.spec.checkpoint.resume != "auto":
             return
         # rank 0 decides; every rank must see the same directory (shared output volume)
         found = atomic.latest_complete(self.ckpt_root) if self.env.is_main else None
@@ -305,26 +292,23 @@ class Trainer:
                 "be one volume shared by all training pods (e.g. a ReadWriteMany PVC)"
             )
         saved = TrainerState.load(latest)
-        if saved.strategy != self.cfg.distributed.strategy and "deepspeed" in (
-            saved.strategy,
-            self.cfg.distributed.strategy,
-        ):
+        strategy = self.job.spec.distributed.strategy
+        if saved.strategy != strategy and "deepspeed" in (saved.strategy, strategy):
             raise InvalidConfigError(
                 f"checkpoint {latest} was written by strategy {saved.strategy}, the job now uses "
-                f"{self.cfg.distributed.strategy}; set checkpoint.resume: never to start over"
+                f"{strategy}; set checkpoint.resume: never to start over"
             )
-        if saved.world_size != self.env.world_size and self.cfg.distributed.strategy == "deepspeed":
+        if saved.world_size != self.env.world_size and strategy == "deepspeed":
             raise InvalidConfigError(
                 f"checkpoint {latest} was written by {saved.world_size} DeepSpeed processes, "
                 f"this gang has {self.env.world_size}; ZeRO state cannot be re-partitioned here"
             )
-        if saved.config_hash and saved.config_hash != self.cfg.config_hash:
+        if saved.config_hash and saved.config_hash != self.config_hash:
             log.warning("resuming from %s written with a different config hash", latest)
         engine.load(latest)
         if not load_rng(latest, self.env.rank):
-            seed_all(self.cfg.train.seed + 7919 * self.env.rank + saved.step)
-        if (latest / "reference_logps.pt").exists():
-            self.reference = torch.load(latest / "reference_logps.pt", weights_only=True)
+            seed_all(self.hp.seed + 7919 * self.env.rank + saved.step)
+        self.method.load_state(latest)
         self.state = saved
         self.state.world_size = self.env.world_size
         self.health.nonfinite_streak = saved.nonfinite_streak
@@ -334,31 +318,30 @@ class Trainer:
 
     # -------------------------------------------------------------------- run
     def run(self) -> RunResult:
-        cfg, env = self.cfg, self.env
-        self.start_observability()
-        self.stop.install()
+        spec, hp, env, traits = self.job.spec, self.hp, self.env, self.method.traits
         started = time.monotonic()
 
-        model_dir = resolve_model_dir(cfg.model.uri, cfg.model.revision)
-        tokenizer = load_tokenizer(model_dir, cfg.model.trust_remote_code)
+        model_dir = resolve_model_dir(spec.model.uri, spec.model.revision)
+        tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
         self.pad_token_id = int(tokenizer.pad_token_id)
         data = self.load_data(tokenizer)
-        self.padding_free = cfg.uses_padding_free and self.method.supports_padding_free
+        # reward models pool each row's last token; virtual tokens are per sample
+        self.padding_free = bool(spec.dataset.packing) and traits.packs
 
         self.progress.update(state="loading")
         if self.padding_free:
             self.method.attn_implementation = padding_free_attention(env.device)
-        precision = resolve_precision(cfg.train.precision, env.device)
-        frozen = cfg.method in ("lora", "qlora", "prefix", "prompt", "adapter")
-        seed_all(cfg.train.seed)  # identical initialisation (reward head, adapters) on all ranks
-        model = self.method.build(model_dir, tokenizer, load_dtype(cfg.model, precision, frozen))
+        precision = resolve_precision(hp.precision, env.device)
+        seed_all(hp.seed)  # identical initialisation (reward head, adapters) on all ranks
+        dtype = load_dtype(spec.model, precision, frozen_base=traits.takes_peft)
+        model = self.method.build(model_dir, tokenizer, dtype)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.metrics.parameters.set(n_params)
         self.metrics.trainable_parameters.set(n_train)
         log.info(
             "method %s: %d trainable of %d parameters (%.3f%%), precision %s, %s batches",
-            cfg.method,
+            spec.method,
             n_train,
             n_params,
             100.0 * n_train / max(n_params, 1),
@@ -368,19 +351,18 @@ class Trainer:
 
         plan = BatchPlan(
             num_units=len(data.train.examples),
-            global_batch_size=cfg.train.global_batch_size,
-            micro_batch_size=cfg.train.micro_batch_size,
+            global_batch_size=self.job.derived.global_batch_size,
+            micro_batch_size=hp.micro_batch_size,
             world_size=env.world_size,
-            gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-            seed=cfg.train.seed,
+            gradient_accumulation_steps=self.job.derived.gradient_accumulation_steps,
+            seed=hp.seed,
         )
-        total_steps = plan.total_steps(cfg.train.epochs, cfg.train.max_steps)
-        engine = build_engine(model, env, precision, cfg, self.scheduler_factory(total_steps))
+        total_steps = plan.total_steps(hp.epochs, hp.max_steps)
+        engine = build_engine(model, env, precision, self.job, self.scheduler_factory(total_steps))
         self.try_resume(engine)
         if self.resumed_from is None:
-            seed_all(cfg.train.seed + 7919 * env.rank)
-        if isinstance(self.method, DpoMethod) and not self.reference:
-            self.compute_reference(engine, data, model_dir)
+            seed_all(hp.seed + 7919 * env.rank)
+        self.method.prepare(engine, data, env, self.batch)
         self.metrics.total_steps.set(total_steps)
 
         if data.eval is not None and self.state.base_eval is None:
@@ -410,17 +392,32 @@ class Trainer:
         full = engine.full_state_dict()
         if env.is_main:
             assert full is not None
+            summary = RunSummary(
+                job=self.job,
+                output_dir=self.output_dir,
+                steps=self.state.step,
+                planned_steps=total_steps,
+                epochs=plan.epoch_of(self.state.step),
+                world_size=env.world_size,
+                engine=engine.name,
+                precision=engine.precision,
+                padding_free=self.padding_free,
+                tokens_seen=self.state.tokens_seen,
+                samples_seen=self.state.samples_seen,
+                final_loss=self.state.last_loss,
+                elapsed_seconds=time.monotonic() - started,
+                resumed_from=self.resumed_from,
+                skipped_steps=self.health.skipped_steps,
+                eval_results=eval_results,
+            )
             write_outputs(
-                trainer=self,
-                engine=engine,
+                summary,
+                method=self.method,
+                model=engine.unwrapped,
                 state_dict=self.method.export_state_dict(engine.unwrapped, full),
                 tokenizer=tokenizer,
                 model_dir=model_dir,
                 data=data,
-                eval_results=eval_results,
-                total_steps=total_steps,
-                plan=plan,
-                wall_seconds=time.monotonic() - started,
             )
         barrier(env)
         if env.is_main:  # the final scrape, for runs nobody scraped (kubetune run --local)
@@ -439,10 +436,10 @@ class Trainer:
     def train_steps(
         self, engine: Engine, data: PreparedData, plan: BatchPlan, total_steps: int
     ) -> None:
-        cfg, env, method = self.cfg, self.env, self.method
+        env, method = self.env, self.method
         examples = data.train.examples
-        interval_steps = cfg.checkpoint.interval_steps
-        interval_seconds = cfg.checkpoint.interval_seconds
+        interval_steps = self.job.spec.checkpoint.interval_steps
+        interval_seconds = self.job.spec.checkpoint.interval_seconds
         log_path = self.output_dir / "train_log.jsonl"
         step_times: list[float] = []
         engine.train()
@@ -471,7 +468,7 @@ class Trainer:
                 [loss_sum, float(tokens), float(samples)], env
             )
             loss = total_loss / global_count if global_count > 0 else float("nan")
-            grad_norm = engine.clip_gradients(cfg.train.max_grad_norm)
+            grad_norm = engine.clip_gradients(self.hp.max_grad_norm)
             lr = engine.learning_rate()
             can_skip = engine.name != "deepspeed"
             verdict = self.health.check(step + 1, loss, grad_norm, can_skip=can_skip)

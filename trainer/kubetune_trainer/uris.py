@@ -5,7 +5,8 @@ PersistentVolumeClaim at ``$KUBETUNE_PVC_ROOT/<claim>`` (default ``/mnt/pvc``), 
 paths are used as they are, ``hf://`` ids are looked up in the pre-populated Hugging
 Face cache with ``local_files_only=True`` (never downloaded), and ``s3://`` objects are
 fetched with boto3 when the image has it (otherwise a clear error tells the operator to
-mount the data with an init container instead).
+mount the data with an init container instead). Parsing and the mount convention are
+the contract's (``kubetune.contract.uris``); fetching is the trainer's.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from kubetune.contract.paths import DEFAULT_PVC_ROOT, PVC_ROOT_ENV
+from kubetune.contract.env import AWS_ENDPOINT_URL_ENV, CACHE_ENV, HF_HOME_ENV, PVC_ROOT_ENV
+from kubetune.contract.paths import DEFAULT_PVC_ROOT
+from kubetune.contract.uris import Scheme, StorageUri, parse_uri
 from kubetune_trainer.errors import TrainerError
-
-CACHE_ENV = "KUBETUNE_CACHE_DIR"
 
 ErrorFactory = Callable[[str], TrainerError]
 
@@ -32,25 +33,10 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, str(Path.home() / ".cache" / "kubetune")))
 
 
-def scheme_of(uri: str) -> str:
-    for scheme in ("pvc", "s3", "file", "hf"):
-        if uri.startswith(f"{scheme}://"):
-            return scheme
-    return "path" if uri.startswith("/") else "unknown"
-
-
 def local_path_of(uri: str) -> Path | None:
     """The local path of a mounted location (pvc, file, absolute), else None."""
-    scheme = scheme_of(uri)
-    if scheme == "pvc":
-        rest = uri[len("pvc://") :]
-        claim, _, sub = rest.partition("/")
-        return pvc_root() / claim / sub if sub else pvc_root() / claim
-    if scheme == "file":
-        return Path(uri[len("file://") :])
-    if scheme == "path":
-        return Path(uri)
-    return None
+    local = parse_uri(uri).local_path(pvc_root())
+    return None if local is None else Path(local)
 
 
 def resolve_location(
@@ -62,26 +48,34 @@ def resolve_location(
     repo_type: str = "model",
 ) -> Path:
     """A local path holding the content of ``uri``; raises ``error(...)`` if unreachable."""
-    scheme = scheme_of(uri)
-    local = local_path_of(uri)
+    try:
+        parsed = parse_uri(uri)
+    except ValueError as exc:
+        raise error(f"{what} {uri}: {exc}") from exc
+    local = parsed.local_path(pvc_root())
     if local is not None:
-        if not local.exists():
+        if not Path(local).exists():
             hint = ""
-            if scheme == "pvc":
+            if parsed.scheme is Scheme.PVC:
                 hint = f" (PVCs are mounted under ${PVC_ROOT_ENV}={pvc_root()})"
             raise error(f"{what} {uri} not found at {local}{hint}")
-        return local
-    if scheme == "hf":
-        return _from_hf_cache(uri, error, what=what, revision=revision, repo_type=repo_type)
-    if scheme == "s3":
-        return _from_s3(uri, error, what=what)
-    raise error(f"{what} {uri}: unsupported location scheme")
+        return Path(local)
+    if parsed.scheme is Scheme.HF:
+        return _from_hf_cache(
+            uri, parsed.name, error, what=what, revision=revision, repo_type=repo_type
+        )
+    return _from_s3(uri, parsed, error, what=what)
 
 
 def _from_hf_cache(
-    uri: str, error: ErrorFactory, *, what: str, revision: str | None, repo_type: str
+    uri: str,
+    repo_id: str,
+    error: ErrorFactory,
+    *,
+    what: str,
+    revision: str | None,
+    repo_type: str,
 ) -> Path:
-    repo_id = uri[len("hf://") :]
     try:
         from huggingface_hub import snapshot_download
 
@@ -91,13 +85,13 @@ def _from_hf_cache(
     except Exception as exc:  # LocalEntryNotFoundError and friends
         raise error(
             f"{what} {uri} is not in the local Hugging Face cache/mirror "
-            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); "
+            f"({HF_HOME_ENV}={os.environ.get(HF_HOME_ENV, '~/.cache/huggingface')}); "
             f"kubetune never downloads from a hub: {exc}"
         ) from exc
     return Path(path)
 
 
-def _from_s3(uri: str, error: ErrorFactory, *, what: str) -> Path:
+def _from_s3(uri: str, location: StorageUri, error: ErrorFactory, *, what: str) -> Path:
     """Download an s3:// object or prefix into the cache (atomically) with boto3."""
     try:
         import boto3  # type: ignore[import-not-found]
@@ -106,12 +100,12 @@ def _from_s3(uri: str, error: ErrorFactory, *, what: str) -> Path:
             f"{what} {uri}: s3:// locations need boto3 in the trainer image, which this "
             "image does not have; mount the data with a PVC (pvc://) or an init container"
         ) from exc
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    bucket, prefix = location.name, location.path
     target = cache_root() / "s3" / bucket / prefix
     marker = target.parent / f".{target.name}.complete"
     if marker.exists():
         return target
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+    client = boto3.client("s3", endpoint_url=os.environ.get(AWS_ENDPOINT_URL_ENV))
     staging = Path(tempfile.mkdtemp(prefix=".s3-", dir=_ensure(target.parent)))
     try:
         keys = _list_keys(client, bucket, prefix)

@@ -11,6 +11,8 @@ import kopf
 from kubetune.api import FineTuneJob
 from kubetune.api.job import FineTuneJobSpec
 from kubetune.contract import paths
+from kubetune.contract.env import S3_CREDENTIAL_ENV
+from kubetune.contract.uris import Scheme, parse_uri, pvc_mount_path
 from kubetune_operator import naming
 from kubetune_operator.settings import OperatorSettings
 
@@ -18,16 +20,6 @@ CONFIG_DIR = str(paths.DEFAULT_CONFIG_PATH.parent)
 CONFIG_VOLUME = "config"
 SHM_VOLUME = "dshm"
 SCRATCH_VOLUME = "scratch-output"
-PVC_ROOT_ENV = paths.PVC_ROOT_ENV
-
-# Keys of the credentials Secret, as documented on ModelSource.credentialsSecretRef.
-CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
-    ("AWS_ACCESS_KEY_ID", False),
-    ("AWS_SECRET_ACCESS_KEY", False),
-    ("AWS_SESSION_TOKEN", True),
-    ("AWS_ENDPOINT_URL", True),
-    ("AWS_DEFAULT_REGION", True),
-)
 
 
 def job_body(job: FineTuneJob) -> dict[str, Any]:
@@ -87,23 +79,6 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def split_pvc(uri: str) -> tuple[str, str] | None:
-    """``pvc://claim/sub/path`` -> (claim, sub/path); None for other schemes."""
-    if not uri.startswith("pvc://"):
-        return None
-    claim, _, sub = uri[len("pvc://") :].partition("/")
-    return claim, sub
-
-
-def local_path(uri: str) -> str | None:
-    """The in-image path of ``file://`` and absolute locations."""
-    if uri.startswith("file://"):
-        return uri[len("file://") :]
-    if uri.startswith("/"):
-        return uri
-    return None
-
-
 @dataclass
 class Storage:
     """Volumes, mounts and env for the job's data locations."""
@@ -116,24 +91,18 @@ class Storage:
 def storage(spec: FineTuneJobSpec, settings: OperatorSettings, *, with_output: bool) -> Storage:
     """PVC volumes (read-only unless the claim holds the output) mounted where the trainer
     looks for them: ``<pvc root>/<claim>``."""
-    inputs = [spec.model.uri, spec.dataset.train]
+    inputs = [parse_uri(spec.model.uri), parse_uri(spec.dataset.train)]
     if spec.dataset.eval:
-        inputs.append(spec.dataset.eval)
-    claims: dict[str, bool] = {}  # claim -> read-only
-    for uri in inputs:
-        parsed = split_pvc(uri)
-        if parsed:
-            claims.setdefault(parsed[0], True)
+        inputs.append(parse_uri(spec.dataset.eval))
+    claims = {uri.name: True for uri in inputs if uri.scheme is Scheme.PVC}  # -> read-only
     out = Storage()
-    out_pvc = split_pvc(spec.output.uri)
     if with_output:
-        if out_pvc:
-            claims[out_pvc[0]] = False
-            out.output_dir = f"{settings.pvc_mount_root}/{out_pvc[0]}"
-            if out_pvc[1]:
-                out.output_dir += "/" + out_pvc[1].strip("/")
-        elif local_path(spec.output.uri):
-            out.output_dir = local_path(spec.output.uri)
+        output = parse_uri(spec.output.uri)
+        local = output.local_path(settings.pvc_mount_root)
+        if output.scheme is Scheme.PVC:
+            claims[output.name] = False
+        if local is not None:
+            out.output_dir = str(local)
         else:  # s3:// -- a scratch directory the trainer uploads from
             out.output_dir = settings.scratch_output_dir
             out.volumes.append({"name": SCRATCH_VOLUME, "emptyDir": {}})
@@ -149,7 +118,7 @@ def storage(spec: FineTuneJobSpec, settings: OperatorSettings, *, with_output: b
         out.mounts.append(
             {
                 "name": volume,
-                "mountPath": f"{settings.pvc_mount_root}/{claim}",
+                "mountPath": str(pvc_mount_path(claim, settings.pvc_mount_root)),
                 "readOnly": read_only,
             }
         )
@@ -184,7 +153,7 @@ def credential_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
             "name": key,
             "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
         }
-        for key, optional in CREDENTIAL_KEYS
+        for key, optional in S3_CREDENTIAL_ENV
     ]
 
 

@@ -1,11 +1,7 @@
 """The training pods of one gang attempt.
 
-Rendezvous: torchrun's *static* backend (``--node-rank`` + ``--master-addr`` of the rank-0
-pod via the headless Service). The operator always restarts the whole gang and the gang
-size is fixed, so c10d's elasticity buys nothing, while static ranks guarantee that the
-pod labelled rank 0 IS global rank 0 -- the one that serves the progress document and
-writes checkpoints. ``--rdzv-id <uid>-<attempt>`` keeps a straggler of an old attempt out
-of the new one's store.
+Their command is the contract's launch command (``kubetune.contract.launch``) with a
+static rendezvous at the rank-0 pod, reached through the headless Service.
 """
 
 from __future__ import annotations
@@ -14,6 +10,16 @@ from typing import Any
 
 from kubetune.api import FineTuneJob
 from kubetune.contract import paths
+from kubetune.contract.env import (
+    ATTEMPT_ENV,
+    CONFIG_ENV,
+    HF_OFFLINE_ENV,
+    METRICS_PORT_ENV,
+    OUTPUT_ENV,
+    PVC_ROOT_ENV,
+    UNBUFFERED_ENV,
+)
+from kubetune.contract.launch import StaticRendezvous, launch_command
 from kubetune_operator import naming
 from kubetune_operator.render import common
 from kubetune_operator.settings import OperatorSettings
@@ -28,34 +34,20 @@ def master_address(job: FineTuneJob) -> str:
     )
 
 
-LAUNCHER = ("python", "-m", "kubetune_trainer.launch")
-
-
 def torchrun_command(
     job: FineTuneJob, attempt: int, rank: int, settings: OperatorSettings
 ) -> list[str]:
-    """``torchrun ... -m kubetune_trainer`` for ``rank`` of gang ``attempt``.
-
-    Run through ``kubetune_trainer.launch``, a drop-in for ``torchrun`` that passes the
-    arguments on verbatim: torchrun alone exits 1 for any failed worker, the launcher
-    exits with the most meaningful code a rank recorded, so the operator can tell bad
-    data (permanent) from preemption (retryable).
-    """
+    """The launch command for ``rank`` of gang ``attempt``."""
     res = job.spec.resources
-    return [
-        *LAUNCHER,
-        f"--nnodes={res.nodes}",
-        f"--nproc-per-node={res.gpus_per_node}",
-        f"--node-rank={rank}",
-        "--rdzv-backend=static",
-        f"--rdzv-id={job.metadata.uid}-{attempt}",
-        f"--master-addr={master_address(job)}",
-        f"--master-port={settings.rendezvous_port}",
-        f"--rdzv-conf=timeout={job.spec.distributed.rendezvous_timeout_seconds}",
-        "--max-restarts=0",
-        "-m",
-        "kubetune_trainer",
-    ]
+    rendezvous = StaticRendezvous(
+        nnodes=res.nodes,
+        node_rank=rank,
+        master_addr=master_address(job),
+        master_port=settings.rendezvous_port,
+        run_id=f"{job.metadata.uid}-{attempt}",
+        timeout_seconds=job.spec.distributed.rendezvous_timeout_seconds,
+    )
+    return launch_command(res.gpus_per_node, rendezvous)
 
 
 def resources(job: FineTuneJob) -> dict[str, Any]:
@@ -70,18 +62,18 @@ def resources(job: FineTuneJob) -> dict[str, Any]:
 def contract_env(
     job: FineTuneJob, attempt: int, output_dir: str | None, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
-    """The variables the trainer reads (``kubetune.contract.paths``); set last so a user's
+    """The variables the trainer reads (``kubetune.contract.env``); set last so a user's
     ``spec.env`` cannot redirect them."""
     env = [
-        {"name": paths.CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
-        {"name": paths.ATTEMPT_ENV, "value": str(attempt)},
-        {"name": paths.METRICS_PORT_ENV, "value": str(settings.progress_port)},
-        {"name": common.PVC_ROOT_ENV, "value": settings.pvc_mount_root},
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
+        {"name": ATTEMPT_ENV, "value": str(attempt)},
+        {"name": METRICS_PORT_ENV, "value": str(settings.progress_port)},
+        {"name": PVC_ROOT_ENV, "value": settings.pvc_mount_root},
+        {"name": HF_OFFLINE_ENV, "value": "1"},
+        {"name": UNBUFFERED_ENV, "value": "1"},
     ]
     if output_dir:
-        env.insert(1, {"name": paths.OUTPUT_ENV, "value": output_dir})
+        env.insert(1, {"name": OUTPUT_ENV, "value": output_dir})
     return env
 
 

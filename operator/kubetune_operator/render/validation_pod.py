@@ -11,11 +11,20 @@ from typing import Any
 
 from kubetune.api import FineTuneJob
 from kubetune.contract import paths
+from kubetune.contract.env import (
+    CONFIG_ENV,
+    HF_OFFLINE_ENV,
+    OUTPUT_ENV,
+    PVC_ROOT_ENV,
+    UNBUFFERED_ENV,
+    VALIDATE_ONLY_ENV,
+)
+from kubetune.contract.launch import TRAINER_MODULE
 from kubetune_operator import naming
 from kubetune_operator.render import common
 from kubetune_operator.settings import OperatorSettings
 
-VALIDATE_COMMAND = ["python", "-m", "kubetune_trainer", "--validate-only"]
+VALIDATE_COMMAND = ["python", "-m", TRAINER_MODULE, "--validate-only"]
 
 
 def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings) -> dict[str, Any]:
@@ -36,12 +45,12 @@ def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings
             "env": [
                 *common.user_env(spec),
                 *common.credential_env(spec),
-                {"name": paths.CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
-                {"name": paths.VALIDATE_ONLY_ENV, "value": "1"},
-                *([{"name": paths.OUTPUT_ENV, "value": output_dir}] if output_dir else []),
-                {"name": common.PVC_ROOT_ENV, "value": settings.pvc_mount_root},
-                {"name": "HF_HUB_OFFLINE", "value": "1"},
-                {"name": "PYTHONUNBUFFERED", "value": "1"},
+                {"name": CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
+                {"name": VALIDATE_ONLY_ENV, "value": "1"},
+                *([{"name": OUTPUT_ENV, "value": output_dir}] if output_dir else []),
+                {"name": PVC_ROOT_ENV, "value": settings.pvc_mount_root},
+                {"name": HF_OFFLINE_ENV, "value": "1"},
+                {"name": UNBUFFERED_ENV, "value": "1"},
             ],
             "resources": {"requests": dict(amounts), "limits": dict(amounts)},
             "volumeMounts": [common.config_mount(), *store.mounts],

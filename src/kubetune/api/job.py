@@ -15,17 +15,7 @@ from kubetune.api.infra import (
     ResourcesSpec,
     RunPolicy,
 )
-from kubetune.api.methods import (
-    LORA_METHODS,
-    MERGEABLE_METHODS,
-    PACKING_METHODS,
-    PEFT_METHODS,
-    PREFERENCE_METHODS,
-    RLHF_METHODS,
-    UNSUPPORTED_METHODS,
-    Method,
-    cel_list,
-)
+from kubetune.api.methods import Method, cel_list, methods_where
 from kubetune.api.sources import DatasetSpec, ModelSource
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.api.training import HealthSpec, Hyperparameters, PeftSpec, RlhfSpec
@@ -44,12 +34,18 @@ CATEGORIES = ["kubetune", "all"]
 MAX_JOB_NAME_LENGTH = 40
 
 
-def _only_with(block: str, methods: tuple[str, ...], what: str) -> dict[str, Any]:
+def _or_list(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _only_with(block: str) -> dict[str, Any]:
+    """``block`` (e.g. ``peft.lora``) is refused for the methods whose traits lack it."""
+    methods = methods_where(lambda t: block in t.blocks)
     parent = block.rpartition(".")[0]
     present = f"has(self.{parent}) && has(self.{block})" if parent else f"has(self.{block})"
     return cel(
         f"!({present}) || self.method in {cel_list(methods)}",
-        f"{block} applies only to method {what}",
+        f"{block} applies only to method {_or_list(methods)}",
         field_path=f".{block}",
     )
 
@@ -66,23 +62,19 @@ def _unsupported(method: str) -> dict[str, Any]:
 _IMMUTABLE = "cannot change after creation; create a new FineTuneJob instead"
 
 SPEC_RULES: list[dict[str, Any]] = [
-    *(_unsupported(m) for m in UNSUPPORTED_METHODS),
-    _only_with("peft", PEFT_METHODS, "lora, qlora, prefix, prompt or adapter"),
-    _only_with("peft.lora", LORA_METHODS, "lora or qlora"),
-    _only_with("peft.quantization", ("qlora",), "qlora"),
-    _only_with("peft.prefix", ("prefix",), "prefix"),
-    _only_with("peft.prompt", ("prompt",), "prompt"),
-    _only_with("peft.adapter", ("adapter",), "adapter"),
-    _only_with("rlhf", RLHF_METHODS, "reward, ppo or dpo"),
-    _only_with("rlhf.dpo", ("dpo",), "dpo"),
-    _only_with("rlhf.ppo", ("ppo",), "ppo"),
+    *(_unsupported(m) for m in methods_where(lambda t: not t.supported)),
+    *(
+        _only_with(block)
+        for parent, model in (("peft", PeftSpec), ("rlhf", RlhfSpec))
+        for block in (parent, *(f"{parent}.{name}" for name in model.model_fields))
+    ),
     cel(
         "self.method != 'ppo' || (has(self.rlhf) && has(self.rlhf.ppo))",
         "method ppo needs rlhf.ppo.rewardModel",
         field_path=".rlhf",
     ),
     cel(
-        f"self.method in {cel_list(PREFERENCE_METHODS)} "
+        f"self.method in {cel_list(methods_where(lambda t: t.preference_data))} "
         "? self.dataset.format == 'preference' : self.dataset.format != 'preference'",
         "dataset.format must be preference for methods reward and dpo, and must not be "
         "preference for the other methods",
@@ -90,13 +82,14 @@ SPEC_RULES: list[dict[str, Any]] = [
     ),
     cel(
         "!(has(self.dataset.packing) && self.dataset.packing) || "
-        f"self.method in {cel_list(PACKING_METHODS)}",
+        f"self.method in {cel_list(methods_where(lambda t: t.packs))}",
         "dataset.packing applies only to methods full, lora, qlora and adapter (prefix and "
         "prompt tuning prepend virtual tokens per sample; reward models pool each row)",
         field_path=".dataset.packing",
     ),
     cel(
-        f"!self.output.mergeAdapter || self.method in {cel_list(MERGEABLE_METHODS)}",
+        "!self.output.mergeAdapter || "
+        f"self.method in {cel_list(methods_where(lambda t: t.mergeable))}",
         "output.mergeAdapter applies only to lora and qlora (other adapters cannot be "
         "folded into the base weights)",
         field_path=".output.mergeAdapter",

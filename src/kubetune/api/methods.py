@@ -1,27 +1,145 @@
-"""The training methods and which of them this version can run."""
+"""The training methods and everything kubetune knows about each, in one table.
+
+The CRD's CEL rules, the resolver's defaults, the validator's recommended ranges and
+the trainer (batching, load dtype, model card) all read ``METHOD_TRAITS``; adding a
+method is one row here plus its trainer implementation.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal, get_args
 
 Method = Literal["full", "lora", "qlora", "prefix", "prompt", "adapter", "reward", "ppo", "dpo"]
 METHODS: tuple[str, ...] = get_args(Method)
 
-PEFT_METHODS: tuple[str, ...] = ("lora", "qlora", "prefix", "prompt", "adapter")
-LORA_METHODS: tuple[str, ...] = ("lora", "qlora")
-PREFERENCE_METHODS: tuple[str, ...] = ("reward", "dpo")
-RLHF_METHODS: tuple[str, ...] = ("reward", "ppo", "dpo")
+Family = Literal["full", "peft", "preference", "reward", "rl"]
+# How the trained result is written: a whole causal LM, a PEFT adapter, kubetune's
+# bottleneck adapter, or a sequence classifier (reward model).
+SavedAs = Literal["model", "peft-adapter", "bottleneck-adapter", "reward-model"]
 
-# Part of the API (so manifests and tooling can name them) but not yet run by the
-# trainer: refused by the API server with a clear message instead of mishandled.
-UNSUPPORTED_METHODS: tuple[str, ...] = ("ppo",)
 
-# Padding-free packing needs whole-row independence the other methods lack: virtual
-# tokens are prepended per sample and reward models pool each row's last token.
-PACKING_METHODS: tuple[str, ...] = ("full", "lora", "qlora", "adapter")
+@dataclass(frozen=True)
+class MethodTraits:
+    """One method's facts: what it accepts, how it trains, and its defaults from practice."""
 
-# Only the low-rank methods have weights that fold back into the base model.
-MERGEABLE_METHODS: tuple[str, ...] = LORA_METHODS
+    family: Family
+    title: str  # how the docs name it
+    learning_rate: float
+    learning_rate_range: tuple[float, float]  # recommended; outside it is a warning
+    epochs: float = 3.0
+    weight_decay: float = 0.0
+    #: run by this version's trainer; the others are refused by the API server
+    supported: bool = True
+    #: padding-free packing possible: virtual tokens are prepended per sample and
+    #: reward models pool each row's last token, so those methods cannot pack
+    packs: bool = False
+    #: optional spec blocks the method accepts (parents listed too: "peft", "peft.lora")
+    blocks: tuple[str, ...] = ()
+    #: the trained weights fold back into the base model (low-rank updates only)
+    mergeable: bool = False
+    #: the loss compares the policy with a reference model
+    needs_reference: bool = False
+    saved_as: SavedAs = "model"
+
+    @property
+    def takes_peft(self) -> bool:
+        """The method trains a PEFT part on a frozen base (and takes ``spec.peft``)."""
+        return self.family == "peft"
+
+    @property
+    def preference_data(self) -> bool:
+        """Trains on preference pairs (``dataset.format: preference``)."""
+        return self.family in ("preference", "reward")
+
+
+METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
+    {
+        "full": MethodTraits(
+            "full", "full fine-tuning", 2e-5, (1e-5, 5e-5), weight_decay=0.01, packs=True
+        ),
+        "lora": MethodTraits(
+            "peft",
+            "LoRA",
+            2e-4,
+            (5e-5, 5e-4),
+            packs=True,
+            blocks=("peft", "peft.lora"),
+            mergeable=True,
+            saved_as="peft-adapter",
+        ),
+        "qlora": MethodTraits(
+            "peft",
+            "QLoRA",
+            2e-4,
+            (5e-5, 5e-4),
+            packs=True,
+            blocks=("peft", "peft.lora", "peft.quantization"),
+            mergeable=True,
+            saved_as="peft-adapter",
+        ),
+        "prefix": MethodTraits(
+            "peft",
+            "prefix tuning",
+            1e-2,
+            (1e-3, 5e-2),
+            blocks=("peft", "peft.prefix"),
+            saved_as="peft-adapter",
+        ),
+        "prompt": MethodTraits(
+            "peft",
+            "prompt tuning",
+            3e-2,
+            (1e-3, 3e-1),
+            blocks=("peft", "peft.prompt"),
+            saved_as="peft-adapter",
+        ),
+        "adapter": MethodTraits(
+            "peft",
+            "bottleneck adapters",
+            1e-4,
+            (5e-5, 1e-3),
+            packs=True,
+            blocks=("peft", "peft.adapter"),
+            saved_as="bottleneck-adapter",
+        ),
+        "reward": MethodTraits(
+            "reward",
+            "reward model",
+            1e-5,
+            (5e-6, 5e-5),
+            epochs=1.0,
+            blocks=("rlhf",),
+            saved_as="reward-model",
+        ),
+        "ppo": MethodTraits(
+            "rl",
+            "PPO",
+            1e-6,
+            (1e-7, 1e-5),
+            epochs=1.0,
+            supported=False,
+            blocks=("rlhf", "rlhf.ppo"),
+            needs_reference=True,
+        ),
+        "dpo": MethodTraits(
+            "preference",
+            "DPO",
+            5e-7,
+            (1e-7, 5e-6),
+            epochs=1.0,
+            blocks=("rlhf", "rlhf.dpo"),
+            needs_reference=True,
+        ),
+    }
+)
+
+
+def methods_where(predicate: Callable[[MethodTraits], bool]) -> tuple[str, ...]:
+    """The methods (in API order) whose traits satisfy ``predicate``."""
+    return tuple(name for name, traits in METHOD_TRAITS.items() if predicate(traits))
 
 
 def cel_list(values: tuple[str, ...]) -> str:

@@ -2,7 +2,7 @@
 
 Every default is filled here, once, so the trainer never re-derives policy and the
 operator can hash exactly what ran. The trainer reads ``ResolvedJob`` from the file the
-operator mounts (``kubetune.contract.paths.CONFIG_ENV``).
+operator mounts (``kubetune.contract.env.CONFIG_ENV``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Literal
 from pydantic import Field
 
 from kubetune.api.base import ApiModel
-from kubetune.api.defaults import DEFAULT_EVAL_SPLIT, DEFAULT_ZERO_STAGE, METHOD_DEFAULTS
+from kubetune.api.defaults import DEFAULT_EVAL_SPLIT, DEFAULT_ZERO_STAGE
 from kubetune.api.job import API_VERSION, FineTuneJob, FineTuneJobSpec
-from kubetune.api.methods import PACKING_METHODS
+from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.training import (
     AdapterSettings,
     DpoSettings,
@@ -43,7 +43,12 @@ class Derived(ApiModel):
 
 
 class ResolvedJob(ApiModel):
-    """The operator-to-trainer document: the spec with every default filled in."""
+    """The operator-to-trainer document: the spec with every default filled in.
+
+    Frozen: the trainer reads it as is, it never re-derives or patches a value.
+    """
+
+    model_config = ApiModel.model_config | {"frozen": True}
 
     api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
     kind: Literal["ResolvedFineTuneJob"] = "ResolvedFineTuneJob"
@@ -64,26 +69,29 @@ class ResolvedJob(ApiModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# The default of each optional method block resolve() fills in (rlhf.ppo has none: its
+# reward model must be named).
+_BLOCK_DEFAULTS: dict[str, type[ApiModel]] = {
+    "peft.lora": LoraSettings,
+    "peft.quantization": QuantizationSettings,
+    "peft.prefix": VirtualTokenSettings,
+    "peft.prompt": VirtualTokenSettings,
+    "peft.adapter": AdapterSettings,
+    "rlhf.dpo": DpoSettings,
+}
+_PARENTS: dict[str, type[ApiModel]] = {"peft": PeftSpec, "rlhf": RlhfSpec}
+
+
 def _fill_method_blocks(spec: FineTuneJobSpec) -> None:
-    method = spec.method
-    if method in ("lora", "qlora", "prefix", "prompt", "adapter"):
-        peft = spec.peft or PeftSpec()
-        if method in ("lora", "qlora") and peft.lora is None:
-            peft.lora = LoraSettings()
-        if method == "qlora" and peft.quantization is None:
-            peft.quantization = QuantizationSettings()
-        if method == "prefix" and peft.prefix is None:
-            peft.prefix = VirtualTokenSettings()
-        if method == "prompt" and peft.prompt is None:
-            peft.prompt = VirtualTokenSettings()
-        if method == "adapter" and peft.adapter is None:
-            peft.adapter = AdapterSettings()
-        spec.peft = peft
-    if method == "dpo":
-        rlhf = spec.rlhf or RlhfSpec()
-        if rlhf.dpo is None:
-            rlhf.dpo = DpoSettings()
-        spec.rlhf = rlhf
+    """Give the method every settings block it takes (``METHOD_TRAITS[...].blocks``)."""
+    for block in METHOD_TRAITS[spec.method].blocks:
+        if block not in _BLOCK_DEFAULTS:
+            continue
+        parent_name, _, name = block.partition(".")
+        parent = getattr(spec, parent_name) or _PARENTS[parent_name]()
+        if getattr(parent, name) is None:
+            setattr(parent, name, _BLOCK_DEFAULTS[block]())
+        setattr(spec, parent_name, parent)
 
 
 def resolve(
@@ -100,19 +108,19 @@ def resolve(
     otherwise rounded to the nearest multiple, which the caller reports.
     """
     spec = job.spec.model_copy(deep=True)
-    defaults = METHOD_DEFAULTS[spec.method]
+    traits = METHOD_TRAITS[spec.method]
     hp = spec.hyperparameters
     if hp.learning_rate is None:
-        hp.learning_rate = defaults.learning_rate
+        hp.learning_rate = traits.learning_rate
     if hp.epochs is None and hp.max_steps is None:
-        hp.epochs = defaults.epochs
+        hp.epochs = traits.epochs
     if hp.weight_decay is None:
-        hp.weight_decay = defaults.weight_decay
+        hp.weight_decay = traits.weight_decay
     data = spec.dataset
     if data.eval is None and data.eval_split is None:
         data.eval_split = DEFAULT_EVAL_SPLIT
     if data.packing is None:
-        data.packing = data.format != "preference" and spec.method in PACKING_METHODS
+        data.packing = data.format != "preference" and traits.packs
     if spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage is None:
         spec.distributed.zero_stage = DEFAULT_ZERO_STAGE
     _fill_method_blocks(spec)

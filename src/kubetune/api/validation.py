@@ -19,8 +19,9 @@ from pydantic_core import ErrorDetails
 
 from kubetune.api import cel
 from kubetune.api.crd import openapi_schema
-from kubetune.api.defaults import METHOD_DEFAULTS, RECOMMENDED_EPOCHS, RECOMMENDED_WEIGHT_DECAY
+from kubetune.api.defaults import RECOMMENDED_EPOCHS, RECOMMENDED_WEIGHT_DECAY
 from kubetune.api.job import API_VERSION, KIND, FineTuneJob
+from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.problems import Problem
 
 
@@ -83,9 +84,9 @@ def _envelope_problems(doc: Mapping[str, Any]) -> list[Problem]:
 def _recommendations(job: FineTuneJob) -> list[Problem]:
     spec = job.spec
     hp = spec.hyperparameters
-    defaults = METHOD_DEFAULTS[spec.method]
+    traits = METHOD_TRAITS[spec.method]
     warnings = []
-    low, high = defaults.learning_rate_range
+    low, high = traits.learning_rate_range
     if hp.learning_rate is not None and not low <= hp.learning_rate <= high:
         warnings.append(
             Problem(

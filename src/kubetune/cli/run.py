@@ -14,7 +14,6 @@ Only light imports at module level: the operator image (no torch) still loads th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -29,27 +28,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kubetune.contract import ExitCode
+from kubetune.cli.extras import require_extra
+from kubetune.contract import ExitCode, launch_command
+from kubetune.contract.env import (
+    CACHE_ENV,
+    CONFIG_ENV,
+    HF_OFFLINE_ENV,
+    METRICS_PORT_ENV,
+    OUTPUT_ENV,
+    PROGRESS_ENV,
+    PVC_ROOT_ENV,
+    TERMINATION_LOG_ENV,
+)
 
 console = Console(stderr=True)
 DEFAULT_CACHE = Path(".cache") / "kubetune"
-
-
-def _source_paths() -> list[str]:
-    """Import roots for child processes when the packages are not installed."""
-    import kubetune
-
-    repo = Path(kubetune.__file__).resolve().parents[1]
-    paths = [str(repo)]
-    if importlib.util.find_spec("kubetune_trainer") is None and (repo / "trainer").is_dir():
-        paths.insert(0, str(repo / "trainer"))
-    return paths
-
-
-def _ensure_trainer_importable() -> None:
-    for path in _source_paths():
-        if path not in sys.path:
-            sys.path.insert(0, path)
 
 
 def _free_port() -> int:
@@ -186,6 +179,7 @@ def run(
             "cluster, `kubectl apply -f` the manifest with the operator installed."
         )
         raise typer.Exit(2)
+    require_extra("trainer", "run --local")
     from kubetune.api.resolve import ResolutionError, resolve
 
     job = _load_job(manifest)
@@ -210,7 +204,6 @@ def run(
     cache = cache_dir.resolve()
     pvcs = (pvc_root or cache / "pvc").resolve()
 
-    _ensure_trainer_importable()
     _seed_fixtures(resolved, pvcs)
 
     config = out / "job.resolved.json"
@@ -220,27 +213,26 @@ def run(
     env = dict(os.environ)
     env.update(
         {
-            "KUBETUNE_CONFIG": str(config),
-            "KUBETUNE_OUTPUT_DIR": str(out),
-            "KUBETUNE_PROGRESS_FILE": str(progress_file),
-            "KUBETUNE_METRICS_PORT": str(_free_port()),
-            "KUBETUNE_PVC_ROOT": str(pvcs),
-            "KUBETUNE_CACHE_DIR": str(cache),
-            "KUBETUNE_TERMINATION_LOG": str(out / "termination-log"),
-            "HF_HUB_OFFLINE": "1",
+            CONFIG_ENV: str(config),
+            OUTPUT_ENV: str(out),
+            PROGRESS_ENV: str(progress_file),
+            METRICS_PORT_ENV: str(_free_port()),
+            PVC_ROOT_ENV: str(pvcs),
+            CACHE_ENV: str(cache),
+            TERMINATION_LOG_ENV: str(out / "termination-log"),
+            HF_OFFLINE_ENV: "1",
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": env.get(
                 "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))
             ),
-            "PYTHONPATH": os.pathsep.join([*_source_paths(), env.get("PYTHONPATH", "")]),
         }
     )
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     log_file = logs / ("validate.log" if validate_only else "trainer.log")
-    cmd = [sys.executable, "-m", "kubetune_trainer.launch", "--nproc-per-node", str(nproc)]
-    if validate_only:
-        cmd += ["--", "--validate-only"]
+    cmd = launch_command(
+        nproc, trainer_args=["--validate-only"] if validate_only else [], python=sys.executable
+    )
     console.print(
         f"[bold]{name}[/bold]: method {resolved.spec.method}, {nproc} local processes, "
         f"global batch {resolved.derived.global_batch_size} "

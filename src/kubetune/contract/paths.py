@@ -6,14 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-CONFIG_ENV = "KUBETUNE_CONFIG"
-OUTPUT_ENV = "KUBETUNE_OUTPUT_DIR"
-PROGRESS_ENV = "KUBETUNE_PROGRESS_FILE"
-METRICS_PORT_ENV = "KUBETUNE_METRICS_PORT"
-VALIDATE_ONLY_ENV = "KUBETUNE_VALIDATE_ONLY"
-ATTEMPT_ENV = "KUBETUNE_ATTEMPT"
+from kubetune.contract.env import CONFIG_ENV, METRICS_PORT_ENV, OUTPUT_ENV, PROGRESS_ENV
+
 #: Where the operator mounts each PersistentVolumeClaim a job names: <root>/<claim>.
-PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 DEFAULT_PVC_ROOT = Path("/mnt/pvc")
 TERMINATION_LOG = Path("/dev/termination-log")
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import FineTuneJob
-from kubetune.api.defaults import METHOD_DEFAULTS
+from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
 from kubetune.api.validation import validate_manifest
 
@@ -21,7 +21,7 @@ def _job(doc: dict[str, Any]) -> FineTuneJob:
 def test_lora_defaults_filled(manifest: dict[str, Any]) -> None:
     resolved = resolve(_job(manifest))
     hp = resolved.spec.hyperparameters
-    assert hp.learning_rate == METHOD_DEFAULTS["lora"].learning_rate == 2e-4
+    assert hp.learning_rate == METHOD_TRAITS["lora"].learning_rate == 2e-4
     assert hp.epochs == 3.0
     assert hp.weight_decay == 0.0
     assert resolved.spec.peft is not None and resolved.spec.peft.lora is not None

@@ -19,9 +19,9 @@ import pytest
 
 from kubetune.api import FineTuneJob
 from kubetune.api.resolve import resolve
-from kubetune.contract import paths
+from kubetune.contract.env import CONFIG_ENV, PVC_ROOT_ENV
 from kubetune_operator.failures import classify_pod
-from kubetune_operator.model import ContainerExit, PodView
+from kubetune_operator.observed import ContainerExit, PodView
 from kubetune_operator.render import render_config_map, render_validation_pod
 from kubetune_operator.settings import OperatorSettings
 
@@ -44,8 +44,8 @@ def run_validation_pod(
     for item in container["env"]:
         if "value" in item:
             env[item["name"]] = item["value"]
-    env[paths.CONFIG_ENV] = str(config_file)
-    env[paths.PVC_ROOT_ENV] = str(pvc_root)
+    env[CONFIG_ENV] = str(config_file)
+    env[PVC_ROOT_ENV] = str(pvc_root)
     env["KUBETUNE_TERMINATION_LOG"] = str(tmp / "termination-log")
     command = [sys.executable if c == "python" else c for c in container["command"]]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

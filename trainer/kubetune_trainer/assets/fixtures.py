@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from kubetune.contract.uris import Scheme, parse_uri
 from kubetune_trainer.assets import sample_data as sd
 
 TINY_CHAT_MODEL = "models/kubetune-tiny-chat"
@@ -71,17 +72,15 @@ def build_tiny_chat_model(target: Path) -> Path:
     return ensure_tiny_model(target, spec, corpus)
 
 
-def pvc_relative(uri: str) -> str | None:
-    return uri[len("pvc://") :] if uri.startswith("pvc://") else None
-
-
 def seed_location(uri: str, pvc_root: Path) -> str | None:
     """Create the content of a well-known example location if missing; says what it did."""
-    rel = pvc_relative(uri)
-    if rel is None:
+    location = parse_uri(uri)
+    local = location.local_path(pvc_root) if location.scheme is Scheme.PVC else None
+    if local is None:
         return None
-    target = pvc_root / rel
-    if rel.rstrip("/") == TINY_CHAT_MODEL:
+    target = Path(local)
+    rel = target.relative_to(pvc_root).as_posix()
+    if rel == TINY_CHAT_MODEL:
         if (target / "kubetune_tiny.json").exists():
             return None
         build_tiny_chat_model(target)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune_trainer.config import JobConfig
+from kubetune.api.resolve import ResolvedJob
+from kubetune.api.sources import DatasetSpec
 from kubetune_trainer.data.encode import Encoded, EncodedPair, EncodedSample, Encoder
 from kubetune_trainer.data.formats import RowError, parse_row
 from kubetune_trainer.data.readers import iter_rows
@@ -92,16 +93,19 @@ class PreparedData:
         return [self.train.report] + ([self.eval.report] if self.eval else [])
 
 
-def encode_split(path: Path, uri: str, split: str, cfg: JobConfig, encoder: Encoder) -> SplitData:
+def encode_split(
+    path: Path, uri: str, split: str, data: DatasetSpec, encoder: Encoder
+) -> SplitData:
     """Parse, check and tokenize every row of one split."""
-    report = DataReport(split=split, uri=uri, skipped=cfg.data.skip_invalid_rows)
+    report = DataReport(split=split, uri=uri, skipped=data.skip_invalid_rows)
+    mapping = data.field_mapping.model_dump(exclude_none=True) if data.field_mapping else {}
     examples: list[Encoded] = []
     for row in iter_rows(path, split=split):
         report.rows += 1
         try:
             if row.error is not None or row.value is None:
                 raise RowError(row.error or "empty row")
-            encoded = encoder.encode(parse_row(cfg.data.format, row.value, cfg.data.field_mapping))
+            encoded = encoder.encode(parse_row(data.format, row.value, mapping))
         except RowError as exc:
             report.issues.append(RowIssue(row.source, row.line, str(exc)))
             continue
@@ -143,27 +147,27 @@ def hold_out(examples: list[Encoded], fraction: float, seed: int) -> tuple[list[
     return [i for i in range(n) if i not in chosen], eval_idx
 
 
-def prepare_data(cfg: JobConfig, tokenizer: Any) -> PreparedData:
+def prepare_data(job: ResolvedJob, tokenizer: Any) -> PreparedData:
     """Resolve, read, validate and encode the train (and eval) data of a job."""
-    encoder = Encoder(tokenizer, cfg.data.max_seq_length, cfg.data.completion_only_loss)
-    train_path = resolve_location(
-        cfg.data.train_uri, InvalidDataError, what="dataset", repo_type="dataset"
-    )
-    train = encode_split(train_path, cfg.data.train_uri, "train", cfg, encoder)
+    data = job.spec.dataset
+    eval_split = data.eval_split or 0.0
+    encoder = Encoder(tokenizer, data.max_seq_length, data.completion_only_loss)
+    train_path = resolve_location(data.train, InvalidDataError, what="dataset", repo_type="dataset")
+    train = encode_split(train_path, data.train, "train", data, encoder)
     check_report(train.report)
     evaluation: SplitData | None = None
-    if cfg.data.eval_uri:
+    if data.eval:
         eval_path = resolve_location(
-            cfg.data.eval_uri, InvalidDataError, what="eval dataset", repo_type="dataset"
+            data.eval, InvalidDataError, what="eval dataset", repo_type="dataset"
         )
-        evaluation = encode_split(eval_path, cfg.data.eval_uri, "eval", cfg, encoder)
+        evaluation = encode_split(eval_path, data.eval, "eval", data, encoder)
         check_report(evaluation.report)
-    elif cfg.data.eval_split > 0 and len(train.examples) >= 2:
-        keep, held = hold_out(train.examples, cfg.data.eval_split, cfg.train.seed)
+    elif eval_split > 0 and len(train.examples) >= 2:
+        keep, held = hold_out(train.examples, eval_split, job.spec.hyperparameters.seed)
         held_examples = [train.examples[i] for i in held]
         eval_report = DataReport(
             split="eval",
-            uri=f"{cfg.data.train_uri} (evalSplit {cfg.data.eval_split:g})",
+            uri=f"{data.train} (evalSplit {eval_split:g})",
             rows=len(held_examples),
             valid_rows=len(held_examples),
             truncated_rows=sum(int(e.truncated) for e in held_examples),

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_trainer.config import JobConfig
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.distributed.precision import Resolved
 
 
-def build_deepspeed_config(cfg: JobConfig, precision: Resolved, *, cuda: bool) -> dict[str, Any]:
-    stage = cfg.distributed.zero_stage or 2
-    offload = cfg.distributed.offload
-    train = cfg.train
+def build_deepspeed_config(job: ResolvedJob, precision: Resolved, *, cuda: bool) -> dict[str, Any]:
+    stage = job.spec.distributed.zero_stage or 2
+    offload = job.spec.distributed.offload
+    hp, derived = job.spec.hyperparameters, job.derived
     zero: dict[str, Any] = {
         "stage": stage,
         "contiguous_gradients": True,
@@ -40,18 +40,18 @@ def build_deepspeed_config(cfg: JobConfig, precision: Resolved, *, cuda: bool) -
     if offload == "all" and stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cuda}
     config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.gradient_accumulation_steps,
-        "train_batch_size": train.global_batch_size,
-        "gradient_clipping": train.max_grad_norm,
+        "train_micro_batch_size_per_gpu": hp.micro_batch_size,
+        "gradient_accumulation_steps": derived.gradient_accumulation_steps,
+        "train_batch_size": derived.global_batch_size,
+        "gradient_clipping": hp.max_grad_norm,
         "zero_optimization": zero,
         "optimizer": {
             "type": "AdamW",
             "params": {
-                "lr": train.learning_rate,
+                "lr": hp.learning_rate,
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
-                "weight_decay": train.weight_decay,
+                "weight_decay": hp.weight_decay,
                 "torch_adam": not cuda or offload == "none",
                 "adam_w_mode": True,
             },

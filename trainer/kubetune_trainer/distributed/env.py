@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kubetune.contract.env import LOCAL_RANK_ENV, RANK_ENV, WORLD_SIZE_ENV
 from kubetune_trainer.errors import InvalidConfigError
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -40,9 +41,9 @@ class DistEnv:
 
 def read_env() -> tuple[int, int, int]:
     return (
-        int(os.environ.get("RANK", "0")),
-        int(os.environ.get("WORLD_SIZE", "1")),
-        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get(RANK_ENV, "0")),
+        int(os.environ.get(WORLD_SIZE_ENV, "1")),
+        int(os.environ.get(LOCAL_RANK_ENV, "0")),
     )
 
 

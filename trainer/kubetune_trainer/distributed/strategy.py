@@ -24,7 +24,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kubetune_trainer.config import JobConfig
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.distributed.deepspeed_config import build_deepspeed_config
 from kubetune_trainer.distributed.env import DistEnv
 from kubetune_trainer.distributed.precision import Resolved, autocast, compute_dtype
@@ -124,15 +124,17 @@ class _TorchOptimizerEngine(Engine):
     def _init_optimizer(
         self,
         module: nn.Module,
-        cfg: JobConfig,
+        job: ResolvedJob,
         scheduler_factory: SchedulerFactory,
         *,
         fused: bool | None,
     ) -> None:
         """``fused=None`` leaves torch's own choice (foreach on GPU); DTensors cannot fuse."""
+        hp = job.spec.hyperparameters
+        assert hp.learning_rate is not None and hp.weight_decay is not None  # resolved
         self.optimizer = torch.optim.AdamW(
-            param_groups(module, cfg.train.weight_decay),
-            lr=cfg.train.learning_rate,
+            param_groups(module, hp.weight_decay),
+            lr=hp.learning_rate,
             betas=(0.9, 0.999),
             eps=1e-8,
             fused=fused,
@@ -158,7 +160,7 @@ class LocalEngine(_TorchOptimizerEngine):
         module: nn.Module,
         env: DistEnv,
         precision: Resolved,
-        cfg: JobConfig,
+        job: ResolvedJob,
         scheduler_factory: SchedulerFactory,
     ) -> None:
         super().__init__(env, precision)
@@ -168,7 +170,7 @@ class LocalEngine(_TorchOptimizerEngine):
         self.params = trainable_parameters(module)
         # fused AdamW: one kernel over all parameters (CUDA, and CPU since torch 2.4)
         fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in self.params)
-        self._init_optimizer(module, cfg, scheduler_factory, fused=fused)
+        self._init_optimizer(module, job, scheduler_factory, fused=fused)
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -261,7 +263,7 @@ class FsdpEngine(_TorchOptimizerEngine):
         module: nn.Module,
         env: DistEnv,
         precision: Resolved,
-        cfg: JobConfig,
+        job: ResolvedJob,
         scheduler_factory: SchedulerFactory,
     ) -> None:
         super().__init__(env, precision)
@@ -273,7 +275,7 @@ class FsdpEngine(_TorchOptimizerEngine):
             if dtype is not None
             else MixedPrecisionPolicy()
         )
-        offload = CPUOffloadPolicy() if cfg.distributed.offload != "none" else None
+        offload = CPUOffloadPolicy() if job.spec.distributed.offload != "none" else None
         kwargs: dict[str, Any] = {"mp_policy": mp}
         if offload is not None:
             kwargs["offload_policy"] = offload
@@ -292,7 +294,7 @@ class FsdpEngine(_TorchOptimizerEngine):
         self.model = module
         self.unwrapped = module
         self.params = trainable_parameters(module)
-        self._init_optimizer(module, cfg, scheduler_factory, fused=None)
+        self._init_optimizer(module, job, scheduler_factory, fused=None)
 
     @property
     def uses_autocast(self) -> bool:
@@ -359,17 +361,19 @@ class DeepSpeedEngine(Engine):
         module: nn.Module,
         env: DistEnv,
         precision: Resolved,
-        cfg: JobConfig,
+        job: ResolvedJob,
         scheduler_factory: SchedulerFactory,
     ) -> None:
         super().__init__(env, precision)
         import deepspeed
 
-        self.ds_config = build_deepspeed_config(cfg, precision, cuda=env.device.type == "cuda")
+        self.ds_config = build_deepspeed_config(job, precision, cuda=env.device.type == "cuda")
         self.stage = int(self.ds_config["zero_optimization"]["stage"])
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=module,
-            model_parameters=param_groups(module, cfg.train.weight_decay),
+            model_parameters=param_groups(
+                module, self.ds_config["optimizer"]["params"]["weight_decay"]
+            ),
             config=self.ds_config,
             lr_scheduler=scheduler_factory,
         )
@@ -449,15 +453,15 @@ def build_engine(
     module: nn.Module,
     env: DistEnv,
     precision: Resolved,
-    cfg: JobConfig,
+    job: ResolvedJob,
     scheduler_factory: SchedulerFactory,
 ) -> Engine:
-    strategy = cfg.distributed.strategy
+    strategy = job.spec.distributed.strategy
     if strategy == "deepspeed":
-        return DeepSpeedEngine(module, env, precision, cfg, scheduler_factory)
+        return DeepSpeedEngine(module, env, precision, job, scheduler_factory)
     if strategy == "fsdp" and env.distributed:
-        return FsdpEngine(module, env, precision, cfg, scheduler_factory)
-    return LocalEngine(module, env, precision, cfg, scheduler_factory)
+        return FsdpEngine(module, env, precision, job, scheduler_factory)
+    return LocalEngine(module, env, precision, job, scheduler_factory)
 
 
 def write_engine_info(engine: Engine, directory: Path) -> None:

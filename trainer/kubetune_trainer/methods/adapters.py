@@ -27,7 +27,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kubetune_trainer.config import AdapterSettings
+from kubetune.api.training import AdapterSettings
 from kubetune_trainer.errors import UnsupportedError
 from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
 from kubetune_trainer.models.load import load_causal_lm
@@ -106,21 +106,17 @@ def adapter_modules(model: nn.Module) -> list[BottleneckAdapter]:
 
 class BottleneckAdapterMethod(Method):
     name = "adapter"
-    saves_adapter = True
 
     @property
     def settings(self) -> AdapterSettings:
-        return self.cfg.adapter or AdapterSettings()
+        peft = self.job.spec.peft
+        assert peft is not None and peft.adapter is not None  # config.check_runnable
+        return peft.adapter
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
-        model = load_causal_lm(
-            model_dir,
-            dtype=load_dtype,
-            trust_remote_code=self.cfg.model.trust_remote_code,
-            attn_implementation=self.attn_implementation,
-        )
+        model = self.load_base(model_dir, load_dtype)
         add_adapters(model, self.settings)
-        if self.cfg.train.gradient_checkpointing:
+        if self.job.spec.hyperparameters.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         return model
 
@@ -161,7 +157,7 @@ class BottleneckAdapterMethod(Method):
                     "non_linearity": s.non_linearity,
                     "scaling": s.scaling,
                     "dropout": s.dropout,
-                    "base_model_uri": self.cfg.model.uri,
+                    "base_model_uri": self.job.spec.model.uri,
                 },
                 indent=2,
             )

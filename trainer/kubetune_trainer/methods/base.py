@@ -18,17 +18,25 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kubetune_trainer.config import JobConfig
+from kubetune.api.methods import METHOD_TRAITS, MethodTraits
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.data.batching import Batch
-from kubetune_trainer.data.encode import IGNORE
+from kubetune_trainer.data.encode import IGNORE, Encoded
+
+if TYPE_CHECKING:
+    from kubetune_trainer.data.validate import PreparedData
+    from kubetune_trainer.distributed.env import DistEnv
+    from kubetune_trainer.distributed.strategy import Engine
 
 Forward = Callable[..., Any]
+#: builds this rank's batch of the given units of a split (the loop's collation)
+MakeBatch = Callable[[list[Encoded], list[int], str], Batch]
 
 
 @dataclass
@@ -127,20 +135,53 @@ class Method(ABC):
     """A training method: how to build, train, save and reload the model."""
 
     name: str = "base"
-    #: what ``LossOutput.count`` counts, for the global normalisation of the loss
-    normalizer: Literal["tokens", "pairs"] = "tokens"
-    #: padding-free batches possible (no per-sample virtual tokens, no last-token pooling)
-    supports_padding_free: bool = True
     virtual_tokens: int = 0
-    saves_adapter: bool = False
     #: attention kernel for the trainable model (set by the loop: varlen when padding-free)
     attn_implementation: str = "sdpa"
 
-    def __init__(self, cfg: JobConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, job: ResolvedJob) -> None:
+        self.job = job
         self._keep_supported: bool | None = None
 
+    @property
+    def traits(self) -> MethodTraits:
+        return METHOD_TRAITS[self.name]
+
+    @property
+    def normalizer(self) -> Literal["tokens", "pairs"]:
+        """What ``LossOutput.count`` counts, for the global normalisation of the loss."""
+        return "pairs" if self.traits.preference_data else "tokens"
+
+    # -- hooks of the loop (no-ops: only methods with state of their own, DPO, use them)
+    def prepare(self, engine: Engine, data: PreparedData, env: DistEnv, batch: MakeBatch) -> None:
+        """Once before the first step (after a resume), on every rank."""
+        return None
+
+    def attach(self, batch: Batch, split: str) -> None:
+        """Add the method's per-unit state of ``split`` to a collated batch."""
+        return None
+
+    def save_state(self, directory: Path) -> None:
+        """Rank 0: write the method's state into a checkpoint being staged."""
+        return None
+
+    def load_state(self, directory: Path) -> None:
+        """Every rank: read back what ``save_state`` wrote (a resume)."""
+        return None
+
     # -- model --------------------------------------------------------------------
+    def load_base(self, model_dir: Path, dtype: torch.dtype, **kwargs: Any) -> nn.Module:
+        """The job's causal LM as every method loads it (remote-code policy, attention kernel)."""
+        from kubetune_trainer.models.load import load_causal_lm
+
+        return load_causal_lm(
+            model_dir,
+            dtype=dtype,
+            trust_remote_code=self.job.spec.model.trust_remote_code,
+            attn_implementation=self.attn_implementation,
+            **kwargs,
+        )
+
     @abstractmethod
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         """Load the base model and make it trainable the method's way."""

@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kubetune_trainer.config import DpoSettings
-from kubetune_trainer.data.batching import Batch
-from kubetune_trainer.methods.base import Forward, LossOutput
+from kubetune.api.resolve import ResolvedJob
+from kubetune.api.training import DpoSettings
+from kubetune_trainer.data.batching import Batch, eval_micro_batches
+from kubetune_trainer.distributed.env import all_gather_objects
+from kubetune_trainer.methods.base import Forward, LossOutput, MakeBatch
 from kubetune_trainer.methods.full import FullFineTuning
+
+if TYPE_CHECKING:
+    from kubetune_trainer.data.validate import PreparedData
+    from kubetune_trainer.distributed.env import DistEnv
+    from kubetune_trainer.distributed.strategy import Engine
+
+REFERENCE_FILE = "reference_logps.pt"
 
 
 def dpo_losses(
@@ -57,11 +66,67 @@ def dpo_losses(
 
 class DpoMethod(FullFineTuning):
     name = "dpo"
-    normalizer = "pairs"
 
-    @property
-    def settings(self) -> DpoSettings:
-        return self.cfg.dpo or DpoSettings()
+    def __init__(self, job: ResolvedJob) -> None:
+        super().__init__(job)
+        rlhf = job.spec.rlhf
+        assert rlhf is not None and rlhf.dpo is not None  # config.check_runnable
+        self.settings: DpoSettings = rlhf.dpo
+        #: split -> [units, 2] reference log-probs of (chosen, rejected); in checkpoints
+        self.reference: dict[str, torch.Tensor] = {}
+
+    # -- reference log-probs --------------------------------------------------------
+    def prepare(self, engine: Engine, data: PreparedData, env: DistEnv, batch: MakeBatch) -> None:
+        """Log-probs of the reference policy for every pair, once, sharded by rank."""
+        if self.reference:  # restored from a checkpoint
+            return
+        ref_uri = self.settings.reference_model
+        if ref_uri:
+            from kubetune_trainer.models.load import resolve_model_dir
+
+            ref_model = self.load_reference(resolve_model_dir(ref_uri, what="reference model"))
+            ref_model.to(env.device).eval()
+            forward: Forward = ref_model
+            module: nn.Module = ref_model
+        else:
+            engine.eval()
+            forward, module = engine.forward, engine.model
+        splits = {"train": data.train.examples}
+        if data.eval is not None:
+            splits["eval"] = data.eval.examples
+        micro = self.job.spec.hyperparameters.micro_batch_size
+        reference: dict[str, torch.Tensor] = {}
+        for split, examples in splits.items():
+            rows: list[tuple[int, float, float]] = []
+            with torch.no_grad():
+                for ids in eval_micro_batches(len(examples), micro, env.world_size, env.rank):
+                    pairs = batch(examples, ids, "none")
+                    logps, _ = self.sequence_logps(forward, module, pairs)
+                    n = pairs.num_sequences // 2
+                    for k, unit in enumerate(ids):
+                        rows.append((unit, float(logps[k]), float(logps[n + k])))
+            table = torch.zeros((len(examples), 2), dtype=torch.float32)
+            for part in all_gather_objects(rows, env):
+                for unit, chosen, rejected in part:
+                    table[unit, 0] = chosen
+                    table[unit, 1] = rejected
+            reference[split] = table
+        if ref_uri:
+            del forward, module
+        self.reference = reference
+        engine.train()
+
+    def attach(self, batch: Batch, split: str) -> None:
+        if split in self.reference:
+            batch.reference = self.reference[split][batch.unit_ids]
+
+    def save_state(self, directory: Path) -> None:
+        if self.reference:
+            torch.save(self.reference, directory / REFERENCE_FILE)
+
+    def load_state(self, directory: Path) -> None:
+        if (directory / REFERENCE_FILE).exists():
+            self.reference = torch.load(directory / REFERENCE_FILE, weights_only=True)
 
     def sequence_logps(
         self, forward: Forward, model: nn.Module, batch: Batch
@@ -117,14 +182,4 @@ class DpoMethod(FullFineTuning):
 
     def load_reference(self, path: Path) -> nn.Module:
         """A separate reference policy (``rlhf.dpo.referenceModel``)."""
-        from kubetune_trainer.models.load import load_causal_lm
-
-        return load_causal_lm(
-            path,
-            dtype=torch.float32,
-            trust_remote_code=self.cfg.model.trust_remote_code,
-            attn_implementation=self.attn_implementation,
-        )
-
-    def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
-        return super().build(model_dir, tokenizer, load_dtype)
+        return self.load_base(path, torch.float32)

@@ -16,13 +16,8 @@ class FullFineTuning(Method):
     name = "full"
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
-        model = load_causal_lm(
-            model_dir,
-            dtype=load_dtype,
-            trust_remote_code=self.cfg.model.trust_remote_code,
-            attn_implementation=self.attn_implementation,
-        )
-        if self.cfg.train.gradient_checkpointing:
+        model = self.load_base(model_dir, load_dtype)
+        if self.job.spec.hyperparameters.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         return model
 

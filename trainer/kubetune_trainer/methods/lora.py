@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kubetune_trainer.config import LoraSettings
+from kubetune.api.training import LoraSettings
 from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
 from kubetune_trainer.models.load import bitsandbytes_config, load_causal_lm
 
@@ -41,8 +41,6 @@ def lora_config(settings: LoraSettings, task_type: str = "CAUSAL_LM") -> Any:
 
 class PeftAdapterMethod(Method):
     """Shared save/reload/disable for methods implemented as PEFT adapters."""
-
-    saves_adapter = True
 
     @contextlib.contextmanager
     def base_behaviour(self, model: nn.Module) -> Iterator[None]:
@@ -79,39 +77,34 @@ class LoraMethod(PeftAdapterMethod):
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
-        assert self.cfg.lora is not None
+        peft = self.job.spec.peft
+        assert peft is not None and peft.lora is not None  # config.check_runnable
         quantization = None
-        if self.cfg.method == "qlora":
-            assert self.cfg.quantization is not None
-            quantization = bitsandbytes_config(self.cfg.quantization)
-        model = load_causal_lm(
-            model_dir,
-            dtype=load_dtype,
-            trust_remote_code=self.cfg.model.trust_remote_code,
-            quantization=quantization,
-            attn_implementation=self.attn_implementation,
-        )
+        if "peft.quantization" in self.traits.blocks:  # qlora: a 4/8-bit base
+            assert peft.quantization is not None
+            quantization = bitsandbytes_config(peft.quantization)
+        model = self.load_base(model_dir, load_dtype, quantization=quantization)
         if quantization is not None:
             model = prepare_model_for_kbit_training(
                 model,
-                use_gradient_checkpointing=self.cfg.train.gradient_checkpointing,
+                use_gradient_checkpointing=self.job.spec.hyperparameters.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
-        elif self.cfg.train.gradient_checkpointing:
+        elif self.job.spec.hyperparameters.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        return get_peft_model(model, lora_config(self.cfg.lora), autocast_adapter_dtype=True)
+        return get_peft_model(model, lora_config(peft.lora), autocast_adapter_dtype=True)
 
     def merge(self, base_dir: Path, trained_dir: Path, out_dir: Path, tokenizer: Any) -> None:
         """Fold the adapter into a dense copy of the base model and save it."""
         from peft import PeftModel
 
         dtype = torch.float32
-        if self.cfg.model.dtype in ("bfloat16", "float16"):
-            dtype = getattr(torch, self.cfg.model.dtype)
+        if self.job.spec.model.dtype in ("bfloat16", "float16"):
+            dtype = getattr(torch, self.job.spec.model.dtype)
         base = load_causal_lm(
             base_dir,
             dtype=dtype,
-            trust_remote_code=self.cfg.model.trust_remote_code,
+            trust_remote_code=self.job.spec.model.trust_remote_code,
             attn_implementation="sdpa",
         )
         merged = PeftModel.from_pretrained(base, trained_dir).merge_and_unload()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetune_trainer.config import JobConfig
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.errors import UnsupportedError
 from kubetune_trainer.methods.adapters import BottleneckAdapterMethod
 from kubetune_trainer.methods.base import Method
@@ -24,10 +24,12 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def get_method(cfg: JobConfig) -> Method:
-    cls = METHODS.get(cfg.method)
+def get_method(job: ResolvedJob) -> Method:
+    """The implementation of the job's method."""
+    name = job.spec.method
+    cls = METHODS.get(name)
     if cls is None:
-        raise UnsupportedError(f"method {cfg.method} is not supported by this trainer")
-    method = cls(cfg)
-    method.name = cfg.method
+        raise UnsupportedError(f"method {name} is not supported by this trainer")
+    method = cls(job)
+    method.name = name
     return method

@@ -28,17 +28,15 @@ from kubetune_trainer.models.load import load_sequence_classifier
 
 class RewardModelMethod(Method):
     name = "reward"
-    normalizer = "pairs"
-    supports_padding_free = False
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         model = load_sequence_classifier(
             model_dir,
             dtype=load_dtype,
             pad_token_id=int(tokenizer.pad_token_id),
-            trust_remote_code=self.cfg.model.trust_remote_code,
+            trust_remote_code=self.job.spec.model.trust_remote_code,
         )
-        if self.cfg.train.gradient_checkpointing:
+        if self.job.spec.hyperparameters.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         return model
 

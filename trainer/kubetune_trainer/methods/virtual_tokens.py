@@ -14,27 +14,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from kubetune_trainer.errors import InvalidConfigError
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.methods.lora import PeftAdapterMethod
-from kubetune_trainer.models.load import load_causal_lm
 
 
 class PrefixTuning(PeftAdapterMethod):
     name = "prefix"
-    supports_padding_free = False
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         from peft import PrefixTuningConfig, get_peft_model
 
-        settings = self.cfg.prefix
-        if settings is None:
-            raise InvalidConfigError("method prefix needs spec.peft.prefix")
-        model = load_causal_lm(
-            model_dir,
-            dtype=load_dtype,
-            trust_remote_code=self.cfg.model.trust_remote_code,
-            attn_implementation=self.attn_implementation,
-        )
+        peft = self.job.spec.peft
+        assert peft is not None and peft.prefix is not None  # config.check_runnable
+        settings = peft.prefix
+        model = self.load_base(model_dir, load_dtype)
         config = PrefixTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=settings.num_virtual_tokens
         )
@@ -43,25 +36,18 @@ class PrefixTuning(PeftAdapterMethod):
 
 class PromptTuning(PeftAdapterMethod):
     name = "prompt"
-    supports_padding_free = False
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        if cfg.prompt is None:
-            raise InvalidConfigError("method prompt needs spec.peft.prompt")
-        self.virtual_tokens = cfg.prompt.num_virtual_tokens
+    def __init__(self, job: ResolvedJob) -> None:
+        super().__init__(job)
+        assert job.spec.peft is not None and job.spec.peft.prompt is not None
+        self.settings = job.spec.peft.prompt  # config.check_runnable made sure
+        self.virtual_tokens = self.settings.num_virtual_tokens
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-        settings = self.cfg.prompt
-        assert settings is not None
-        model = load_causal_lm(
-            model_dir,
-            dtype=load_dtype,
-            trust_remote_code=self.cfg.model.trust_remote_code,
-            attn_implementation=self.attn_implementation,
-        )
+        settings = self.settings
+        model = self.load_base(model_dir, load_dtype)
         if settings.init == "text":
             config = PromptTuningConfig(
                 task_type="CAUSAL_LM",

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from kubetune_trainer.config import ModelSettings
+from kubetune.api.sources import ModelSource
 from kubetune_trainer.errors import ModelUnavailableError, UnsupportedError
 from kubetune_trainer.uris import resolve_location
 
@@ -108,7 +108,7 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_dtype(settings: ModelSettings, precision: str, frozen_base: bool) -> torch.dtype:
+def load_dtype(settings: ModelSource, precision: str, frozen_base: bool) -> torch.dtype:
     """Dtype of the loaded weights.
 
     Trainable weights stay float32 (the optimizer's master copy) and autocast supplies

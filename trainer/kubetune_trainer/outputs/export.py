@@ -16,45 +16,70 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.checkpoint.atomic import write_atomic
 from kubetune_trainer.outputs.lineage import build_lineage, sha256_path
 from kubetune_trainer.outputs.model_card import render_model_card
 
 if TYPE_CHECKING:
-    from kubetune_trainer.data.batching import BatchPlan
+    from torch import nn
+
     from kubetune_trainer.data.validate import PreparedData
-    from kubetune_trainer.distributed.strategy import Engine
-    from kubetune_trainer.trainer import Trainer
+    from kubetune_trainer.methods.base import Method
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run did: the facts the lineage record and the model card report."""
+
+    job: ResolvedJob
+    output_dir: Path
+    steps: int
+    planned_steps: int
+    epochs: float
+    world_size: int
+    engine: str
+    precision: str
+    padding_free: bool
+    tokens_seen: int
+    samples_seen: int
+    final_loss: float | None
+    elapsed_seconds: float
+    resumed_from: int | None
+    skipped_steps: int
+    eval_results: dict[str, Any]
 
 
 def write_outputs(
+    run: RunSummary,
     *,
-    trainer: Trainer,
-    engine: Engine,
+    method: Method,
+    model: nn.Module,
     state_dict: dict[str, torch.Tensor],
     tokenizer: Any,
     model_dir: Path,
     data: PreparedData,
-    eval_results: dict[str, Any],
-    total_steps: int,
-    plan: BatchPlan,
-    wall_seconds: float,
 ) -> None:
-    cfg = trainer.cfg
-    out = trainer.output_dir
+    """Rank 0: weights (and the merged model), evaluation, data report, lineage, card."""
+    job, spec = run.job, run.job.spec
+    hp = spec.hyperparameters
+    out = run.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    trainer.method.save(engine.unwrapped, state_dict, out, tokenizer)
+    method.save(model, state_dict, out, tokenizer)
     merged_dir = None
-    if cfg.output.merge_adapter:
+    if spec.output.merge_adapter:
         merged_dir = out / "merged"
-        trainer.method.merge(model_dir, out, merged_dir, tokenizer)
+        method.merge(model_dir, out, merged_dir, tokenizer)
 
-    write_atomic(out / "eval_results.json", json.dumps(eval_results, indent=2, default=_nan_safe))
+    write_atomic(
+        out / "eval_results.json", json.dumps(run.eval_results, indent=2, default=_nan_safe)
+    )
     reports = [r.summary() for r in data.reports]
     write_atomic(out / "data_report.json", json.dumps(reports, indent=2))
 
@@ -63,52 +88,51 @@ def write_outputs(
         summary = split.report.summary()
         summary["sha256"] = sha256_path(split.files[0]) if split.files else None
         datasets.append(summary)
-    state = trainer.state
     lineage = build_lineage(
         job={
-            "name": cfg.name,
-            "namespace": cfg.namespace,
-            "attempt": cfg.attempt,
-            "method": cfg.method,
-            "configHash": cfg.config_hash,
-            "resolvedJob": cfg.document,
+            "name": job.name,
+            "namespace": job.namespace,
+            "attempt": job.attempt,
+            "method": spec.method,
+            "configHash": job.config_hash(),
+            "resolvedJob": json.loads(job.model_dump_json(by_alias=True)),
         },
         base_model={
-            "uri": cfg.model.uri,
-            "revision": cfg.model.revision,
+            "uri": spec.model.uri,
+            "revision": spec.model.revision,
             "sha256": sha256_path(model_dir),
         },
         datasets=datasets,
         training={
-            "steps": state.step,
-            "plannedSteps": total_steps,
-            "epochs": plan.epoch_of(state.step),
-            "worldSize": trainer.env.world_size,
-            "engine": engine.name,
-            "precision": engine.precision,
+            "steps": run.steps,
+            "plannedSteps": run.planned_steps,
+            "epochs": run.epochs,
+            "worldSize": run.world_size,
+            "engine": run.engine,
+            "precision": run.precision,
             "batching": "padding-free (packed, per-sample positions)"
-            if trainer.padding_free
+            if run.padding_free
             else "padded to the longest sample of each micro-batch",
-            "tokensSeen": state.tokens_seen,
-            "samplesSeen": state.samples_seen,
-            "finalLoss": state.last_loss,
-            "elapsedSeconds": round(wall_seconds, 3),
-            "resumedFromStep": trainer.resumed_from,
-            "skippedSteps": trainer.health.skipped_steps,
+            "tokensSeen": run.tokens_seen,
+            "samplesSeen": run.samples_seen,
+            "finalLoss": run.final_loss,
+            "elapsedSeconds": round(run.elapsed_seconds, 3),
+            "resumedFromStep": run.resumed_from,
+            "skippedSteps": run.skipped_steps,
             "hyperparameters": {
-                "learningRate": cfg.train.learning_rate,
-                "scheduler": cfg.train.scheduler,
-                "warmupRatio": cfg.train.warmup_ratio,
-                "weightDecay": cfg.train.weight_decay,
-                "globalBatchSize": cfg.train.global_batch_size,
-                "microBatchSize": cfg.train.micro_batch_size,
-                "gradientAccumulationSteps": cfg.train.gradient_accumulation_steps,
-                "maxSeqLength": cfg.data.max_seq_length,
-                "maxGradNorm": cfg.train.max_grad_norm,
-                "seed": cfg.train.seed,
+                "learningRate": hp.learning_rate,
+                "scheduler": hp.scheduler,
+                "warmupRatio": hp.warmup_ratio,
+                "weightDecay": hp.weight_decay,
+                "globalBatchSize": job.derived.global_batch_size,
+                "microBatchSize": hp.micro_batch_size,
+                "gradientAccumulationSteps": job.derived.gradient_accumulation_steps,
+                "maxSeqLength": spec.dataset.max_seq_length,
+                "maxGradNorm": hp.max_grad_norm,
+                "seed": hp.seed,
             },
         },
-        evaluation=eval_results,
+        evaluation=run.eval_results,
         outputs={
             "directory": str(out),
             "weights": sorted(p.name for p in out.glob("*.safetensors")),

@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from kubetune.contract.env import GIT_REVISION_ENV
+
 PACKAGES = (
     "kubetune",
     "torch",
@@ -63,7 +65,7 @@ def package_versions() -> dict[str, str]:
 
 def git_revision() -> str | None:
     """The source revision: $KUBETUNE_GIT_REVISION (set in the image) or ``git``."""
-    env = os.environ.get("KUBETUNE_GIT_REVISION")
+    env = os.environ.get(GIT_REVISION_ENV)
     if env:
         return env
     here = Path(__file__).resolve().parent

@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from kubetune.api.methods import METHOD_TRAITS
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -34,19 +36,20 @@ def _eval_table(evaluation: dict[str, Any]) -> str:
 
 
 def _how_to_load(method: str, base_uri: str) -> str:
-    if method in ("lora", "qlora", "prefix", "prompt"):
+    saved_as = METHOD_TRAITS[method].saved_as
+    if saved_as == "peft-adapter":
         return (
             "```python\nfrom peft import AutoPeftModelForCausalLM\n"
             'model = AutoPeftModelForCausalLM.from_pretrained("<this directory>")\n```\n'
             f"(the adapter config names the base model; the base came from `{base_uri}`.)\n"
         )
-    if method == "adapter":
+    if saved_as == "bottleneck-adapter":
         return (
             "Bottleneck adapters (kubetune's own; not mergeable):\n\n"
             "```python\nfrom kubetune_trainer.methods.adapters import load_bottleneck_adapter\n"
             'model = load_bottleneck_adapter(base_dir, "<this directory>")\n```\n'
         )
-    if method == "reward":
+    if saved_as == "reward-model":
         return (
             "```python\nfrom transformers import AutoModelForSequenceClassification\n"
             'model = AutoModelForSequenceClassification.from_pretrained("<this directory>")\n```\n'
@@ -64,7 +67,7 @@ def render_model_card(lineage: dict[str, Any]) -> str:
     evaluation = lineage["evaluation"]
     software = lineage["software"]
     method = job["method"]
-    library = "peft" if method in ("lora", "qlora", "prefix", "prompt") else "transformers"
+    library = "peft" if METHOD_TRAITS[method].saved_as == "peft-adapter" else "transformers"
     front = [
         "---",
         f"base_model: {json.dumps(base['uri'])}",
