@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint crd crd-check ci clean cluster-binaries venv
+.PHONY: demo test unit lint crd crd-check ci clean cluster-binaries venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 ## Every test tier that runs without a GPU (unit, control-plane e2e, trainer).
 test: $(STAMP) cluster-binaries
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Fast checks for the edit loop: unit tests only (no cluster build, no torch runs).
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
 ## etcd, kube-*, kubectl, KWOK and helm built from source at pinned versions (cached).
 cluster-binaries:

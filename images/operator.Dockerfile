@@ -5,7 +5,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY operator ./operator
-COPY trainer/kubetune_trainer/__init__.py ./trainer/kubetune_trainer/__init__.py
+COPY trainer ./trainer
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'
 
 FROM python:3.11-slim

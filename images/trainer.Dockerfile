@@ -13,7 +13,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY trainer ./trainer
-COPY operator/kubetune_operator/__init__.py ./operator/kubetune_operator/__init__.py
+COPY operator ./operator
 RUN pip install '.[trainer]' && rm -rf /src
 USER 65532:65532
 WORKDIR /workspace

@@ -306,7 +306,8 @@ async def run_operator_case(
         [
             *prefix,
             "-m",
-            "kubetune_operator",
+            "kubetune.cli.main",
+            "operator",
             "run",
             "--kubeconfig",
             str(dev.kubeconfig),

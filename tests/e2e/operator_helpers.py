@@ -253,7 +253,7 @@ def install(cluster: Cluster, workdir: Path) -> Path:
 
 # -- the operator process ----------------------------------------------------------------------
 class OperatorProcess:
-    """One operator replica: ``python -m kubetune_operator run`` as a separate process."""
+    """One operator replica: ``kubetune operator run`` as a separate process."""
 
     def __init__(
         self, kubeconfig: Path, log_dir: Path, name: str, env: dict[str, str] | None = None
@@ -276,7 +276,8 @@ class OperatorProcess:
             [
                 sys.executable,
                 "-m",
-                "kubetune_operator",
+                "kubetune.cli.main",
+                "operator",
                 "run",
                 "--kubeconfig",
                 str(self.kubeconfig),

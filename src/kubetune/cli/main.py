@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,9 @@ from rich.console import Console
 
 from kubetune.api.crd import CRD_FILENAME, render_crd_yaml
 from kubetune.api.validation import load_documents, validate_manifest
+from kubetune.cli.dev import app as dev_app
+from kubetune.cli.operator import app as operator_app
+from kubetune.cli.run import run as run_command
 
 app = typer.Typer(
     name="kubetune",
@@ -83,21 +85,9 @@ def validate(
         raise typer.Exit(1)
 
 
-def _register_optional(module: str, attr: str, name: str, as_command: bool) -> None:
-    """Wire in sub-commands whose dependencies may be absent (e.g. no torch)."""
-    try:
-        target = getattr(importlib.import_module(module), attr)
-    except ImportError:
-        return
-    if as_command:
-        app.command(name=name)(target)
-    else:
-        app.add_typer(target, name=name)
-
-
-_register_optional("kubetune.cli.run", "run", "run", as_command=True)
-_register_optional("kubetune.cli.dev", "app", "dev", as_command=False)
-_register_optional("kubetune.cli.operator", "app", "operator", as_command=False)
+app.command(name="run")(run_command)
+app.add_typer(dev_app, name="dev")
+app.add_typer(operator_app, name="operator")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from kubetune.cli.extras import require_extra
 from kubetune_operator.settings import OperatorSettings
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ def run(
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
 ) -> None:
     """Run the operator until SIGTERM."""
+    require_extra("operator", "operator run")
     from kubetune_operator.runner import main
 
     overrides: dict[str, object] = {
