@@ -98,7 +98,9 @@ def build_registry(controller: Controller, credentials: Credentials) -> kopf.Ope
         "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT}, id="pod_index", registry=registry
     )
     def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-        return {(namespace or "", labels[naming.LABEL_JOB]): PodView.from_body(body)}
+        return {
+            (namespace or "", naming.job_of(body.get("metadata") or {})): PodView.from_body(body)
+        }
 
     def bind(kwargs: dict[str, Any]) -> None:
         cache = controller.cache
@@ -119,7 +121,8 @@ def build_registry(controller: Controller, credentials: Credentials) -> kopf.Ope
         type: str, namespace: str | None, name: str, labels: kopf.Labels, **kwargs: Any
     ) -> None:
         bind(kwargs)
-        controller.pod_event(type, namespace or "", name, labels[naming.LABEL_JOB])
+        job = naming.job_of({"labels": labels, "annotations": kwargs.get("annotations") or {}})
+        controller.pod_event(type, namespace or "", name, job)
 
     if watch_nodes:
         last_ready: dict[str, bool] = {}

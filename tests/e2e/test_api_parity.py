@@ -172,3 +172,33 @@ def test_transition_rules_on_real_updates(api: client.CustomObjectsApi, namespac
         new = copy.deepcopy(old)
         mutate(new)
         assert validate_manifest(new, old=old).ok is ok
+
+
+IMMUTABLE_UPDATES: list[tuple[str, Mutation]] = [
+    ("output", lambda d: d["spec"]["output"].update(uri="pvc://out/elsewhere")),
+    ("model", lambda d: d["spec"]["model"].update(uri="pvc://models/other")),
+    ("hyperparameters", lambda d: d["spec"]["hyperparameters"].update(seed=7)),
+    ("peft", lambda d: d["spec"].update(peft={"lora": {"r": 8}})),
+]
+
+
+def test_immutable_blocks_on_real_updates(api: client.CustomObjectsApi, namespace: str) -> None:
+    """output, model, hyperparameters and peft cannot change: server and Python agree (#24)."""
+    doc = minimal_manifest()
+    doc["metadata"].update(namespace=namespace, name="immutable")
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+    old = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "immutable")
+    for field, mutate in IMMUTABLE_UPDATES:
+        new = copy.deepcopy(old)
+        mutate(new)
+        try:
+            api.replace_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "immutable", new, dry_run="All"
+            )
+        except ApiException as exc:
+            message = str(json.loads(exc.body or "{}").get("message", exc.reason))
+        else:
+            message = ""
+        assert f"{field} cannot change after creation" in message, (field, message)
+        python = validate_manifest(new, old=old)
+        assert [p.path for p in python.errors] == [f"spec.{field}"], python.errors

@@ -143,8 +143,27 @@ def _mutate_epochs_and_max_steps(doc: dict[str, Any]) -> tuple[str, str]:
 
 
 def _mutate_bad_name(doc: dict[str, Any]) -> tuple[str, str]:
-    doc["metadata"]["name"] = "x" * 41
-    return "metadata.name", _cel_message("self.metadata.name.size()")
+    doc["metadata"]["name"] = "x" * 254
+    return "metadata.name", "must be no more than 253 characters"
+
+
+def _mutate_output_escape(doc: dict[str, Any]) -> tuple[str, str]:
+    doc["spec"]["output"]["uri"] = "pvc://ckpt/../../etc/x"
+    return "spec.output.uri", "should match"
+
+
+def _mutate_shared_memory(doc: dict[str, Any]) -> tuple[str, str]:
+    doc["spec"]["resources"].update(memory="8Gi", sharedMemory="9Gi")
+    return "spec.resources.sharedMemory", _cel_message("quantity(self.sharedMemory)")
+
+
+def _mutate_toleration(doc: dict[str, Any]) -> tuple[str, str]:
+    doc["spec"]["resources"]["tolerations"] = [
+        {"key": "gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5}
+    ]
+    return "spec.resources.tolerations[0].tolerationSeconds", _cel_message(
+        "!has(self.tolerationSeconds)"
+    )
 
 
 INVALID: list[tuple[str, Callable[[dict[str, Any]], tuple[str, str]]]] = [
@@ -153,8 +172,25 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], tuple[str, str]]]] = [
     ("unknown-field", _mutate_unknown_field),
     ("ppo-refused-by-cel", _mutate_ppo),
     ("epochs-and-maxsteps-cel", _mutate_epochs_and_max_steps),
-    ("name-too-long-cel", _mutate_bad_name),
+    ("name-too-long", _mutate_bad_name),
+    ("output-escapes-claim", _mutate_output_escape),
+    ("shared-memory-above-memory-cel", _mutate_shared_memory),
+    ("toleration-seconds-cel", _mutate_toleration),
 ]
+
+
+@pytest.mark.parametrize(
+    "name", ["llama3.1-8b-sft", "3b-sft", "org.team-a." + "l" * 242], ids=["dotted", "digit", "253"]
+)
+def test_any_valid_object_name_is_accepted(
+    crd: str, kubectl: Kubectl, namespace: str, name: str
+) -> None:
+    """Pod and Service names are derived by the operator, so the job name is free (#16)."""
+    doc = _base_job()
+    doc["metadata"]["name"] = name
+    manifest = yaml.safe_dump(_in_namespace(doc, namespace))
+    proc = kubectl("apply", "--dry-run=server", "-f", "-", input=manifest, check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize(("case", "mutate"), INVALID, ids=[c for c, _ in INVALID])

@@ -1,4 +1,5 @@
-"""The headless Service behind the rendezvous address ``<job>-0.<job>.<ns>.svc``."""
+"""The headless Service behind the rendezvous address ``<short>-0.<short>.<ns>.svc``
+(``<short>`` is :func:`naming.short_name`: the job name when it is a short DNS label)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def render_service(job: FineTuneJob, settings: OperatorSettings) -> dict[str, An
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {naming.LABEL_JOB: name, naming.LABEL_ROLE: naming.ROLE_WORKER},
+            "selector": naming.job_selector(name),
             "ports": [
                 {
                     "name": "rdzv",

@@ -9,20 +9,86 @@ second hand-written copy of the rules.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
 import celpy
+from celpy import celtypes
 
 from kubetune.api.problems import Problem, join_path
 
 _ENV = celpy.Environment()
 
+# The Kubernetes CEL quantity library (quantity(), isQuantity(), comparisons), which
+# the API server offers to CRD rules; cel-python has no such library, so the subset
+# the rules use is implemented here with the API server's semantics.
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([a-zA-Z]*|[eE][+-]?[0-9]+)$")
+_SUFFIXES = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A parsed Kubernetes resource quantity (exact, as a Decimal)."""
+
+    value: Decimal
+
+
+def parse_quantity(text: str) -> Quantity:
+    """``64Gi`` -> 68719476736; ValueError for what the API server would not parse."""
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise ValueError(f"invalid quantity {text!r}")
+    number, suffix = match.groups()
+    try:
+        if suffix[:1] in ("e", "E"):
+            return Quantity(Decimal(number) * Decimal(10) ** int(suffix[1:]))
+        if suffix not in _SUFFIXES:
+            raise ValueError(f"invalid quantity suffix in {text!r}")
+        return Quantity(Decimal(number) * _SUFFIXES[suffix])
+    except InvalidOperation as err:
+        raise ValueError(f"invalid quantity {text!r}") from err
+
+
+def _is_quantity(text: Any) -> celtypes.BoolType:
+    try:
+        parse_quantity(str(text))
+    except ValueError:
+        return celtypes.BoolType(False)
+    return celtypes.BoolType(True)
+
+
+def _compare(a: Quantity, b: Quantity) -> int:
+    return (a.value > b.value) - (a.value < b.value)
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "quantity": lambda text: parse_quantity(str(text)),
+    "isQuantity": _is_quantity,
+    "compareTo": lambda a, b: celtypes.IntType(_compare(a, b)),
+    "isGreaterThan": lambda a, b: celtypes.BoolType(_compare(a, b) > 0),
+    "isLessThan": lambda a, b: celtypes.BoolType(_compare(a, b) < 0),
+}
+
 
 @lru_cache(maxsize=512)
 def _program(expression: str) -> celpy.Runner:
-    return _ENV.program(_ENV.compile(expression))
+    return _ENV.program(_ENV.compile(expression), functions=FUNCTIONS)
 
 
 def _activation(self_value: Any, old_value: Any | None) -> dict[str, Any]:

@@ -8,25 +8,35 @@ from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
 
+# One path segment that is not ``..`` (RE2 has no look-ahead, so it is spelled out:
+# empty, ``.``, anything not starting with a dot, a dot then a non-dot, or ``..`` plus
+# more). A ``..`` segment would climb out of the claim or directory the location names.
+_SEGMENT = r"([^\s/.][^\s/]*|\.[^\s/.][^\s/]*|\.\.[^\s/]+|\.)?"
+_PATH = rf"(/{_SEGMENT})*"
+_ABSOLUTE = rf"(/{_SEGMENT})+"
+_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?" + _PATH
+_S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]" + _PATH
+_FILE = rf"file://{_ABSOLUTE}|{_ABSOLUTE}"
+_HF = r"hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
+
 # RE2/Python-compatible; also used verbatim as the CRD ``pattern``.
-LOCATION_PATTERN = (
-    r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
-    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
-    r"|file:///[^\s]*"
-    r"|/[^\s]*"
-    r"|hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?)$"
-)
+LOCATION_PATTERN = rf"^({_PVC}|{_S3}|{_FILE}|{_HF})$"
 LOCATION_HELP = (
     "One of pvc://<claim>/<path> (a PersistentVolumeClaim in the job's namespace), "
     "s3://<bucket>/<prefix> (an S3-compatible store), an absolute path inside the "
     "trainer image (/models/x or file:///models/x), or hf://<org>/<name> (a hub id "
-    "resolved only from the pre-populated cache or mirror; never downloaded)."
+    "resolved only from the pre-populated cache or mirror; never downloaded). "
+    "Paths may not contain '..' segments."
 )
-OUTPUT_PATTERN = (
-    r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?"
-    r"|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
-    r"|file:///[^\s]*|/[^\s]*)$"
-)
+OUTPUT_PATTERN = rf"^({_PVC}|{_S3}|{_FILE})$"
+#: What each location pattern means, in words with an example (for messages).
+PATTERN_HELP = {
+    LOCATION_PATTERN: "expected pvc://<claim>/<path>, s3://<bucket>/<prefix>, an absolute "
+    "path (/models/x or file:///models/x) or hf://<org>/<name>, without '..' segments; "
+    "e.g. pvc://models/llama-3-8b",
+    OUTPUT_PATTERN: "expected pvc://<claim>/<path>, s3://<bucket>/<prefix> or an absolute "
+    "path (/outputs/x or file:///outputs/x), without '..' segments; e.g. pvc://ckpt/my-job",
+}
 
 Location = Annotated[
     str, StringConstraints(min_length=2, max_length=1024, pattern=LOCATION_PATTERN)
@@ -34,25 +44,44 @@ Location = Annotated[
 OutputLocation = Annotated[
     str, StringConstraints(min_length=2, max_length=1024, pattern=OUTPUT_PATTERN)
 ]
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNSLabel = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+    StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN),
 ]
 DNSSubdomain = Annotated[
     str,
-    StringConstraints(
-        min_length=1,
-        max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
-    ),
+    StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN),
 ]
 QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$"
 Quantity = Annotated[str, StringConstraints(max_length=64, pattern=QUANTITY_PATTERN)]
+# Inside a CEL string literal: ``\\.`` there is the regex ``\.``.
 LABEL_KEY_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
-LabelValue = Annotated[str, StringConstraints(max_length=63)]
+# The same qualified name ([prefix/]name) as a schema pattern (no CEL escaping).
+QUALIFIED_NAME_PATTERN = LABEL_KEY_PATTERN.replace("\\\\.", "\\.")
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+#: What each pattern means, in words with an example: messages never show a raw regex.
+PATTERN_HELP.update(
+    {
+        DNS_LABEL_PATTERN: "expected a DNS label: at most 63 lower-case letters, digits "
+        "and '-', starting and ending with a letter or digit; e.g. my-name",
+        DNS_SUBDOMAIN_PATTERN: "expected a DNS subdomain: lower-case letters, digits, '-' "
+        "and '.', starting and ending with a letter or digit; e.g. my-name or team.name",
+        QUANTITY_PATTERN: "expected a Kubernetes quantity: a number with an optional unit; "
+        "e.g. 64Gi, 500M or 8",
+        QUALIFIED_NAME_PATTERN: "expected a label key ([prefix/]name): an optional DNS "
+        "subdomain prefix and a name of at most 63 letters, digits, '-', '_' or '.'; "
+        "e.g. nvidia.com/gpu",
+        LABEL_VALUE_PATTERN: "expected a label value: at most 63 letters, digits, '-', '_' "
+        "or '.', starting and ending with a letter or digit; e.g. team-a",
+    }
+)
 
 
 class SecretReference(ApiModel):
@@ -101,8 +130,15 @@ class EnvVarSource(ApiModel):
     )
 
 
+# Names that look like credentials (RE2 and Python alike; CEL ``matches`` is a search):
+# substrings (secret, passw..., a token but not TOKENIZERS_*), qualified keys (API_KEY,
+# SSH_KEY, ...), connection strings, and whole words between underscores (KEY, AUTH,
+# PASS, PWD, DSN): DB_PASS, MYSQL_PWD, OPENAI_KEY, HF_AUTH -- but not KEYBOARD or AUTHOR.
 SECRET_NAME_REGEX = (
-    r"(?i).*(token|secret|password|passwd|credential|api_?key|access_?key|private_?key).*"
+    r"(?i).*(secret|passw|passphrase|credential|bearer|cookie|token([^i]|$)"
+    r"|(api|access|private|signing|encryption|ssh|client|master|license)_?key"
+    r"|(database|db)_?(url|uri)|conn(ection)?_?str"
+    r"|(^|_)(keys?|auth|pass|pwd|dsn|pat)(_|$)).*"
 )
 
 
@@ -137,16 +173,45 @@ class EnvVar(ApiModel):
 
 
 class Toleration(ApiModel):
-    """A Kubernetes toleration applied to the training pods."""
+    """A Kubernetes toleration applied to the training pods.
 
-    key: Annotated[str, StringConstraints(max_length=317)] | None = Field(
-        default=None, description="Taint key the toleration applies to; empty matches all keys."
+    The rules are the API server's own rules for pod tolerations: what they refuse here
+    would otherwise be refused only when the operator creates the pods.
+    """
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                "value must be empty when operator is Exists (Exists matches any value)",
+                field_path=".value",
+            ),
+            cel(
+                "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+                "operator must be Exists when key is empty (an empty key matches every "
+                "taint key, so it cannot match one value)",
+                field_path=".operator",
+            ),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds applies only to effect NoExecute",
+                field_path=".tolerationSeconds",
+            ),
+        )
+    }
+
+    key: (
+        Annotated[str, StringConstraints(max_length=317, pattern=QUALIFIED_NAME_PATTERN)] | None
+    ) = Field(
+        default=None,
+        description="Taint key the toleration applies to; empty matches all keys "
+        "(then operator must be Exists).",
     )
     operator: Literal["Exists", "Equal"] = Field(
         default="Equal", description="Exists matches any value; Equal matches `value`."
     )
-    value: Annotated[str, StringConstraints(max_length=63)] | None = Field(
-        default=None, description="Taint value to match with operator Equal."
+    value: LabelValue | None = Field(
+        default=None, description="Taint value to match with operator Equal; empty with Exists."
     )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
@@ -154,7 +219,8 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(
         default=None,
         ge=0,
-        description="For NoExecute: how long the pod stays bound after the taint appears.",
+        description="Only with effect NoExecute: how long the pod stays bound after the "
+        "taint appears.",
     )
 
 

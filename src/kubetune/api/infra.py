@@ -9,6 +9,7 @@ from pydantic import Field, StringConstraints
 from kubetune.api.base import ApiModel, cel, validations
 from kubetune.api.common import (
     LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
     DNSSubdomain,
     LabelValue,
     OutputLocation,
@@ -30,6 +31,19 @@ ResourceName = Annotated[
 
 class ResourcesSpec(ApiModel):
     """The gang: how many pods, how many GPUs each, and where they may run."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!isQuantity(self.sharedMemory) || !isQuantity(self.memory) || "
+                "!quantity(self.sharedMemory).isGreaterThan(quantity(self.memory))",
+                "sharedMemory (default 16Gi) must not be larger than memory: /dev/shm is "
+                "memory-backed and counts against the pod's memory limit; lower "
+                "resources.sharedMemory or raise resources.memory",
+                field_path=".sharedMemory",
+            ),
+        )
+    }
 
     nodes: int = Field(
         default=1, ge=1, le=512, description="Number of training pods (one per node)."
@@ -183,6 +197,11 @@ class RunPolicy(ApiModel):
         le=86400,
         description="Report (and release) a gang that cannot be placed within this time.",
     )
-    queue_name: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = Field(
-        default=None, description="Kueue LocalQueue that admits the gang."
+    queue_name: (
+        Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=LABEL_VALUE_PATTERN)]
+        | None
+    ) = Field(
+        default=None,
+        description="Kueue LocalQueue that admits the gang. It becomes the pods' "
+        "kueue.x-k8s.io/queue-name label, so it must be a valid label value.",
     )

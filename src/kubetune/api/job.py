@@ -7,7 +7,12 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
-from kubetune.api.common import DNSSubdomain, EnvVar, LocalObjectReference
+from kubetune.api.common import (
+    DNS_SUBDOMAIN_PATTERN,
+    DNSSubdomain,
+    EnvVar,
+    LocalObjectReference,
+)
 from kubetune.api.infra import (
     CheckpointSpec,
     DistributedSpec,
@@ -29,9 +34,9 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 CATEGORIES = ["kubetune", "all"]
 
-# Pod names are <job>-a<attempt>-<rank> and the Service is named after the job: keep
-# job names DNS-1035 labels with room for the suffixes.
-MAX_JOB_NAME_LENGTH = 40
+# Any valid object name: the operator derives pod, Service and ConfigMap names that are
+# always valid from it (shortened with a stable hash where needed).
+MAX_JOB_NAME_LENGTH = 253
 
 
 def _or_list(names: tuple[str, ...]) -> str:
@@ -205,13 +210,17 @@ class ObjectMeta(BaseModel):
     generation: int | None = None
 
 
+_CEL_SUBDOMAIN = DNS_SUBDOMAIN_PATTERN.replace("\\", "\\\\")  # escaped for a CEL literal
+
 ROOT_RULES: list[dict[str, Any]] = [
+    # The API server checks object names itself; the rule gives `kubetune validate` the
+    # same verdict.
     cel(
         f"!has(self.metadata.name) || (self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} "
-        "&& self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$'))",
-        f"metadata.name must be a DNS-1035 label (lower case letters, digits and '-', "
-        f"starting with a letter) of at most {MAX_JOB_NAME_LENGTH} characters: pod and "
-        "Service names are derived from it",
+        f"&& self.metadata.name.matches('{_CEL_SUBDOMAIN}'))",
+        f"metadata.name must be a DNS subdomain: at most {MAX_JOB_NAME_LENGTH} lower-case "
+        "letters, digits, '-' and '.', starting and ending with a letter or digit "
+        "(e.g. llama3.1-8b-sft)",
     ),
 ]
 

@@ -97,7 +97,7 @@ class FineTuneJobStatus(ApiModel):
         default_factory=list,
         max_length=32,
         description="Standard conditions (Validated, Admitted, Running, Restarting, "
-        "Suspended, Succeeded, Failed, ConfigWarning).",
+        "Suspended, Succeeded, Failed, ConfigWarning, ProgressKnown, ResourceConflict).",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],

@@ -7,6 +7,7 @@ and soft recommendations that only warn.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from kubetune.api import cel
+from kubetune.api.common import PATTERN_HELP
 from kubetune.api.crd import openapi_schema
 from kubetune.api.defaults import RECOMMENDED_EPOCHS, RECOMMENDED_WEIGHT_DECAY
 from kubetune.api.job import API_VERSION, KIND, FineTuneJob
@@ -66,7 +68,9 @@ def _pydantic_message(err: ErrorDetails) -> str:
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     if kind == "string_pattern_mismatch":
-        return f"{err['input']!r} is not a valid value: {err['msg']}"
+        pattern = str((err.get("ctx") or {}).get("pattern", ""))
+        expected = PATTERN_HELP.get(pattern, "does not have the expected form")
+        return f"{err['input']!r} is not a valid value: {expected}"
     if kind in ("literal_error", "enum"):
         return f"Unsupported value {err['input']!r}: {err['msg'].replace('Input s', 's')}"
     return f"Invalid value {err['input']!r}: {err['msg'].replace('Input s', 's')}"
@@ -126,13 +130,35 @@ def _recommendations(job: FineTuneJob) -> list[Problem]:
     return warnings
 
 
+def _json_default(value: Any) -> Any:
+    """Mappings that are not dicts (kopf bodies) as dicts; anything else as a string."""
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as the API server sees it: JSON types only."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def parse_manifest(doc: Mapping[str, Any]) -> FineTuneJob:
+    """``doc`` as the API server reads it: JSON, camelCase names only, no coercion.
+
+    Strict: ``learning_rate`` (the Python name) is an unknown field, ``"64"`` is not an
+    integer and ``"yes"`` is not a boolean, exactly as the server's structural schema
+    says. (Code may still build models by Python name; manifests may not.) Values YAML
+    loads as other types (dates) are sent as strings, as kubectl sends them.
+    """
+    text = json.dumps(doc, default=_json_default)
+    return FineTuneJob.model_validate_json(text, strict=True, by_alias=True, by_name=False)
+
+
 def validate_manifest(doc: Any, old: Mapping[str, Any] | None = None) -> ValidationReport:
     """Validate one manifest (a parsed YAML document); ``old`` for an update."""
     if not isinstance(doc, Mapping):
         return ValidationReport(None, [Problem("", "a manifest must be a YAML mapping")])
     errors = _envelope_problems(doc)
     try:
-        job = FineTuneJob.model_validate(doc)
+        job = parse_manifest(doc)
     except ValidationError as exc:
         errors += [
             Problem(_loc_to_path(err["loc"]), _pydantic_message(err)) for err in exc.errors()
@@ -146,12 +172,12 @@ def validate_manifest(doc: Any, old: Mapping[str, Any] | None = None) -> Validat
         return ValidationReport(None, errors)
     # The CEL rules see the defaulted object, as they do after API-server defaulting.
     obj = job.model_dump(mode="json", by_alias=True, exclude_none=True)
-    obj["metadata"] = dict(doc.get("metadata") or {})
+    obj["metadata"] = _as_json(doc.get("metadata") or {})
     old_obj = None
     if old is not None:
-        old_job = FineTuneJob.model_validate(old)
+        old_job = parse_manifest(old)
         old_obj = old_job.model_dump(mode="json", by_alias=True, exclude_none=True)
-        old_obj["metadata"] = dict(old.get("metadata") or {})
+        old_obj["metadata"] = _as_json(old.get("metadata") or {})
     obj.pop("status", None)
     errors += cel.check(_schema(), obj, old_obj)
     return ValidationReport(job if not errors else None, errors, _recommendations(job))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kubetune.api.crd import CRD_FILENAME, render_crd_yaml
 from kubetune.api.validation import load_documents, validate_manifest
@@ -46,21 +47,26 @@ def crd(
         current = target.read_text() if target.exists() else ""
         if current != text:
             console.print(
-                f"[red]{target} is stale[/red]: run `kubetune crd` and commit the result."
+                f"[red]{escape(str(target))} is stale[/red]: run `kubetune crd` and commit "
+                "the result."
             )
             raise typer.Exit(1)
-        console.print(f"[green]{target} is up to date[/green]")
+        console.print(f"[green]{escape(str(target))} is up to date[/green]")
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
-    console.print(f"wrote {target}")
+    console.print(f"wrote {escape(str(target))}")
 
 
 @app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Manifest files or directories.")],
 ) -> None:
-    """Validate FineTuneJob manifests as the API server would, and show warnings."""
+    """Validate FineTuneJob manifests as the API server would, and show warnings.
+
+    Problems are user text (patterns such as ``[a-z0-9]``, ``([prefix/]name)``): they
+    are escaped so rich markup never eats their brackets.
+    """
     failed = 0
     checked = 0
     for path in paths:
@@ -70,14 +76,14 @@ def validate(
             checked += 1
             report = validate_manifest(doc)
             if report.ok:
-                out.print(f"[green]✓[/green] {name}")
+                out.print(f"[green]✓[/green] {escape(name)}", highlight=False)
             else:
                 failed += 1
-                out.print(f"[red]✗[/red] {name}")
+                out.print(f"[red]✗[/red] {escape(name)}", highlight=False)
                 for problem in report.errors:
-                    out.print(f"    [red]error[/red]  {problem}", markup=True, highlight=False)
+                    out.print(f"    [red]error[/red]  {escape(str(problem))}", highlight=False)
             for problem in report.warnings:
-                out.print(f"    [yellow]warning[/yellow] {problem}", highlight=False)
+                out.print(f"    [yellow]warning[/yellow] {escape(str(problem))}", highlight=False)
     if checked == 0:
         console.print("[red]no FineTuneJob manifests found[/red]")
         raise typer.Exit(2)

@@ -6,7 +6,6 @@ Flags override ``KUBETUNE_OPERATOR_*`` environment variables, which override def
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -67,7 +66,18 @@ def run(
 
 
 @app.command("rbac")
-def rbac() -> None:
+def rbac(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="A namespace the operator serves (repeat, as for `operator run`): "
+            "namespaced rights as Roles there only; default: cluster-wide.",
+        ),
+    ] = None,
+) -> None:
     """Print the least-privilege RBAC manifest the operator needs."""
-    text = resources.files("kubetune_operator").joinpath("rbac.yaml").read_text()
-    typer.echo(text, nl=False)
+    from kubetune_operator.rbac import render_rbac
+
+    typer.echo(render_rbac(list(namespace or [])), nl=False)

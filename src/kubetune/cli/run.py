@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -58,15 +59,16 @@ def _load_job(manifest: Path) -> Any:
     jobs = [doc for doc in docs if doc.get("kind") == "FineTuneJob"]
     if len(jobs) != 1:
         console.print(
-            f"[red]{manifest} must contain exactly one FineTuneJob (found {len(jobs)})[/red]"
+            f"[red]{escape(str(manifest))} must contain exactly one FineTuneJob "
+            f"(found {len(jobs)})[/red]"
         )
         raise typer.Exit(int(ExitCode.INVALID_CONFIG))
     report = validate_manifest(jobs[0])
     for warning in report.warnings:
-        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning[/yellow] {escape(str(warning))}", highlight=False)
     if not report.ok or report.job is None:
         for problem in report.errors:
-            console.print(f"[red]error[/red] {problem}", highlight=False)
+            console.print(f"[red]error[/red] {escape(str(problem))}", highlight=False)
         raise typer.Exit(int(ExitCode.INVALID_CONFIG))
     return report.job
 
@@ -80,10 +82,10 @@ def _seed_fixtures(resolved: Any, pvc_root: Path) -> None:
         uris.append(spec.rlhf.dpo.reference_model)
     for uri in uris:
         if uri:
-            with console.status(f"preparing {uri}"):
+            with console.status(f"preparing {escape(uri)}"):
                 note = seed_location(uri, pvc_root)
             if note:
-                console.print(f"[dim]{note}[/dim]")
+                console.print(f"[dim]{escape(note)}[/dim]")
 
 
 def _follow(proc: subprocess.Popen[bytes], progress_file: Path, name: str) -> None:
@@ -96,7 +98,7 @@ def _follow(proc: subprocess.Popen[bytes], progress_file: Path, name: str) -> No
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"{name}: starting", total=None, details="")
+        task = bar.add_task(f"{escape(name)}: starting", total=None, details="")
         while proc.poll() is None:
             time.sleep(0.5)
             try:
@@ -113,7 +115,7 @@ def _follow(proc: subprocess.Popen[bytes], progress_file: Path, name: str) -> No
             total = doc.get("totalSteps") or None
             bar.update(
                 task,
-                description=f"{name}: {doc.get('state', '?')}",
+                description=escape(f"{name}: {doc.get('state', '?')}"),
                 total=total,
                 completed=doc.get("step", 0),
                 details="  ".join(details),
@@ -137,7 +139,9 @@ def _summary(output_dir: Path) -> None:
                     )
             console.print(table)
     console.print(
-        f"[green]outputs in {output_dir}[/green] (model card: {output_dir / 'README.md'})"
+        f"[green]outputs in {escape(str(output_dir))}[/green] "
+        f"(model card: {escape(str(output_dir / 'README.md'))})",
+        highlight=False,
     )
 
 
@@ -191,7 +195,7 @@ def run(
     try:
         resolved = resolve(job, nodes=1, nproc_per_node=nproc)
     except ResolutionError as exc:
-        console.print(f"[red]cannot run locally:[/red] {exc}")
+        console.print(f"[red]cannot run locally:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(int(ExitCode.INVALID_CONFIG)) from exc
     if resolved.derived.global_batch_size != job.spec.hyperparameters.global_batch_size:
         console.print(
@@ -234,9 +238,10 @@ def run(
         nproc, trainer_args=["--validate-only"] if validate_only else [], python=sys.executable
     )
     console.print(
-        f"[bold]{name}[/bold]: method {resolved.spec.method}, {nproc} local processes, "
-        f"global batch {resolved.derived.global_batch_size} "
-        f"({resolved.derived.gradient_accumulation_steps} accumulation steps); log {log_file}"
+        f"[bold]{escape(name)}[/bold]: method {resolved.spec.method}, {nproc} local "
+        f"processes, global batch {resolved.derived.global_batch_size} "
+        f"({resolved.derived.gradient_accumulation_steps} accumulation steps); "
+        f"log {escape(str(log_file))}"
     )
     with log_file.open("wb") as handle:
         proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
@@ -253,12 +258,15 @@ def run(
     message = termination.read_text().strip() if termination.exists() else ""
     if code == 0:
         if validate_only:
-            console.print(f"[green]{message or 'validation passed'}[/green]", highlight=False)
+            console.print(
+                f"[green]{escape(message or 'validation passed')}[/green]", highlight=False
+            )
         else:
             _summary(out)
         return
     console.print(
-        f"[red]trainer exited with {code}[/red]: {message or '(no message)'}", highlight=False
+        f"[red]trainer exited with {code}[/red]: {escape(message or '(no message)')}",
+        highlight=False,
     )
     tail = log_file.read_text(errors="replace").splitlines()[-15:]
     console.print("\n".join(tail), markup=False, highlight=False)

@@ -41,7 +41,10 @@ class StorageUri:
         files as they are; None for remote locations (s3, hf)."""
         if self.scheme is Scheme.PVC:
             mount = pvc_mount_path(self.name, pvc_root)
+            # Leading slashes stripped: ``pvc://ckpt//etc`` stays inside the mount.
             sub = self.path.strip("/")
+            if PARENT_SEGMENT in sub.split("/"):
+                raise ValueError(f"path {self.path!r} climbs out of claim {self.name!r}")
             return mount / sub if sub else mount
         if self.scheme is Scheme.FILE:
             return PurePosixPath(self.path)
@@ -53,9 +56,26 @@ def pvc_mount_path(claim: str, pvc_root: str | PurePath = DEFAULT_PVC_ROOT) -> P
     return PurePosixPath(pvc_root) / claim
 
 
+PARENT_SEGMENT = ".."
+
+
+def _refuse_escapes(uri: str, path: str) -> None:
+    """A ``..`` segment would leave the claim, bucket prefix or directory named."""
+    if PARENT_SEGMENT in path.split("/"):
+        raise ValueError(
+            f"{uri!r} has a '..' path segment: a location may not climb out of its "
+            "claim, bucket or directory (name the path from its root instead)"
+        )
+
+
 def parse_uri(uri: str) -> StorageUri:
-    """Split ``uri`` into scheme, name and path; ValueError for anything else."""
+    """Split ``uri`` into scheme, name and path; ValueError for anything else.
+
+    ``..`` segments are refused in every scheme: ``pvc://ckpt/../../etc/x`` would
+    otherwise land outside the claim's mount.
+    """
     if uri.startswith("/"):
+        _refuse_escapes(uri, uri)
         return StorageUri(Scheme.FILE, "", uri)
     prefix, sep, rest = uri.partition("://")
     try:
@@ -67,10 +87,12 @@ def parse_uri(uri: str) -> StorageUri:
     if scheme is Scheme.FILE:
         if not rest.startswith("/"):
             raise ValueError("file:// locations need an absolute path (file:///...)")
+        _refuse_escapes(uri, rest)
         return StorageUri(scheme, "", rest)
     name, _, path = (rest, "", "") if scheme is Scheme.HF else rest.partition("/")
     if not name:
         raise ValueError(f"{scheme}:// location without a {_NAME_OF[scheme]}")
+    _refuse_escapes(uri, rest)
     return StorageUri(scheme, name, path)
 
 
