@@ -156,7 +156,8 @@ class LeaderElector:
                 logger.info("standing by: lease held by %s", self._observed.holder)
                 logged = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.retry_period_seconds)
+                async with asyncio.timeout(self.settings.retry_period_seconds):
+                    await stop.wait()
         return False
 
     async def hold(self, on_lost: asyncio.Event) -> None:
@@ -166,7 +167,11 @@ class LeaderElector:
         while True:
             await asyncio.sleep(period)
             try:
-                renewed = await asyncio.wait_for(self.try_acquire_or_renew(), timeout=deadline)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that arrives as the renewal completes, and the renewer would
+                # keep renewing a lease its process is shutting down (and never finish).
+                async with asyncio.timeout(deadline):
+                    renewed = await self.try_acquire_or_renew()
             except Exception as exc:
                 logger.warning("renewing the lease failed: %s", exc)
                 renewed = False

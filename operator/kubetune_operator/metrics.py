@@ -108,6 +108,19 @@ class OperatorMetrics:
             "FineTuneJobs waiting to be reconciled.",
             registry=r,
         )
+        self.progress_scrape_failures = Counter(
+            "kubetune_progress_scrape_failures",
+            "Failed reads of rank 0's progress document, by reason (unreachable, http, "
+            "redirect, too_large, invalid): the job's progress is unknown, not stalled.",
+            ["reason"],
+            registry=r,
+        )
+        self.status_write_failures = Counter(
+            "kubetune_status_write_failures",
+            "FineTuneJob status writes the API server refused, by HTTP status code.",
+            ["code"],
+            registry=r,
+        )
         self._jobs: _JobsByPhase | None = None
 
     def watch_jobs(self, source: Callable[[], Iterable[str]]) -> None:

@@ -31,10 +31,16 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 #: lastTransitionTime anchors the backoff before the new gang is created.
 CONDITION_RESTARTING = "Restarting"
 
+#: While Running: whether rank 0's progress document could be read. False means "progress
+#: unknown" (unreachable, refused or invalid), never "no progress": a stall is only ever
+#: decided on samples that show the step not advancing.
+CONDITION_PROGRESS_KNOWN = "ProgressKnown"
+
 __all__ = [
     "CONDITION_ADMITTED",
     "CONDITION_CONFIG_WARNING",
     "CONDITION_FAILED",
+    "CONDITION_PROGRESS_KNOWN",
     "CONDITION_RESTARTING",
     "CONDITION_RUNNING",
     "CONDITION_SUCCEEDED",
