@@ -30,29 +30,49 @@ from kubetune_operator.cache import JobKey, Snapshot
 from kubetune_operator.kube import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from kubetune_operator.lifecycle import decide
 from kubetune_operator.metrics import OperatorMetrics
-from kubetune_operator.observed import Observed, ProgressSample, format_time
+from kubetune_operator.observed import (
+    ChildConflict,
+    Observed,
+    ProgressSample,
+    controller_owner,
+    format_time,
+)
 from kubetune_operator.plan import (
     ApplyConfigMap,
     CreatePod,
     DeleteJob,
     DeletePod,
+    EnsureNetworkPolicy,
     EnsureService,
     Event,
     Plan,
     UngatePod,
 )
-from kubetune_operator.progress import fetch_document, progress_url
+from kubetune_operator.progress import describe_error, fetch_document, new_session, progress_url
 from kubetune_operator.reasons import Reason
 from kubetune_operator.settings import OperatorSettings
-from kubetune_operator.status import CONDITION_ADMITTED, merge_patch
+from kubetune_operator.status import CONDITION_ADMITTED, CONDITION_PROGRESS_KNOWN, merge_patch
 from kubetune_operator.workqueue import WorkQueue
 
 logger = logging.getLogger("kubetune.operator")
 
 
 #: Conditions whose changes may wait for the next write (they never change the phase): the
-#: gang being placed is followed within moments by it running, one write covers both.
-COSMETIC_CONDITIONS = frozenset({CONDITION_ADMITTED})
+#: gang being placed is followed within moments by it running, one write covers both; a
+#: flapping progress endpoint must not cost a status write per poll.
+COSMETIC_CONDITIONS = frozenset({CONDITION_ADMITTED, CONDITION_PROGRESS_KNOWN})
+
+#: Progress documents fetched at once (each bounded in size and time by progress.py).
+PROGRESS_FETCH_CONCURRENCY = 64
+
+
+class ChildConflictError(Exception):
+    """A child's name is taken by an object the job does not own: the plan stops there (its
+    later steps -- pods, gates -- must not build on someone else's object)."""
+
+    def __init__(self, conflict: ChildConflict) -> None:
+        super().__init__(f"{conflict.kind} {conflict.name} is not ours (owner: {conflict.owner})")
+        self.conflict = conflict
 
 
 def material(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,9 +104,12 @@ class Controller:
         self._ungated_since: dict[tuple[str, int], datetime] = {}
         self._configmaps: dict[str, str] = {}  # job uid -> hash of the data last written
         self._services: set[str] = set()  # job uids whose Service exists
+        # job uid -> (kind, name) -> a child name taken by an object the job does not own
+        self._conflicts: dict[str, dict[tuple[str, str], ChildConflict]] = {}
         self._last_status_write: dict[JobKey, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
+        self._fetch_slots = asyncio.Semaphore(PROGRESS_FETCH_CONCURRENCY)
         self._last_gpu_tick = time.monotonic()
         metrics.watch_jobs(self._phases)
 
@@ -152,7 +175,8 @@ class Controller:
                 requeue = await self.reconcile(key)
             except Exception as exc:
                 delay = self.queue.add_rate_limited(key)
-                level = logging.INFO if isinstance(exc, ApiError) else logging.ERROR
+                expected = isinstance(exc, ApiError | ChildConflictError)
+                level = logging.INFO if expected else logging.ERROR
                 logger.log(
                     level,
                     "reconcile %s/%s failed (retry in %.1fs): %s",
@@ -196,6 +220,9 @@ class Controller:
             progress=self._progress.get(key),
             now=now or datetime.now(UTC),
         )
+        conflicts = self._conflicts.get(obs.uid)
+        if conflicts:
+            obs = dataclasses.replace(obs, conflicts=tuple(conflicts.values()))
         attempt = obs.attempt
         gang = [p for p in obs.pods if p.owner_uid == obs.uid and p.attempt == attempt]
         mem_key = (obs.uid, attempt)
@@ -250,7 +277,9 @@ class Controller:
         prelude: list[Any] = []
         rest = list(plan.actions)
         if not destructive:
-            while rest and isinstance(rest[0], ApplyConfigMap | EnsureService):
+            while rest and isinstance(
+                rest[0], ApplyConfigMap | EnsureService | EnsureNetworkPolicy
+            ):
                 prelude.append(rest.pop(0))
         if destructive:
             if not await self._write_status(key, obs, plan):
@@ -275,6 +304,8 @@ class Controller:
             batch.append(action)
         if batch:
             await self._run_batch(obs, batch)
+        # The whole plan went through: nothing it needed is blocked any more.
+        self._conflicts.pop(obs.uid, None)
         for event in plan.events:
             # Best effort and off the critical path: the next job need not wait for Events.
             task = asyncio.create_task(self._post_event(obs, event))
@@ -302,7 +333,24 @@ class Controller:
         except ApiError as exc:
             if exc.not_found:
                 return False  # deleted meanwhile
-            raise
+            self.metrics.status_write_failures.labels(code=str(exc.status)).inc()
+            if not (exc.status == 422 and "progress" in patch):
+                raise
+            # The progress numbers come from the pod (untrusted): if the API server refuses
+            # them, the phase, conditions and the plan's actions must still go through.
+            logger.warning(
+                "status of %s/%s refused (%s); writing it without progress", *key, exc.message
+            )
+            patch = {k: v for k, v in patch.items() if k != "progress"}
+            if not patch:
+                return True
+            try:
+                updated = await self.client.patch(path, {"status": patch})
+            except ApiError as again:
+                if again.not_found:
+                    return False
+                self.metrics.status_write_failures.labels(code=str(again.status)).inc()
+                raise
         self.cache.wrote_job(key, updated)
         self._last_status_write[key] = time.monotonic()
         return True
@@ -324,6 +372,7 @@ class Controller:
                 )
             except ApiError as exc:
                 if exc.already_exists:
+                    await self._claim(obs, "Pod", client.path("pods", ns, action.name))
                     return
                 await self._post_event(
                     obs, Event("Warning", Reason.FAILED_CREATE, f"pod {action.name}: {exc.message}")
@@ -364,7 +413,18 @@ class Controller:
             except ApiError as exc:
                 if not exc.already_exists:
                     raise
+                name = str(action.body["metadata"]["name"])
+                await self._claim(obs, "Service", client.path("services", ns, name))
             self._services.add(obs.uid)
+        elif isinstance(action, EnsureNetworkPolicy):
+            path = client.path("networkpolicies", ns, group="networking.k8s.io")
+            try:
+                await client.create(path, action.body)
+            except ApiError as exc:
+                if not exc.already_exists:
+                    raise
+                name = str(action.body["metadata"]["name"])
+                await self._claim(obs, "NetworkPolicy", f"{path}/{name}")
         elif isinstance(action, DeleteJob):
             try:
                 await client.delete(
@@ -388,14 +448,57 @@ class Controller:
         except ApiError as exc:
             if not exc.already_exists:
                 raise
+            path = self.client.path("configmaps", ns, body["metadata"]["name"])
+            await self._claim(obs, "ConfigMap", path)
             await self.client.patch(
-                self.client.path("configmaps", ns, body["metadata"]["name"]),
+                path,
                 {
                     "metadata": {"annotations": body["metadata"].get("annotations")},
                     "data": body["data"],
                 },
             )
         self._configmaps[obs.uid] = digest
+
+    async def _claim(self, obs: Observed, kind: str, path: str) -> dict[str, Any]:
+        """An object of ``kind`` already exists at ``path``: return it if the job owns it
+        (a retried plan, a restarted operator), else record a :class:`ChildConflict` and
+        raise :class:`ChildConflictError` -- never adopt or overwrite someone else's object.
+
+        A leftover of an earlier FineTuneJob with the same name (deleted: the name is ours
+        now, so that owner is gone) is deleted, uid-guarded, to help the garbage collector;
+        the job waits for it, then creates its own.
+        """
+        body = await self.client.get(path)  # NotFound: gone meanwhile, the retry creates it
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name") or path.rsplit("/", 1)[-1])
+        owner = controller_owner(meta)
+        known = self._conflicts.get(obs.uid, {})
+        if owner is not None and owner.get("uid") == obs.uid:
+            known.pop((kind, name), None)
+            return body
+        earlier = (
+            owner is not None
+            and owner.get("kind") == naming.KIND
+            and str(owner.get("apiVersion", "")).split("/")[0] == naming.GROUP
+            and owner.get("name") == obs.name
+        )
+        described = (
+            f"{owner.get('kind')} {owner.get('name')} (uid {owner.get('uid')})"
+            if owner is not None
+            else None
+        )
+        if earlier:
+            described = f"an earlier {described}, since deleted"
+        conflict = ChildConflict(
+            kind, name, described, stale=earlier or bool(meta.get("deletionTimestamp"))
+        )
+        if earlier and meta.get("uid") and not meta.get("deletionTimestamp"):
+            with contextlib.suppress(ApiError):
+                await self.client.delete(path, uid=str(meta["uid"]))
+        self._conflicts.setdefault(obs.uid, {})[(kind, name)] = conflict
+        if not conflict.stale:
+            logger.warning("%s/%s: %s", obs.namespace, obs.name, conflict.describe(obs.namespace))
+        raise ChildConflictError(conflict)
 
     async def _post_event(self, obs: Observed, event: Event) -> None:
         """A core/v1 Event on the FineTuneJob (shown by ``kubectl describe ftj``)."""
@@ -433,7 +536,7 @@ class Controller:
     async def _poll_progress(self) -> None:
         """Pull the rank-0 progress document of every running job, every interval."""
         interval = self.settings.progress_interval_seconds
-        self._http = aiohttp.ClientSession()
+        self._http = new_session()
         while True:
             started = time.monotonic()
             try:
@@ -495,19 +598,65 @@ class Controller:
             if uid not in live:
                 del self._configmaps[uid]
         self._services &= live
+        for uid in list(self._conflicts):
+            if uid not in live:
+                del self._conflicts[uid]
 
     async def _fetch(self, key: JobKey, url: str, attempt: int) -> None:
+        """Read one job's progress document into ``self._progress``.
+
+        A good document refreshes the sample's time (it is the stall detector's evidence)
+        but only re-queues the job when the document changed; a failed read records the
+        error (the job reconciles to ProgressKnown=False) and counts in
+        ``kubetune_progress_scrape_failures_total``. The document of a failed read is never
+        replaced by "no progress".
+        """
         if self._http is None:
-            self._http = aiohttp.ClientSession()
-        try:
-            document = await fetch_document(self._http, url, self.settings.progress_timeout_seconds)
-        except Exception as exc:  # unreachable trainer: keep the last sample
-            logger.debug("progress of %s/%s from %s: %s", *key, url, exc)
-            return
+            self._http = new_session()
+        async with self._fetch_slots:  # the timeout starts once a slot is ours
+            try:
+                document = await fetch_document(
+                    self._http, url, self.settings.progress_timeout_seconds
+                )
+            except Exception as exc:
+                kind, text = describe_error(exc)
+                self.metrics.progress_scrape_failures.labels(reason=kind).inc()
+                logger.info("progress of %s/%s from %s: %s", *key, url, text)
+                self._sampled(key, attempt, error=f"{text} (GET {url})")
+                return
+        self._sampled(key, attempt, document=document)
+
+    def _sampled(
+        self,
+        key: JobKey,
+        attempt: int,
+        *,
+        document: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        now = datetime.now(UTC)
         previous = self._progress.get(key)
-        if previous is not None and previous.attempt == attempt and previous.document == document:
+        same_attempt = previous is not None and previous.attempt == attempt
+        if error is not None:
+            if same_attempt and previous is not None and previous.error == error:
+                return  # nothing new to report
+            kept = previous if same_attempt and previous is not None else None
+            self._progress[key] = ProgressSample(
+                document=kept.document if kept is not None else {},
+                fetched_at=kept.fetched_at if kept is not None else now,
+                attempt=attempt,
+                error=error,
+            )
+            self.queue.add(key)
             return
-        self._progress[key] = ProgressSample(
-            document=document, fetched_at=datetime.now(UTC), attempt=attempt
+        assert document is not None
+        sample = ProgressSample(document=document, fetched_at=now, attempt=attempt)
+        self._progress[key] = sample
+        unchanged = (
+            same_attempt
+            and previous is not None
+            and previous.error is None
+            and previous.document == document
         )
-        self.queue.add(key)
+        if not unchanged:
+            self.queue.add(key)

@@ -40,6 +40,19 @@ _POD_REASONS = {
 }
 
 
+# Container waiting reasons (kubelet) that mean "this pod will not start as things are":
+# a missing Secret/ConfigMap key, an image that cannot be pulled. Reported at once with the
+# kubelet's message (which names the object); startup_timeout_seconds bounds them.
+_STARTUP_REASONS = {
+    "CreateContainerConfigError": Reason.CREATE_CONTAINER_CONFIG_ERROR,
+    "CreateContainerError": Reason.CREATE_CONTAINER_ERROR,
+    "ImagePullBackOff": Reason.IMAGE_PULL_BACK_OFF,
+    "ErrImagePull": Reason.ERR_IMAGE_PULL,
+    "InvalidImageName": Reason.INVALID_IMAGE_NAME,
+    "ErrImageNeverPull": Reason.ERR_IMAGE_NEVER_PULL,
+}
+
+
 @dataclass(frozen=True)
 class Failure:
     """A classified pod failure."""
@@ -79,7 +92,12 @@ def classify_exit(pod: PodView) -> Failure | None:
     detail = ex.message or ex.reason or ""
     message = f"{_who(pod)} exited with code {ex.exit_code} ({reason})"
     if reason == Reason.OOM_KILLED:
-        message += ": out of memory; consider raising spec.resources.memory"
+        message += (
+            ": out of memory; resources cannot change while the job runs: to raise "
+            "spec.resources.memory, first set spec.runPolicy.suspend to true, then raise it "
+            "in a second update, then set suspend back to false (the job resumes from its "
+            "last checkpoint)"
+        )
     elif detail:
         message += f": {detail}"
     return Failure(
@@ -91,6 +109,18 @@ def classify_exit(pod: PodView) -> Failure | None:
         exit_code=ex.exit_code,
         at=ex.finished_at,
     )
+
+
+def startup_problem(pod: PodView) -> Failure | None:
+    """Why ``pod``'s container cannot start (a missing Secret, an image pull error), with the
+    kubelet's own reason and message; None while it starts normally or has started."""
+    if pod.terminated or pod.deleting or pod.waiting_reason not in _STARTUP_REASONS:
+        return None
+    reason = _STARTUP_REASONS[pod.waiting_reason]
+    text = f"{_who(pod)} cannot start: {pod.waiting_reason}"
+    if pod.waiting_message:
+        text += f": {pod.waiting_message}"
+    return Failure(True, reason, _clip(text), pod.name, pod.rank)
 
 
 def _disruption(pod: PodView) -> Failure | None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
-from kubetune_operator.observed import PodView
+from kubetune.api.cel import parse_quantity
+from kubetune_operator.observed import NodeView, PodView, Taint
+
+#: Taints that describe a passing node condition (not-ready, unreachable, pressure,
+#: cordoned): they say nothing about whether the node could ever hold the pod.
+_TRANSIENT_TAINT_PREFIX = "node.kubernetes.io/"
+_REPELLING_EFFECTS = ("NoSchedule", "NoExecute")
 
 
 def backoff_seconds(restart: int, base: float, cap: float) -> float:
@@ -89,3 +98,105 @@ class GangState:
                     text += f" ({pod.waiting_message})"
                 out.append(text)
         return out
+
+
+def _quantity(text: Any) -> Decimal:
+    try:
+        return parse_quantity(str(text)).value
+    except ValueError:
+        return Decimal(0)
+
+
+def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
+    """What a pod body asks of a node: its containers' requests summed (limits where a
+    request is missing, as the API server defaults them), the largest init container's."""
+    spec = pod.get("spec") or {}
+
+    def of(container: Mapping[str, Any]) -> dict[str, Decimal]:
+        res = container.get("resources") or {}
+        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        return {k: _quantity(v) for k, v in merged.items()}
+
+    total: dict[str, Decimal] = {}
+    for container in spec.get("containers") or []:
+        for key, value in of(container).items():
+            total[key] = total.get(key, Decimal(0)) + value
+    for container in spec.get("initContainers") or []:
+        for key, value in of(container).items():
+            total[key] = max(total.get(key, Decimal(0)), value)
+    return {k: v for k, v in total.items() if v > 0}
+
+
+def _tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Taint) -> bool:
+    for tol in tolerations:
+        effect = tol.get("effect") or ""
+        if effect and effect != taint.effect:
+            continue
+        key = tol.get("key") or ""
+        if (tol.get("operator") or "Equal") == "Exists":
+            if not key or key == taint.key:
+                return True
+        elif key == taint.key and (tol.get("value") or "") == taint.value:
+            return True
+    return False
+
+
+def _why_not(pod: Mapping[str, Any], requests: Mapping[str, Decimal], node: NodeView) -> str | None:
+    spec = pod.get("spec") or {}
+    labels = dict(node.labels)
+    selector = spec.get("nodeSelector") or {}
+    missing = sorted(k for k, v in selector.items() if labels.get(k) != v)
+    if missing:
+        return "did not match the nodeSelector (" + ", ".join(missing) + ")"
+    for taint in node.taints:
+        if taint.effect not in _REPELLING_EFFECTS or taint.key.startswith(_TRANSIENT_TAINT_PREFIX):
+            continue
+        if not _tolerates(spec.get("tolerations") or [], taint):
+            shown = taint.key + (f"={taint.value}" if taint.value else "")
+            return f"had a taint {shown}:{taint.effect} the pod does not tolerate"
+    if not node.allocatable:
+        return None  # not reported (yet): unknown is not "too small"
+    allocatable = {k: _quantity(v) for k, v in node.allocatable}
+    short = [r for r in sorted(requests) if allocatable.get(r, Decimal(0)) < requests[r]]
+    if short:
+        return "had too little allocatable " + ", ".join(short)
+    return None
+
+
+def never_fits(pod: Mapping[str, Any], nodes: Mapping[str, NodeView] | None) -> str | None:
+    """Why no node of the cluster could ever run ``pod`` -- even empty: its requests exceed
+    every node's allocatable resources, its nodeSelector matches no node, or every node has
+    a taint it does not tolerate -- or None when some node could (or nodes are unknown).
+
+    Current usage is not considered (that is waiting for room, not never fitting), nor are
+    cordons and node-condition taints, which pass.
+    """
+    if not nodes:
+        return None
+    requests = pod_requests(pod)
+    counts: Counter[str] = Counter()
+    for node in nodes.values():
+        why = _why_not(pod, requests, node)
+        if why is None:
+            return None
+        counts[why] += 1
+    asked = ", ".join(f"{k}={_format(v)}" for k, v in sorted(requests.items()))
+    largest = []
+    for resource in sorted(requests):
+        best = max(
+            (_quantity(dict(n.allocatable).get(resource, 0)) for n in nodes.values()),
+            default=Decimal(0),
+        )
+        if best < requests[resource]:
+            largest.append(f"{resource} {_format(best)}")
+    text = f"0/{len(nodes)} nodes could ever fit it: " + "; ".join(
+        f"{n} node(s) {why}" for why, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
+    text += f" (it requests {asked}"
+    if largest:
+        text += "; the most any node has: " + ", ".join(largest)
+    return text + ")"
+
+
+def _format(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value == value.to_integral() else str(value)

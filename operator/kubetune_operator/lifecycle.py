@@ -17,8 +17,9 @@ Phases: Pending -> Validating -> Queued -> Running -> Succeeded | Failed, plus S
   it holds nothing), reported as ``GangUnschedulable`` and re-created after
   ``unschedulable_retry_seconds`` -- it does not count against ``backoffLimit`` (a full
   cluster is not the job's fault); ``activeDeadlineSeconds`` bounds the wait.
-* Running: all pods run; progress is mirrored from rank 0; no progress for
-  ``stallTimeoutSeconds`` counts as a retryable failure.
+* Running: all pods run; progress is mirrored from rank 0; samples showing the step not
+  advancing for ``stallTimeoutSeconds`` count as a retryable failure. A progress document
+  that cannot be read is "progress unknown" (``ProgressKnown=False``), never a stall.
 * A retryable failure replaces the whole gang as attempt N+1 after ``10s * 2^(n-1)``
   (capped); the trainer resumes from the newest complete checkpoint in the output
   location. A permanent failure, ``backoffLimit`` or the deadline fail the job.
@@ -42,7 +43,7 @@ from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
 from kubetune.api.status import TERMINAL_PHASES, FineTuneJobStatus, Lineage, Progress
 from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune.contract.exit_codes import exit_reason
-from kubetune_operator import naming
+from kubetune_operator import naming, policy
 from kubetune_operator.failures import (
     Failure,
     classify_pod,
@@ -50,20 +51,29 @@ from kubetune_operator.failures import (
     node_loss,
     node_loss_deadline,
     root_cause,
+    startup_problem,
 )
-from kubetune_operator.gang import GangState, backoff_seconds
+from kubetune_operator.gang import GangState, backoff_seconds, never_fits
 from kubetune_operator.observed import Observed, PodView, parse_time
 from kubetune_operator.plan import (
     ApplyConfigMap,
     CreatePod,
     DeleteJob,
     DeletePod,
+    EnsureNetworkPolicy,
     EnsureService,
     MetricEvent,
     Plan,
     UngatePod,
 )
-from kubetune_operator.progress import clip_summary, map_progress, step_summary
+from kubetune_operator.progress import (
+    INVALID_PREFIX,
+    clip_summary,
+    error_reason,
+    map_progress,
+    parse_document,
+    step_summary,
+)
 from kubetune_operator.reasons import Reason
 from kubetune_operator.render import (
     render_config_map,
@@ -72,11 +82,14 @@ from kubetune_operator.render import (
     render_worker_pod,
 )
 from kubetune_operator.render.common import credentials_secret, image_of
+from kubetune_operator.render.configmap import trainer_document
+from kubetune_operator.render.networkpolicy import render_network_policy
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import (
     CONDITION_ADMITTED,
     CONDITION_CONFIG_WARNING,
     CONDITION_FAILED,
+    CONDITION_PROGRESS_KNOWN,
     CONDITION_RESTARTING,
     CONDITION_RUNNING,
     CONDITION_SUCCEEDED,
@@ -93,6 +106,10 @@ from kubetune_operator.status import (
 
 #: How long to wait for deleted pods to disappear before looking again anyway.
 WAIT_FOR_DELETION_SECONDS = 5.0
+
+#: True while an object under one of the job's child names (ConfigMap, Service, pod) is not
+#: the job's own and is expected to go (a deleted namesake's leftovers being collected).
+CONDITION_RESOURCE_CONFLICT = "ResourceConflict"
 
 
 # -- decision -------------------------------------------------------------------------------------
@@ -160,6 +177,8 @@ class _Decision:
         if self.st.phase in TERMINAL_PHASES:
             self._terminal()
             return self._finish()
+        if self._child_conflicts():
+            return self._finish()
         if self.foreign:
             self.summary = "waiting for pods of a deleted job with the same name to go"
             self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
@@ -183,15 +202,26 @@ class _Decision:
             return self._finish()
         self.job = self.report.job
         self.st.observed_generation = self.generation
+        forbidden = policy.violations(self.job.spec, self.cfg)
+        if forbidden:
+            # Before any pod exists: the operator never creates what its policy forbids.
+            problems = "; ".join(forbidden)
+            self._set(CONDITION_VALIDATED, "False", Reason.FORBIDDEN_BY_POLICY, problems)
+            self._fail(
+                Reason.FORBIDDEN_BY_POLICY, f"the operator's policy forbids this job: {problems}"
+            )
+            return self._finish()
         res = self.job.spec.resources
         self.st.gpus = res.nodes * res.gpus_per_node
         self._warnings()
-        if self._deadline_exceeded():
-            return self._finish()
+        # Suspension first (as batch/v1 Job): suspended time does not count against
+        # activeDeadlineSeconds, and resuming restarts its clock before it is checked.
         if self.job.spec.run_policy.suspend:
             self._suspend()
             return self._finish()
         self._resume_if_suspended()
+        if self._deadline_exceeded():
+            return self._finish()
         if not is_true(self.st, CONDITION_VALIDATED):
             if not self.cfg.validation_enabled:
                 set_condition(
@@ -259,6 +289,34 @@ class _Decision:
 
     def _seconds_until(self, when: datetime) -> float:
         return (when - self.now).total_seconds()
+
+    def _child_conflicts(self) -> bool:
+        """Objects under the job's child names that the job does not own: never adopted.
+        Leftovers of a deleted namesake are waited for (the plan goes on, the executor
+        retries); anything else fails the job naming it. True when the job failed."""
+        conflicts = self.obs.conflicts
+        hard = [c for c in conflicts if not c.stale]
+        ns = self.obs.namespace
+        if hard:
+            text = "; ".join(c.describe(ns) for c in hard)
+            self._fail(
+                Reason.RESOURCE_CONFLICT,
+                f"{text}: the job does not take over objects it does not own; delete "
+                "them or give the FineTuneJob another name",
+            )
+            return True
+        if conflicts:
+            text = "; ".join(c.describe(ns) for c in conflicts)
+            self._set(
+                CONDITION_RESOURCE_CONFLICT,
+                "True",
+                Reason.WAITING_FOR_GARBAGE_COLLECTION,
+                f"{text}: waiting for it to be deleted",
+            )
+            self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+        else:
+            remove_condition(self.st, CONDITION_RESOURCE_CONFLICT)
+        return False
 
     # -- terminal ---------------------------------------------------------------------------------
     def _terminal(self) -> None:
@@ -440,7 +498,20 @@ class _Decision:
         # Still pending or running.
         started = latest.created or self.now
         deadline = started + timedelta(seconds=self.cfg.validation_timeout_seconds + 30)
+        problem = startup_problem(latest)
+        if problem is not None:
+            # A missing Secret/ConfigMap key, an image that cannot be pulled: name it now,
+            # and give up after startup_timeout_seconds rather than the validation timeout.
+            deadline = min(deadline, started + timedelta(seconds=self.cfg.startup_timeout_seconds))
         if self.now >= deadline:
+            if problem is not None:
+                message = (
+                    f"validation could not start within "
+                    f"{(deadline - started).total_seconds():g}s: {problem.message}"
+                )
+                self._set(CONDITION_VALIDATED, "False", problem.reason, message)
+                self._fail(problem.reason, message)
+                return False
             message = (
                 f"validation pod {latest.name} did not finish within "
                 f"{self.cfg.validation_timeout_seconds}s"
@@ -449,7 +520,14 @@ class _Decision:
             self._fail(Reason.VALIDATION_TIMEOUT, message)
             return False
         scheduled = latest.scheduled
-        if not latest.bound and scheduled is not None and scheduled.message:
+        if problem is not None:
+            before = get_condition(self.old, CONDITION_VALIDATED)
+            message = f"validation {problem.message}"
+            self._set(CONDITION_VALIDATED, "Unknown", problem.reason, message)
+            if before is None or before.reason != problem.reason:
+                self.plan.event("Warning", problem.reason, message)
+            self.summary = f"validating: {problem.reason}"
+        elif not latest.bound and scheduled is not None and scheduled.message:
             # Say why (e.g. a PVC that does not exist) instead of just "validating".
             self._set(
                 CONDITION_VALIDATED,
@@ -474,7 +552,7 @@ class _Decision:
     # -- the gang ---------------------------------------------------------------------------------
     def _ensure_config(self, attempt: int) -> ResolvedJob | None:
         try:
-            resolved = resolve(self.spec_job, attempt=attempt)
+            resolved = trainer_document(resolve(self.spec_job, attempt=attempt))
         except (ResolutionError, ValidationError) as exc:
             self._fail(Reason.INVALID_CONFIG, f"the spec does not resolve: {exc}")
             return None
@@ -536,6 +614,8 @@ class _Decision:
         if resolved is None:
             return
         self.plan.actions.append(EnsureService(render_service(job, self.cfg)))
+        if self.cfg.network_policy:
+            self.plan.actions.append(EnsureNetworkPolicy(render_network_policy(job, self.cfg)))
         config_hash = resolved.config_hash()
         self._complete_gang(attempt, range(res.nodes), [], config_hash)
         gpus = res.nodes * res.gpus_per_node
@@ -681,12 +761,49 @@ class _Decision:
             f"all {size} pods placed on {', '.join(nodes)}",
         )
         if gang.running + gang.succeeded < size:
-            waiting = gang.waiting_reasons()
-            detail = "; ".join(waiting) if waiting else "containers starting"
-            self._set(CONDITION_RUNNING, "False", Reason.CONTAINERS_STARTING, detail)
-            self.summary = f"starting: {gang.running}/{size} running"
+            self._starting(attempt, gang)
             return
         self._running(attempt, gang)
+
+    def _starting(self, attempt: int, gang: GangState) -> None:
+        """The whole gang is placed (it holds its GPUs) but not all containers run yet.
+
+        A container that cannot start (image pull error, missing Secret/ConfigMap key) is
+        reported at once with the kubelet's reason and message; whatever the cause (volumes
+        that never mount included), a gang not running ``startup_timeout_seconds`` after it
+        was placed is released as a failed attempt, so it never holds GPUs indefinitely.
+        """
+        size = gang.size
+        problems = [f for p in gang.pods if (f := startup_problem(p)) is not None]
+        admitted = get_condition(self.st, CONDITION_ADMITTED)
+        placed = admitted.last_transition_time if admitted is not None else self.now
+        timeout = self.cfg.startup_timeout_seconds
+        deadline = placed + timedelta(seconds=timeout)
+        waiting = gang.waiting_reasons()
+        detail = "; ".join(waiting) if waiting else "containers starting"
+        if self.now >= deadline:
+            cause = problems[0] if problems else None
+            message = (
+                f"{size - gang.running - gang.succeeded} of {size} pods did not start within "
+                f"startup_timeout_seconds={timeout:g} of being placed: "
+                + (cause.message if cause else detail)
+            )
+            reason = cause.reason if cause else Reason.STARTUP_TIMEOUT
+            self._restart(attempt, Failure(True, reason, message))
+            return
+        until = deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if problems:
+            cause = problems[0]
+            before = get_condition(self.old, CONDITION_RUNNING)
+            message = f"{cause.message}; the gang is released at {until} unless it starts"
+            self._set(CONDITION_RUNNING, "False", cause.reason, message)
+            if before is None or before.reason != cause.reason:
+                self.plan.event("Warning", cause.reason, message)
+            self.summary = f"starting: {cause.reason}"
+        else:
+            self._set(CONDITION_RUNNING, "False", Reason.CONTAINERS_STARTING, detail)
+            self.summary = f"starting: {gang.running}/{size} running"
+        self.plan.requeue(self._seconds_until(deadline))
 
     def _placement(self, attempt: int, gang: GangState) -> None:
         job = self.spec_job
@@ -720,6 +837,15 @@ class _Decision:
         timeout = job.spec.run_policy.scheduling_timeout_seconds
         deadline = anchor + timedelta(seconds=timeout)
         placed = f"{gang.bound}/{size} pods placed"
+        # A pod no node could hold even when empty is not waiting for room: say so at once.
+        # (The gang is still released and retried as below: nodes may be added.)
+        unplaced = next((p for p in gang.pods if not p.bound), None)
+        never = None
+        if unplaced is not None and unplaced.rank is not None:
+            body = render_worker_pod(job, attempt, unplaced.rank, self.cfg)
+            never = never_fits(body, self.obs.nodes)
+        if never is not None:
+            scheduler = f"no node can ever run pod {unplaced.name if unplaced else ''}: {never}"
         if self.now >= deadline:
             message = (
                 f"the gang of {size} pods ({self.st.gpus} GPUs) could not be placed within "
@@ -740,6 +866,19 @@ class _Decision:
             self._delete(self.workers)
             self.summary = "unschedulable: gang released"
             self.plan.requeue(self.cfg.unschedulable_retry_seconds)
+            return
+        if never is not None:
+            message = (
+                f"{scheduler}; {placed}. Waiting in case nodes are added: the gang is released "
+                f"after schedulingTimeoutSeconds={timeout} and retried"
+            )
+            before = get_condition(self.old, CONDITION_ADMITTED)
+            self._set(CONDITION_ADMITTED, "Unknown", Reason.NO_NODE_FITS, message)
+            self._set(CONDITION_RUNNING, "False", Reason.NO_NODE_FITS, "no node fits the pods")
+            if before is None or before.reason != Reason.NO_NODE_FITS:
+                self.plan.event("Warning", Reason.NO_NODE_FITS, message)
+            self.summary = "unplaceable: no node fits"
+            self.plan.requeue(self._seconds_until(deadline))
             return
         message = placed + (f"; scheduler: {scheduler}" if scheduler else "")
         self._set(CONDITION_ADMITTED, "Unknown", Reason.GANG_PENDING, message)
@@ -767,17 +906,16 @@ class _Decision:
                 self.plan.metrics.append(
                     MetricEvent("time_to_running", value=(self.now - born).total_seconds())
                 )
-        sample = self.obs.progress
-        if sample is not None and sample.attempt == attempt and sample.error is None:
-            progress, checkpoint = map_progress(sample, self.st.progress, self.st.last_checkpoint)
-            self.st.progress = progress
-            self.st.last_checkpoint = checkpoint
+        evidence = self._follow_progress(attempt)
         progress = self.st.progress
         if progress is not None and (progress.total_steps or progress.step):
             self.summary = step_summary(progress.step, progress.total_steps)
         else:
             self.summary = "running"
-        # Stall detection: no step advance for stallTimeoutSeconds counts as a failure.
+        # Stall detection needs positive evidence: a sample of this attempt, fetched at least
+        # stallTimeoutSeconds after the step last advanced (or the gang started running),
+        # that still shows the same step. No sample (unreachable, refused) is "progress
+        # unknown" (ProgressKnown=False), never "no progress".
         running = get_condition(self.st, CONDITION_RUNNING)
         since = running.last_transition_time if running and not transitioned else self.now
         last = since
@@ -785,20 +923,60 @@ class _Decision:
             last = max(last, progress.last_update_time)
         stall = job.spec.run_policy.stall_timeout_seconds
         deadline = last + timedelta(seconds=stall)
-        if self.now >= deadline:
+        if evidence is not None and evidence >= deadline:
             step = progress.step if progress else 0
             self._restart(
                 attempt,
                 Failure(
-                    True, Reason.STALLED, f"no training progress for {stall}s (at step {step})"
+                    True,
+                    Reason.STALLED,
+                    f"no training progress for {stall}s: step {step} since "
+                    f"{last.strftime('%Y-%m-%dT%H:%M:%SZ')}, still at "
+                    f"{evidence.strftime('%Y-%m-%dT%H:%M:%SZ')}",
                 ),
             )
             return
-        self.plan.requeue(self._seconds_until(deadline))
+        if self.now >= deadline:
+            # Overdue but no sample proves it: look again once the next one may be in.
+            self.plan.requeue(self.cfg.progress_interval_seconds)
+        else:
+            self.plan.requeue(self._seconds_until(deadline))
+
+    def _follow_progress(self, attempt: int) -> datetime | None:
+        """Mirror rank 0's latest sample of ``attempt`` into the status and set ProgressKnown;
+        returns when that sample was fetched if it is usable evidence of the current step."""
+        sample = self.obs.progress
+        if sample is None or sample.attempt != attempt:
+            return None  # nothing read from this gang yet: nothing to say
+        error = sample.error
+        if error is None and parse_document(sample.document) is None:
+            error = INVALID_PREFIX + "not a valid progress document"
+        if error is not None:
+            self._set(
+                CONDITION_PROGRESS_KNOWN,
+                "False",
+                error_reason(error),
+                f"rank 0's progress document could not be read: {error}; the stall timeout "
+                "is not applied while progress is unknown",
+            )
+            return None
+        progress, checkpoint = map_progress(sample, self.st.progress, self.st.last_checkpoint)
+        self.st.progress = progress
+        self.st.last_checkpoint = checkpoint
+        self._set(
+            CONDITION_PROGRESS_KNOWN,
+            "True",
+            Reason.PROGRESS_REPORTED,
+            "rank 0 reports its progress",
+        )
+        fetched = sample.fetched_at
+        return fetched if fetched.tzinfo else fetched.replace(tzinfo=UTC)
 
     # -- output -----------------------------------------------------------------------------------
     def _finish(self) -> Plan:
         st = self.st
+        if st.phase != "Running":  # ProgressKnown describes a running gang only
+            remove_condition(st, CONDITION_PROGRESS_KNOWN)
         summary = self.summary
         if summary is None:
             failed = get_condition(st, CONDITION_FAILED)

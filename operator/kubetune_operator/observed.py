@@ -158,7 +158,7 @@ class PodView:
         return cls(
             name=str(meta.get("name")),
             uid=str(meta.get("uid", "")),
-            job=str(labels.get(naming.LABEL_JOB, "")),
+            job=naming.job_of(meta),
             role=str(labels.get(naming.LABEL_ROLE, naming.ROLE_WORKER)),
             owner_uid=owner_uid,
             attempt=_int_or_none(labels.get(naming.LABEL_ATTEMPT)),
@@ -182,13 +182,25 @@ class PodView:
 
 
 @dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str = ""
+    effect: str = ""
+
+
+@dataclass(frozen=True)
 class NodeView:
-    """A node's readiness, for deciding whether pods on it are lost."""
+    """A node's readiness, for deciding whether pods on it are lost, and what it could ever
+    hold (allocatable resources, labels, taints), for telling a gang that can never be placed
+    from one that waits for room."""
 
     name: str
     ready: bool
     since: datetime | None = None
     unschedulable: bool = False
+    allocatable: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    taints: tuple[Taint, ...] = ()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
@@ -199,12 +211,47 @@ class NodeView:
             if c.get("type") == "Ready":
                 ready = c.get("status") == "True"
                 since = parse_time(c.get("lastTransitionTime"))
+        spec = body.get("spec") or {}
+        allocatable = (body.get("status") or {}).get("allocatable") or {}
         return cls(
             name=str(meta.get("name")),
             ready=ready,
             since=since,
-            unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
+            unschedulable=bool(spec.get("unschedulable")),
+            allocatable=tuple(sorted((str(k), str(v)) for k, v in allocatable.items())),
+            labels=tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items())),
+            taints=tuple(
+                Taint(str(t.get("key", "")), str(t.get("value") or ""), str(t.get("effect") or ""))
+                for t in spec.get("taints") or []
+            ),
         )
+
+
+def controller_owner(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference marked ``controller: true`` of an object's metadata, or None."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+@dataclass(frozen=True)
+class ChildConflict:
+    """An object the job needs (its ConfigMap, Service or a pod) exists under the name the
+    job would give it but is not the job's own (its controller owner is someone else).
+
+    ``stale``: it will go on its own -- it belongs to an earlier FineTuneJob of the same
+    name (deleted, so garbage collection removes its children) or is being deleted.
+    """
+
+    kind: str
+    name: str
+    owner: str | None = None
+    stale: bool = False
+
+    def describe(self, namespace: str) -> str:
+        owner = f"owned by {self.owner}" if self.owner else "not owned by any controller"
+        return f"{self.kind} {namespace}/{self.name} already exists and is {owner}"
 
 
 @dataclass(frozen=True)
@@ -227,6 +274,9 @@ class Observed:
     progress: ProgressSample | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     ungated_since: datetime | None = None
+    #: Objects found under the job's child names that the job does not own (see
+    #: :class:`ChildConflict`), as the executor last met them.
+    conflicts: tuple[ChildConflict, ...] = ()
 
     @property
     def name(self) -> str:

@@ -34,6 +34,13 @@ class EnsureService:
 
 
 @dataclass(frozen=True)
+class EnsureNetworkPolicy:
+    """Create the job's NetworkPolicy (only the gang and the operator reach its pods)."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class UngatePod:
     name: str
 
@@ -58,7 +65,15 @@ class DeleteJob:
     uid: str
 
 
-Action = CreatePod | ApplyConfigMap | EnsureService | UngatePod | DeletePod | DeleteJob
+Action = (
+    CreatePod
+    | ApplyConfigMap
+    | EnsureService
+    | EnsureNetworkPolicy
+    | UngatePod
+    | DeletePod
+    | DeleteJob
+)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,14 @@ class Reason(StrEnum):
     POD_FAILED = "PodFailed"
     OOM_KILLED = "OOMKilled"
     STALLED = "Stalled"
+    # The ProgressKnown condition (rank 0's progress document).
+    PROGRESS_REPORTED = "ProgressReported"
+    PROGRESS_UNREACHABLE = "ProgressUnreachable"
+    PROGRESS_INVALID = "ProgressInvalid"
     # Verdicts.
     COMPLETED = "Completed"
     INVALID_SPEC = "InvalidSpec"
+    FORBIDDEN_BY_POLICY = "ForbiddenByPolicy"
     INVALID_CONFIG = "InvalidConfig"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
@@ -51,6 +56,20 @@ class Reason(StrEnum):
     NOT_RECOMMENDED = "NotRecommended"
     CONFIG_WARNING = "ConfigWarning"
     FAILED_CREATE = "FailedCreate"
+    # A placed pod that cannot start (the kubelet's container waiting reasons), and the
+    # deadline that releases its gang (operator setting startup_timeout_seconds).
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    ERR_IMAGE_PULL = "ErrImagePull"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
+    STARTUP_TIMEOUT = "StartupTimeout"
+    # No node of the cluster could ever hold a pod of the gang (resources, selector, taints).
+    NO_NODE_FITS = "NoNodeFits"
+    # A child's name is taken by an object the job does not own.
+    RESOURCE_CONFLICT = "ResourceConflict"
+    WAITING_FOR_GARBAGE_COLLECTION = "WaitingForGarbageCollection"
 
 
 #: Reasons that say "the machine went away", preferred as the root cause of a gang failure

@@ -67,6 +67,59 @@ class OperatorSettings(BaseModel):
         "uploads from).",
     )
 
+    ephemeral_storage: str = Field(
+        default="50Gi",
+        description="ephemeral-storage request and limit of every training container: its "
+        "writable /tmp and $HOME emptyDirs (the s3:// download cache) and the s3:// output "
+        "staging directory count against it; empty for none.",
+    )
+    network_policy: bool = Field(
+        default=True,
+        description="Create a NetworkPolicy per job admitting ingress to its pods only from "
+        "the gang itself and from the operator (needs networkpolicies create).",
+    )
+    operator_namespace: str = Field(
+        default_factory=_default_lease_namespace,
+        description="Namespace of the operator's pods (the NetworkPolicy admits them to the "
+        "progress/metrics port).",
+    )
+    operator_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "kubetune-operator"},
+        description="Labels of the operator's pods (the NetworkPolicy admits them).",
+    )
+    metrics_scrape_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces (e.g. where Prometheus runs) whose pods may also reach the "
+        "trainers' metrics port through the per-job NetworkPolicy.",
+    )
+
+    # -- what a FineTuneJob may ask for (tenant policy) ---------------------------------------
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns of images a job may run (spec.image); empty means only the "
+        "repository of trainer_image (any tag or digest); '*' allows any image.",
+    )
+    allowed_service_accounts: list[str] = Field(
+        default_factory=lambda: ["default"],
+        description="Glob patterns of ServiceAccounts a job's pods may run as; '*' any.",
+    )
+    allowed_priority_classes: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Glob patterns of priority classes a job may use. Names starting with "
+        "'system-' are refused unless listed literally (a glob never admits them).",
+    )
+    allowed_toleration_keys: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Glob patterns of taint keys a job may tolerate. Names in the "
+        "kubernetes.io and k8s.io domains (node lifecycle, control plane) are refused unless "
+        "listed literally; a toleration without a key (tolerates every taint) needs "
+        "allow_tolerate_all_taints.",
+    )
+    allow_tolerate_all_taints: bool = Field(
+        default=False,
+        description="Allow a toleration with an empty key (operator Exists: every taint).",
+    )
+
     # -- validation ---------------------------------------------------------------------------
     validation_enabled: bool = Field(
         default=True, description="Run the CPU-only validate-only pod before asking for GPUs."
@@ -74,6 +127,9 @@ class OperatorSettings(BaseModel):
     validation_timeout_seconds: int = Field(default=600, ge=5)
     validation_cpu: str = Field(default="500m")
     validation_memory: str = Field(default="1Gi")
+    validation_ephemeral_storage: str = Field(
+        default="4Gi", description="ephemeral-storage request and limit of validation pods."
+    )
     validation_reruns: int = Field(
         default=2, ge=0, description="Re-runs after infrastructure failures of validation."
     )
@@ -93,6 +149,14 @@ class OperatorSettings(BaseModel):
         default=60.0,
         ge=0,
         description="How long a node may be NotReady before its pods count as lost.",
+    )
+    startup_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long placed pods may fail to start (image pull errors, a missing "
+        "Secret/ConfigMap, volumes not mounting) before the gang is released as a failed "
+        "attempt (its GPUs freed; counted against backoffLimit). Also bounds a validation "
+        "pod that cannot start.",
     )
 
     status_coalesce_seconds: float = Field(
@@ -161,3 +225,18 @@ class OperatorSettings(BaseModel):
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def image_patterns(self) -> list[str]:
+        """``allowed_images``, or by default the trainer image's repository (any tag/digest)."""
+        if self.allowed_images:
+            return list(self.allowed_images)
+        repository = image_repository(self.trainer_image)
+        return [self.trainer_image, f"{repository}:*", f"{repository}@*"]
+
+
+def image_repository(image: str) -> str:
+    """``registry/path/name`` of an image reference (tag and digest removed)."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name

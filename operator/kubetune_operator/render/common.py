@@ -20,6 +20,13 @@ CONFIG_DIR = str(paths.DEFAULT_CONFIG_PATH.parent)
 CONFIG_VOLUME = "config"
 SHM_VOLUME = "dshm"
 SCRATCH_VOLUME = "scratch-output"
+# The root filesystem is read-only: what the trainer (torchrun, tempfile, caches under
+# $HOME such as the s3:// download cache, Triton and DeepSpeed builds) writes goes to
+# emptyDirs, which count against the container's ephemeral-storage limit.
+TMP_VOLUME = "tmp"
+TMP_DIR = "/tmp"
+HOME_VOLUME = "home"
+HOME_DIR = "/home/kubetune"
 
 
 def job_body(job: FineTuneJob) -> dict[str, Any]:
@@ -40,13 +47,16 @@ def object_meta(
     annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metadata of an owned object: name, namespace, labels, annotations."""
+    job_name = str(job.metadata.name)
     meta: dict[str, Any] = {
         "name": name,
         "namespace": job.metadata.namespace or "default",
-        "labels": {**naming.common_labels(str(job.metadata.name), component), **(labels or {})},
+        "labels": {**naming.common_labels(job_name, component), **(labels or {})},
     }
-    if annotations:
-        meta["annotations"] = dict(annotations)
+    # A job name too long for a label value travels as an annotation.
+    all_annotations = {**naming.job_annotations(job_name), **(annotations or {})}
+    if all_annotations:
+        meta["annotations"] = all_annotations
     return meta
 
 
@@ -69,14 +79,43 @@ def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
 
 
 def container_security_context() -> dict[str, Any]:
-    """Container-level settings that satisfy the ``restricted`` Pod Security Standard."""
+    """Container-level settings that satisfy the ``restricted`` Pod Security Standard, plus a
+    read-only root filesystem (writable places: :func:`scratch_volumes`)."""
     return {
         "allowPrivilegeEscalation": False,
         "privileged": False,
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def scratch_volumes() -> list[dict[str, Any]]:
+    """The writable emptyDirs every kubetune container gets (``/tmp`` and ``$HOME``)."""
+    return [{"name": TMP_VOLUME, "emptyDir": {}}, {"name": HOME_VOLUME, "emptyDir": {}}]
+
+
+def scratch_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": TMP_VOLUME, "mountPath": TMP_DIR, "readOnly": False},
+        {"name": HOME_VOLUME, "mountPath": HOME_DIR, "readOnly": False},
+    ]
+
+
+def scratch_env() -> list[dict[str, Any]]:
+    """``HOME``/``TMPDIR`` on the writable emptyDirs (a user's ``spec.env`` may override)."""
+    return [{"name": "HOME", "value": HOME_DIR}, {"name": "TMPDIR", "value": TMP_DIR}]
+
+
+def with_ephemeral_storage(amounts: Mapping[str, str], size: str) -> dict[str, str]:
+    """``amounts`` plus ``ephemeral-storage`` (when ``size`` is set): the container's writable
+    layer, logs and emptyDirs are bounded, so a runaway job is evicted instead of filling
+    the node's disk."""
+    out = dict(amounts)
+    if size:
+        out["ephemeral-storage"] = size
+    return out
 
 
 @dataclass

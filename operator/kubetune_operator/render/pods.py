@@ -50,12 +50,15 @@ def torchrun_command(
     return launch_command(res.gpus_per_node, rendezvous)
 
 
-def resources(job: FineTuneJob) -> dict[str, Any]:
-    """Requests == limits (Guaranteed QoS; extended resources must match anyway)."""
+def resources(job: FineTuneJob, settings: OperatorSettings | None = None) -> dict[str, Any]:
+    """Requests == limits (Guaranteed QoS; extended resources must match anyway), plus the
+    operator's ``ephemeral_storage`` bound."""
     res = job.spec.resources
     amounts: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus_per_node:
         amounts[res.gpu_resource_name] = str(res.gpus_per_node)
+    if settings is not None:
+        amounts = common.with_ephemeral_storage(amounts, settings.ephemeral_storage)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
@@ -113,6 +116,7 @@ def render_worker_pod(
             "name": naming.TRAINER_CONTAINER,
             "command": torchrun_command(job, attempt, rank, settings),
             "env": [
+                *common.scratch_env(),
                 *common.user_env(spec),
                 *common.credential_env(spec),
                 *contract_env(job, attempt, store.output_dir, settings),
@@ -121,10 +125,11 @@ def render_worker_pod(
                 {"name": "metrics", "containerPort": settings.progress_port, "protocol": "TCP"},
                 {"name": "rdzv", "containerPort": settings.rendezvous_port, "protocol": "TCP"},
             ],
-            "resources": resources(job),
+            "resources": resources(job, settings),
             "volumeMounts": [
                 common.config_mount(),
                 {"name": common.SHM_VOLUME, "mountPath": "/dev/shm"},
+                *common.scratch_mounts(),
                 *store.mounts,
             ],
         },
@@ -144,6 +149,7 @@ def render_worker_pod(
                     "name": common.SHM_VOLUME,
                     "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory},
                 },
+                *common.scratch_volumes(),
                 *store.volumes,
             ],
             # One pod per node when possible: spreading avoids two ranks fighting for a
@@ -155,12 +161,7 @@ def render_worker_pod(
                             "weight": 100,
                             "podAffinityTerm": {
                                 "topologyKey": "kubernetes.io/hostname",
-                                "labelSelector": {
-                                    "matchLabels": {
-                                        naming.LABEL_JOB: name,
-                                        naming.LABEL_ROLE: naming.ROLE_WORKER,
-                                    }
-                                },
+                                "labelSelector": {"matchLabels": naming.job_selector(name)},
                             },
                         }
                     ]

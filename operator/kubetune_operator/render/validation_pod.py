@@ -35,7 +35,10 @@ def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings
     # The trainer resolves its output directory even in validate-only mode (and refuses an
     # s3:// output without one); a directory that does not exist here is fine for it.
     output_dir = common.storage(spec, settings, with_output=True).output_dir
-    amounts = {"cpu": settings.validation_cpu, "memory": settings.validation_memory}
+    amounts = common.with_ephemeral_storage(
+        {"cpu": settings.validation_cpu, "memory": settings.validation_memory},
+        settings.validation_ephemeral_storage,
+    )
     container = common.trainer_container(
         spec,
         settings,
@@ -43,6 +46,7 @@ def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings
             "name": naming.VALIDATION_CONTAINER,
             "command": list(VALIDATE_COMMAND),
             "env": [
+                *common.scratch_env(),
                 *common.user_env(spec),
                 *common.credential_env(spec),
                 {"name": CONFIG_ENV, "value": str(paths.DEFAULT_CONFIG_PATH)},
@@ -53,7 +57,7 @@ def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings
                 {"name": UNBUFFERED_ENV, "value": "1"},
             ],
             "resources": {"requests": dict(amounts), "limits": dict(amounts)},
-            "volumeMounts": [common.config_mount(), *store.mounts],
+            "volumeMounts": [common.config_mount(), *common.scratch_mounts(), *store.mounts],
         },
     )
     pod_spec = common.pod_base_spec(spec, settings)
@@ -62,7 +66,7 @@ def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings
             "activeDeadlineSeconds": settings.validation_timeout_seconds,
             "terminationGracePeriodSeconds": 10,
             "containers": [container],
-            "volumes": [common.config_volume(name), *store.volumes],
+            "volumes": [common.config_volume(name), *common.scratch_volumes(), *store.volumes],
         }
     )
     if settings.validation_node_selector:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
 
 from kubetune_operator import naming
 from kubetune_operator.lifecycle import decide
-from kubetune_operator.observed import NodeView, ProgressSample
+from kubetune_operator.observed import NodeView, ProgressSample, format_time
 from kubetune_operator.plan import CreatePod, DeleteJob, DeletePod, UngatePod
 
 
@@ -85,6 +86,42 @@ def test_validation_disabled(make_cluster: Any, settings_factory: Any) -> None:
     c.step()
     assert c.condition("Validated")["reason"] == "ValidationDisabled"
     assert len(c.workers()) == 2
+
+
+def container_waiting(c: Any, name: str, reason: str, message: str = "") -> None:
+    """The kubelet cannot start the pod's container (placed, Pending, waiting)."""
+    pod = c.pods[name]
+    pod["spec"]["nodeName"] = pod["spec"].get("nodeName") or "gpu-0"
+    pod["status"]["phase"] = "Pending"
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+    container = pod["spec"]["containers"][0]["name"]
+    waiting = {"reason": reason, **({"message": message} if message else {})}
+    pod["status"]["containerStatuses"] = [{"name": container, "state": {"waiting": waiting}}]
+
+
+def test_missing_secret_of_validation_pod_is_named_at_once(make_cluster: Any) -> None:
+    c = make_cluster()
+    c.step()
+    name = c.validation_pods()[0]["metadata"]["name"]
+    container_waiting(c, name, "CreateContainerConfigError", 'secret "hf-token" not found')
+    c.advance(2)
+    c.step()
+    cond = c.condition("Validated")
+    assert cond["status"] == "Unknown"
+    assert cond["reason"] == "CreateContainerConfigError"
+    assert 'secret "hf-token" not found' in cond["message"]
+    assert c.status["progress"]["summary"] == "validating: CreateContainerConfigError"
+    warnings = [m for t, r, m in c.events if (t, r) == ("Warning", "CreateContainerConfigError")]
+    assert len(warnings) == 1 and "hf-token" in warnings[0]
+    c.advance(5)
+    c.step()
+    assert len([r for r in reasons(c) if r == "CreateContainerConfigError"]) == 1, "once"
+    # Bounded by startup_timeout_seconds (not the longer validation timeout), naming it.
+    c.advance(c.settings.startup_timeout_seconds)
+    c.step()
+    failed = c.condition("Failed")
+    assert failed["reason"] == "CreateContainerConfigError"
+    assert "hf-token" in failed["message"]
 
 
 # -- gang creation -----------------------------------------------------------------------------
@@ -245,6 +282,10 @@ def test_backoff_grows_and_limit_fails(make_cluster: Any) -> None:
     c.finish("tune-a1-0", 137, reason="OOMKilled")
     c.step()
     assert c.condition("Restarting")["reason"] == "OOMKilled"
+    hint = c.condition("Restarting")["message"]
+    assert "spec.resources.memory" in hint and "spec.runPolicy.suspend to true" in hint, (
+        "actionable: resources change only while suspended"
+    )
     c.advance(10)
     c.step()
     c.step()
@@ -396,6 +437,91 @@ def test_unplaceable_gang_is_released_and_retried(make_cluster: Any) -> None:
     assert c.step().pods_to_create() == [f"tune-a1-{i}" for i in range(5)]
 
 
+def gpu_node(name: str, gpus: int = 8, **extra: Any) -> NodeView:
+    alloc = (
+        ("cpu", "64"),
+        ("ephemeral-storage", "2Ti"),
+        ("memory", "512Gi"),
+        ("nvidia.com/gpu", str(gpus)),
+        ("pods", "110"),
+    )
+    return NodeView(name, True, None, allocatable=alloc, **extra)
+
+
+def test_a_gang_no_node_can_ever_hold_says_so_at_once(make_cluster: Any) -> None:
+    c = make_cluster(resources={"nodes": 1, "gpusPerNode": 16}, hyperparameters={})
+    c.nodes = {f"gpu-{i}": gpu_node(f"gpu-{i}") for i in range(3)}
+    c.step()
+    c.pass_validation()
+    c.step()
+    c.unschedulable("tune-a1-0", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu")
+    plan = c.step()
+    admitted = c.condition("Admitted")
+    assert admitted["reason"] == "NoNodeFits"
+    assert "0/3 nodes could ever fit it" in admitted["message"]
+    assert "nvidia.com/gpu=16" in admitted["message"]
+    assert "the most any node has: nvidia.com/gpu 8" in admitted["message"]
+    assert c.status["progress"]["summary"] == "unplaceable: no node fits"
+    warnings = [m for t, r, m in c.events if (t, r) == ("Warning", "NoNodeFits")]
+    assert len(warnings) == 1 and "tune-a1-0" in warnings[0]
+    assert plan.requeue_after is not None, "still released and retried (nodes may be added)"
+    c.advance(5)
+    c.step()
+    assert [r for r in reasons(c) if r == "NoNodeFits"] == ["NoNodeFits"], "one Event"
+
+
+def test_waiting_for_room_is_not_never_fitting(make_cluster: Any) -> None:
+    c = make_cluster(resources={"nodes": 1}, hyperparameters={})
+    c.nodes = {"gpu-0": gpu_node("gpu-0")}
+    c.step()
+    c.pass_validation()
+    c.step()
+    c.unschedulable("tune-a1-0", "0/1 nodes are available: 1 Insufficient nvidia.com/gpu")
+    c.step()
+    assert c.condition("Admitted")["reason"] == "GangPending"
+    assert "NoNodeFits" not in reasons(c)
+
+
+def test_selector_and_taints_that_exclude_every_node(make_cluster: Any) -> None:
+    from kubetune_operator.observed import Taint
+
+    c = make_cluster(
+        resources={
+            "nodes": 1,
+            "nodeSelector": {"gpu.example.com/model": "h100"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training"}],
+        },
+        hyperparameters={},
+    )
+    c.nodes = {
+        "a100": gpu_node("a100", labels=(("gpu.example.com/model", "a100"),)),
+        "h100": gpu_node(
+            "h100",
+            labels=(("gpu.example.com/model", "h100"),),
+            taints=(
+                Taint("dedicated", "inference", "NoSchedule"),
+                Taint("node.kubernetes.io/not-ready", "", "NoSchedule"),  # passes
+            ),
+        ),
+    }
+    c.step()
+    c.pass_validation()
+    c.step()
+    c.step()
+    message = c.condition("Admitted")["message"]
+    assert c.condition("Admitted")["reason"] == "NoNodeFits"
+    assert "did not match the nodeSelector (gpu.example.com/model)" in message
+    assert "taint dedicated=inference:NoSchedule" in message
+    # Tolerated: the taint no longer excludes the node.
+    c.nodes["h100"] = gpu_node(
+        "h100",
+        labels=(("gpu.example.com/model", "h100"),),
+        taints=(Taint("dedicated", "training", "NoSchedule"),),
+    )
+    c.step()
+    assert c.condition("Admitted")["reason"] == "GangPending"
+
+
 def test_kueue_pod_group_waits_for_admission_without_timeout(make_cluster: Any) -> None:
     c = make_cluster(runPolicy={"queueName": "gpu-queue"})
     c.step()
@@ -414,6 +540,57 @@ def test_kueue_pod_group_waits_for_admission_without_timeout(make_cluster: Any) 
     assert not plan.pods_to_delete()
     assert c.condition("Admitted")["reason"] == "WaitingForQueue"
     assert c.status["progress"]["summary"] == "queued in gpu-queue"
+
+
+def test_gang_that_cannot_start_says_why_and_releases_its_gpus(make_cluster: Any) -> None:
+    c = make_cluster()
+    c.step()
+    c.pass_validation()
+    c.step()
+    c.place("tune-a1-0", "gpu-0")
+    c.place("tune-a1-1", "gpu-1", run=False)
+    container_waiting(
+        c, "tune-a1-1", "ImagePullBackOff", 'Back-off pulling image "registry/trainer:typo"'
+    )
+    plan = c.step()
+    running = c.condition("Running")
+    assert running["status"] == "False" and running["reason"] == "ImagePullBackOff"
+    assert "tune-a1-1" in running["message"] and "trainer:typo" in running["message"]
+    assert c.status["progress"]["summary"] == "starting: ImagePullBackOff"
+    assert ("Warning", "ImagePullBackOff") in [(t, r) for t, r, _ in c.events]
+    assert plan.requeue_after is not None
+    assert plan.requeue_after <= c.settings.startup_timeout_seconds
+    c.advance(c.settings.startup_timeout_seconds - 5)
+    c.step()
+    assert len(c.workers(1)) == 2, "still within startup_timeout_seconds"
+    c.advance(6)
+    plan = c.step()
+    assert sorted(plan.pods_to_delete()) == ["tune-a1-0", "tune-a1-1"], "GPUs released"
+    restarting = c.condition("Restarting")
+    assert restarting["status"] == "True" and restarting["reason"] == "ImagePullBackOff"
+    assert "trainer:typo" in restarting["message"]
+    assert c.status["attempts"] == 2, "a failed attempt: backoffLimit bounds the retries"
+
+
+def test_gang_stuck_creating_containers_is_released_after_the_startup_timeout(
+    make_cluster: Any,
+) -> None:
+    # Volumes that never mount (FailedMount is only an Event): ContainerCreating forever.
+    c = make_cluster()
+    c.step()
+    c.pass_validation()
+    c.step()
+    for i in range(2):
+        c.place(f"tune-a1-{i}", f"gpu-{i}", run=False)
+        container_waiting(c, f"tune-a1-{i}", "ContainerCreating")
+    c.step()
+    assert c.condition("Running")["reason"] == "ContainersStarting"
+    c.advance(c.settings.startup_timeout_seconds + 1)
+    plan = c.step()
+    assert len(plan.pods_to_delete()) == 2
+    restarting = c.condition("Restarting")
+    assert restarting["reason"] == "StartupTimeout"
+    assert "startup_timeout_seconds" in restarting["message"]
 
 
 # -- suspend / resume --------------------------------------------------------------------------
@@ -469,9 +646,11 @@ def test_progress_is_mirrored_and_stall_restarts(make_cluster: Any) -> None:
     assert progress["loss"] == 0.8 and progress["etaSeconds"] == 600
     assert progress["lastUpdateTime"]
     c.advance(100)
+    c.progress = dataclasses.replace(c.progress, fetched_at=c.now)  # same step, re-read
     c.step()
     assert c.status["phase"] == "Running"
     c.advance(30)
+    c.progress = dataclasses.replace(c.progress, fetched_at=c.now)  # still the same step
     c.step()
     assert c.condition("Restarting")["reason"] == "Stalled"
 
@@ -492,6 +671,33 @@ def test_active_deadline(make_cluster: Any) -> None:
     c.step()
     assert c.condition("Failed")["reason"] == "DeadlineExceeded"
     assert not [p for p in c.workers() if p["status"]["phase"] == "Running"]
+
+
+def test_suspended_time_does_not_count_against_the_deadline(make_cluster: Any) -> None:
+    # batch/v1 Job semantics: no deadline while suspended; the clock restarts on resume.
+    c = make_cluster(runPolicy={"activeDeadlineSeconds": 100})
+    c.start_running()
+    c.advance(50)
+    c.job["spec"]["runPolicy"]["suspend"] = True
+    c.step()
+    assert c.status["phase"] == "Suspended"
+    c.advance(500)  # suspended far past the original deadline
+    c.step()
+    assert c.status["phase"] == "Suspended"
+    assert c.condition("Failed") is None
+    c.job["spec"]["runPolicy"]["suspend"] = False
+    resumed_at = c.now
+    plan = c.step()
+    assert c.condition("Failed") is None, "resuming must not trip the old deadline"
+    assert plan.pods_to_create() == ["tune-a1-0", "tune-a1-1"]
+    assert c.status["startTime"] == format_time(resumed_at), "the clock restarts on resume"
+    c.place_all()
+    c.advance(99)
+    c.step()
+    assert c.status["phase"] == "Running"
+    c.advance(2)
+    c.step()
+    assert c.condition("Failed")["reason"] == "DeadlineExceeded"
 
 
 def test_ttl_after_finished_deletes_job(make_cluster: Any) -> None:

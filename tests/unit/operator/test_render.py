@@ -18,6 +18,7 @@ from kubetune_operator.render import (
     render_worker_pod,
     torchrun_command,
 )
+from kubetune_operator.render.configmap import trainer_document
 from kubetune_operator.settings import OperatorSettings
 
 # Volume types the restricted Pod Security Standard allows.
@@ -183,6 +184,7 @@ def test_worker_resources_and_placement(job: FineTuneJob, settings: OperatorSett
             "cpu": "16",
             "memory": "128Gi",
             "nvidia.com/gpu": "8",
+            "ephemeral-storage": settings.ephemeral_storage,  # issue 9: bounded disk
         }
     )
     spec = pod["spec"]
@@ -310,7 +312,7 @@ def test_validation_pod(job: FineTuneJob, settings: OperatorSettings) -> None:
     c = container(pod)
     assert pod["metadata"]["name"] == "tune-validate-2"
     assert c["command"] == ["python", "-m", "kubetune_trainer", "--validate-only"]
-    assert c["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    assert c["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "4Gi"}
     assert env(pod)["KUBETUNE_VALIDATE_ONLY"]["value"] == "1"
     assert env(pod)["KUBETUNE_OUTPUT_DIR"]["value"] == "/mnt/pvc/ckpt/tune", "same as training"
     assert "schedulingGates" not in pod["spec"]
@@ -327,8 +329,10 @@ def test_config_map_holds_the_resolved_job(job: FineTuneJob) -> None:
     cm = render_config_map(job, resolved)
     doc = ResolvedJob.model_validate_json(cm["data"]["job.json"])
     assert doc.attempt == 2 and doc.derived.world_size == 16
-    assert doc.config_hash() == resolved.config_hash()
-    assert cm["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH] == resolved.config_hash()
+    # issue 9: the document holds no spec.env, so its hash is that of trainer_document()
+    assert doc == trainer_document(resolved)
+    assert doc.config_hash() == trainer_document(resolved).config_hash()
+    assert cm["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH] == doc.config_hash()
     assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-tune"
     assert json.loads(cm["data"]["job.json"])["kind"] == "ResolvedFineTuneJob"
 
@@ -364,4 +368,138 @@ def test_validation_pod_of_an_s3_job_names_an_output_dir(
     pod = render_validation_pod(job, 1, settings)
     # the trainer refuses s3:// outputs without KUBETUNE_OUTPUT_DIR, even in validate-only mode
     assert env(pod)["KUBETUNE_OUTPUT_DIR"]["value"] == settings.scratch_output_dir
-    assert not [v for v in pod["spec"]["volumes"] if "emptyDir" in v]
+    # no output staging volume (issue 9: only the /tmp and $HOME scratch emptyDirs)
+    mounted = {m["mountPath"] for m in container(pod)["volumeMounts"]}
+    assert settings.scratch_output_dir not in mounted and mounted >= {"/tmp", "/home/kubetune"}
+
+
+# -- issue 9: what the job's objects may and may not carry -----------------------------------------
+def test_config_map_never_holds_user_env(job: FineTuneJob, settings: OperatorSettings) -> None:
+    """Env values reach the pods through the container env only, never through the ConfigMap
+    (readable with the ``view`` role); the hash the trainer computes is the operator's."""
+    secret_job = job.model_copy(deep=True)
+    secret_job.spec.env[0].value = "s3cr3t-value-9f2"
+    resolved = resolve(secret_job, attempt=1)
+    cm = render_config_map(secret_job, resolved)
+    text = cm["data"]["job.json"]
+    assert "s3cr3t-value-9f2" not in text and "WANDB_MODE" not in text
+    assert json.loads(text)["spec"].get("env", []) == []
+    doc = ResolvedJob.model_validate_json(text)
+    assert cm["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH] == doc.config_hash()
+    pod = render_worker_pod(secret_job, 1, 0, settings)
+    assert env(pod)["WANDB_MODE"]["value"] == "s3cr3t-value-9f2", "the pod still gets it"
+
+
+def test_lifecycle_hands_the_trainer_no_env(make_cluster: Any) -> None:
+    c = make_cluster(env=[{"name": "DEBUG_LEVEL", "value": "very-private-9f2"}])
+    c.start_running()
+    (cm,) = c.config_maps.values()
+    assert "very-private-9f2" not in json.dumps(cm)
+    doc = ResolvedJob.model_validate_json(cm["data"]["job.json"])
+    hashes = {p["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH] for p in c.workers()}
+    assert hashes == {doc.config_hash()} == {c.status["lineage"]["resolvedConfigHash"]}
+    assert all(
+        {"name": "DEBUG_LEVEL", "value": "very-private-9f2"} in p["spec"]["containers"][0]["env"]
+        for p in c.workers()
+    )
+
+
+@pytest.mark.parametrize("kind", ["worker", "validation"])
+def test_read_only_root_with_writable_scratch(
+    kind: str, job: FineTuneJob, settings: OperatorSettings
+) -> None:
+    pod = (
+        render_worker_pod(job, 1, 0, settings)
+        if kind == "worker"
+        else render_validation_pod(job, 1, settings)
+    )
+    c = container(pod)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for path in ("/tmp", "/home/kubetune"):
+        assert "emptyDir" in volumes[mounts[path]["name"]] and not mounts[path].get("readOnly")
+    assert env(pod)["HOME"]["value"] == "/home/kubetune"
+    assert env(pod)["TMPDIR"]["value"] == "/tmp"
+    limits, requests = c["resources"]["limits"], c["resources"]["requests"]
+    assert limits["ephemeral-storage"] == requests["ephemeral-storage"]
+    assert restricted_violations(pod) == []
+
+
+def test_ephemeral_storage_can_be_turned_off(job: FineTuneJob, settings_factory: Any) -> None:
+    settings = settings_factory(ephemeral_storage="", validation_ephemeral_storage="")
+    assert (
+        "ephemeral-storage"
+        not in container(render_worker_pod(job, 1, 0, settings))["resources"]["limits"]
+    )
+    assert (
+        "ephemeral-storage"
+        not in container(render_validation_pod(job, 1, settings))["resources"]["limits"]
+    )
+
+
+def test_network_policy_admits_only_the_gang_and_the_operator(
+    job: FineTuneJob, settings_factory: Any
+) -> None:
+    from kubetune_operator.render.networkpolicy import render_network_policy
+
+    settings = settings_factory(operator_namespace="kubetune-system")
+    policy = render_network_policy(job, settings)
+    assert policy["kind"] == "NetworkPolicy" and policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["metadata"]["namespace"] == "team"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-tune"
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"], "egress (object stores, DNS) stays open"
+    # it selects every pod of the job (what the rendered pods carry)
+    worker = render_worker_pod(job, 1, 0, settings)["metadata"]["labels"]
+    validator = render_validation_pod(job, 1, settings)["metadata"]["labels"]
+    for labels in (worker, validator):
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    gang_rule, operator_rule = spec["ingress"]
+    # the gang: any port (rendezvous, NCCL's ephemeral ports), from the job's workers only
+    assert "ports" not in gang_rule
+    (gang_peer,) = gang_rule["from"]
+    assert gang_peer["podSelector"]["matchLabels"].items() <= worker.items()
+    assert "namespaceSelector" not in gang_peer, "same namespace only"
+    assert gang_peer["podSelector"]["matchLabels"][naming.LABEL_ROLE] == naming.ROLE_WORKER
+    # the operator: the progress/metrics port only, its namespace and pod labels
+    assert operator_rule["ports"] == [{"protocol": "TCP", "port": settings.progress_port}]
+    (op_peer,) = operator_rule["from"]
+    assert op_peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "kubetune-system"
+    }
+    assert op_peer["podSelector"]["matchLabels"] == settings.operator_pod_labels
+    rdzv = settings.rendezvous_port
+    assert all(p["port"] != rdzv for r in spec["ingress"] for p in r.get("ports", []))
+
+
+def test_network_policy_may_admit_a_scraper_namespace(
+    job: FineTuneJob, settings_factory: Any
+) -> None:
+    from kubetune_operator.render.networkpolicy import render_network_policy
+
+    settings = settings_factory(metrics_scrape_namespaces=["monitoring"])
+    rules = render_network_policy(job, settings)["spec"]["ingress"]
+    assert rules[-1] == {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "ports": [{"protocol": "TCP", "port": settings.progress_port}],
+    }
+
+
+def test_gang_creation_creates_the_network_policy(make_cluster: Any, settings_factory: Any) -> None:
+    from kubetune_operator.plan import EnsureNetworkPolicy
+
+    c = make_cluster()
+    c.step()
+    c.pass_validation()
+    plan = c.step()
+    (np_action,) = [a for a in plan.actions if isinstance(a, EnsureNetworkPolicy)]
+    kinds = [type(a).__name__ for a in plan.actions]
+    assert kinds.index("EnsureNetworkPolicy") < kinds.index("CreatePod"), "before any pod"
+    assert np_action.body["metadata"]["ownerReferences"][0]["uid"] == "uid-tune"
+    off = make_cluster(settings=settings_factory(network_policy=False))
+    off.step()
+    off.pass_validation()
+    assert not [a for a in off.step().actions if isinstance(a, EnsureNetworkPolicy)]

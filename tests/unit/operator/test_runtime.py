@@ -348,9 +348,25 @@ def test_execute_plan_status_first_then_idempotent_actions() -> None:
             "spec": {},
         }
         api.objects[job_path] = copy.deepcopy(job)
-        existing = {"metadata": {"name": "j-a1-1", "uid": "x", "resourceVersion": "2"}}
+        existing = {
+            "metadata": {
+                "name": "j-a1-1",
+                "uid": "x",
+                "resourceVersion": "2",
+                # Ours (a retried plan): AlreadyExists is fine only for what the job owns.
+                "ownerReferences": [
+                    {"kind": "FineTuneJob", "name": "j", "uid": "uid-j", "controller": True}
+                ],
+            }
+        }
         api.objects["/api/v1/namespaces/ns/pods/j-a1-1"] = existing
-        pod = {"metadata": {"name": "j-a1-0", "labels": {"kubetune.io/job-name": "j"}}}
+        pod = {
+            "metadata": {
+                "name": "j-a1-0",
+                "labels": {"kubetune.io/job-name": "j"},
+                "ownerReferences": existing["metadata"]["ownerReferences"],
+            }
+        }
         plan = Plan(
             status={"phase": "Queued"},
             actions=[
@@ -372,10 +388,11 @@ def test_execute_plan_status_first_then_idempotent_actions() -> None:
         assert "/api/v1/namespaces/ns/pods/j-a1-0" in api.objects
         assert any(k.startswith("/api/v1/namespaces/ns/events/j.") for k in api.objects)
         assert controller.cache._job_overlay.resolve(("ns", "j"), None) is not None
-        # Repeating the plan: ConfigMap and Service are skipped, pods AlreadyExist.
+        # Repeating the plan: ConfigMap and Service are skipped, pods AlreadyExist (and are
+        # read once to check that they are the job's own).
         api.requests.clear()
         await controller.execute(("ns", "j"), obs, Plan(actions=plan.actions[:3]))
-        assert [m for m, p in api.requests] == ["POST"]
+        assert [m for m, p in api.requests] == ["POST", "GET"]
         # Ungate and delete.
         await controller.execute(
             ("ns", "j"),

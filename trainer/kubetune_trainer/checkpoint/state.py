@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +22,13 @@ import numpy as np
 import torch
 
 TRAINER_STATE = "trainer_state.json"
+log = logging.getLogger(__name__)
+
+
+#: Version of the RNG file layout (plain tensors, ints, floats, lists, strings and None:
+#: loadable with ``torch.load(weights_only=True)``, so a file planted on the shared output
+#: volume cannot run code in the trainer).
+RNG_FORMAT = 2
 
 
 def rng_file(directory: Path, rank: int) -> Path:
@@ -27,19 +36,53 @@ def rng_file(directory: Path, rank: int) -> Path:
 
 
 def capture_rng() -> dict[str, Any]:
+    """The RNG states as tensors and plain values only (no NumPy arrays, no tuples of
+    arbitrary objects), so :func:`load_rng` can refuse everything else."""
+    version, internal, gauss_next = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "format": RNG_FORMAT,
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(list(internal), dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "bit_generator": str(np_name),
+            "key": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    if state.get("format") != RNG_FORMAT:
+        raise ValueError(f"unknown RNG state format {state.get('format')!r}")
+    py = state["python"]
+    gauss = py["gauss_next"]
+    random.setstate(
+        (
+            int(py["version"]),
+            tuple(int(v) for v in py["state"].tolist()),
+            None if gauss is None else float(gauss),
+        )
+    )
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            str(npst["bit_generator"]),
+            npst["key"].numpy().astype(np.uint32),
+            int(npst["pos"]),
+            int(npst["has_gauss"]),
+            float(npst["cached_gaussian"]),
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -50,10 +93,18 @@ def save_rng(directory: Path, rank: int) -> None:
 
 
 def load_rng(directory: Path, rank: int) -> bool:
+    """Restore this rank's RNG states from a checkpoint; False (the caller re-seeds) when the
+    file is missing or not a plain RNG document (an older layout, or anything that would
+    need unpickling arbitrary objects: ``weights_only=True`` refuses it)."""
     path = rng_file(directory, rank)
     if not path.exists():
         return False
-    restore_rng(torch.load(path, weights_only=False))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        restore_rng(state)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring RNG state %s (%s); re-seeding instead", path, exc)
+        return False
     return True
 
 

@@ -84,6 +84,21 @@ def git_revision() -> str | None:
     return revision if out.returncode == 0 and revision else None
 
 
+def without_env(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` with every ``spec.env`` removed from its ``resolvedJob`` (a copy).
+
+    Lineage ships with the model; user env values may be credentials, and they are not part
+    of what produced the weights the way the spec's other fields are."""
+    resolved = job.get("resolvedJob")
+    if not isinstance(resolved, dict):
+        return dict(job)
+    spec = resolved.get("spec")
+    if not isinstance(spec, dict) or "env" not in spec:
+        return dict(job)
+    clean_spec = {k: v for k, v in spec.items() if k != "env"}
+    return {**job, "resolvedJob": {**resolved, "spec": clean_spec}}
+
+
 def build_lineage(
     *,
     job: dict[str, Any],
@@ -95,7 +110,7 @@ def build_lineage(
 ) -> dict[str, Any]:
     return {
         "schema": "kubetune.io/lineage/v1",
-        "job": job,
+        "job": without_env(job),
         "baseModel": base_model,
         "datasets": datasets,
         "training": training,

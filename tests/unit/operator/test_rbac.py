@@ -1,0 +1,77 @@
+"""The operator's RBAC (issue 9, findings 9 and 11): only the verbs it uses, and in
+watched-namespace mode no namespaced rights outside the watched namespaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from typer.testing import CliRunner
+
+from kubetune.cli.main import app
+from kubetune_operator.rbac import manifest_text, render_rbac
+
+
+def grants(rules: list[dict[str, Any]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault(f"{group}/{resource}", set()).update(rule["verbs"])
+    return out
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+EXPECTED = {
+    "kubetune.io/finetunejobs": {"list", "watch", "delete"},
+    "kubetune.io/finetunejobs/status": {"patch"},
+    "kubetune.io/finetunejobs/finalizers": {"update"},
+    "/pods": {"get", "list", "watch", "create", "delete", "patch"},
+    "/configmaps": {"get", "create", "patch", "delete"},
+    "/services": {"get", "create", "delete"},
+    "networking.k8s.io/networkpolicies": {"get", "create", "delete"},
+    "/events": {"create"},
+    "/nodes": {"list", "watch"},
+}
+
+
+def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
+    (role,) = [d for d in docs(manifest_text()) if d["kind"] == "ClusterRole"]
+    assert grants(role["rules"]) == EXPECTED
+    assert not any("*" in r["verbs"] or "*" in r["resources"] for r in role["rules"])
+    assert "/secrets" not in grants(role["rules"])
+
+
+def test_watched_namespace_mode_uses_roles() -> None:
+    out = docs(render_rbac(["team-a", "team-b"]))
+    (cluster_role,) = [d for d in out if d["kind"] == "ClusterRole"]
+    assert grants(cluster_role["rules"]) == {"/nodes": {"list", "watch"}}
+    roles = {d["metadata"]["namespace"]: d for d in out if d["kind"] == "Role"}
+    assert set(roles) == {"team-a", "team-b", "kubetune-system"}  # + the leader Lease Role
+    for ns in ("team-a", "team-b"):
+        expected = {k: v for k, v in EXPECTED.items() if k != "/nodes"}
+        assert grants(roles[ns]["rules"]) == expected
+    bindings = {d["metadata"]["namespace"]: d for d in out if d["kind"] == "RoleBinding"}
+    for ns in ("team-a", "team-b"):
+        assert bindings[ns]["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[ns]["metadata"]["name"],
+        }
+        assert bindings[ns]["subjects"][0]["name"] == "kubetune-operator"
+    # nothing namespaced is granted cluster-wide
+    (crb,) = [d for d in out if d["kind"] == "ClusterRoleBinding"]
+    assert crb["roleRef"]["name"] == cluster_role["metadata"]["name"]
+
+
+def test_cli_prints_both_forms() -> None:
+    runner = CliRunner()
+    plain = runner.invoke(app, ["operator", "rbac"])
+    assert plain.exit_code == 0 and plain.output == manifest_text()
+    scoped = runner.invoke(app, ["operator", "rbac", "--namespace", "ml"])
+    assert scoped.exit_code == 0, scoped.output
+    kinds = [(d["kind"], d["metadata"].get("namespace")) for d in docs(scoped.output)]
+    assert ("Role", "ml") in kinds and ("RoleBinding", "ml") in kinds
