@@ -147,7 +147,7 @@ def render_worker_pod(
                 common.config_volume(name),
                 {
                     "name": common.SHM_VOLUME,
-                    "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory},
+                    "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory_size()},
                 },
                 *common.scratch_volumes(),
                 *store.volumes,

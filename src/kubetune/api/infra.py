@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
+from kubetune.api.cel import parse_quantity
 from kubetune.api.common import (
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
@@ -29,17 +30,21 @@ ResourceName = Annotated[
 ]
 
 
+SHARED_MEMORY_CAP_BYTES = 16 * 2**30
+
+
 class ResourcesSpec(ApiModel):
     """The gang: how many pods, how many GPUs each, and where they may run."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
             cel(
-                "!isQuantity(self.sharedMemory) || !isQuantity(self.memory) || "
+                "!has(self.sharedMemory) || !isQuantity(self.sharedMemory) || "
+                "!isQuantity(self.memory) || "
                 "!quantity(self.sharedMemory).isGreaterThan(quantity(self.memory))",
-                "sharedMemory (default 16Gi) must not be larger than memory: /dev/shm is "
-                "memory-backed and counts against the pod's memory limit; lower "
-                "resources.sharedMemory or raise resources.memory",
+                "sharedMemory must not be larger than memory: /dev/shm is memory-backed "
+                "and counts against the pod's memory limit; lower resources.sharedMemory "
+                "or raise resources.memory",
                 field_path=".sharedMemory",
             ),
         )
@@ -59,9 +64,10 @@ class ResourcesSpec(ApiModel):
     )
     cpu: Quantity = Field(default="8", description="CPU request and limit per pod.")
     memory: Quantity = Field(default="64Gi", description="Memory request and limit per pod.")
-    shared_memory: Quantity = Field(
-        default="16Gi",
-        description="Size of /dev/shm (memory-backed) for data loaders and NCCL.",
+    shared_memory: Quantity | None = Field(
+        default=None,
+        description="Size of /dev/shm (memory-backed, counts against memory) for data "
+        "loaders and NCCL. Default: a quarter of memory, at most 16Gi.",
     )
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
@@ -83,6 +89,17 @@ class ResourcesSpec(ApiModel):
     priority_class_name: DNSSubdomain | None = Field(
         default=None, description="PriorityClass of the training pods."
     )
+
+    def shared_memory_size(self) -> str:
+        """/dev/shm's size: as set, else a quarter of memory capped at 16Gi.
+
+        A fixed default would exceed small pods' memory (the emptyDir counts against the
+        limit), so it scales with ``memory`` instead of being refused.
+        """
+        if self.shared_memory is not None:
+            return self.shared_memory
+        quarter = int(parse_quantity(self.memory).value) // 4
+        return f"{min(quarter, SHARED_MEMORY_CAP_BYTES) // 2**20}Mi"
 
 
 class DistributedSpec(ApiModel):

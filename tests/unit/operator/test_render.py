@@ -10,6 +10,7 @@ import pytest
 
 from kubetune.api import FineTuneJob
 from kubetune.api.resolve import ResolvedJob, resolve
+from kubetune.api.validation import validate_manifest
 from kubetune_operator import naming
 from kubetune_operator.render import (
     render_config_map,
@@ -199,6 +200,22 @@ def test_worker_resources_and_placement(job: FineTuneJob, settings: OperatorSett
     assert container(pod)["terminationMessagePolicy"] == "FallbackToLogsOnError"
     ports = {p["name"]: p["containerPort"] for p in container(pod)["ports"]}
     assert ports == {"metrics": 9400, "rdzv": 29400}
+
+
+@pytest.mark.parametrize(
+    ("memory", "size"),
+    [("8Gi", "2048Mi"), ("8G", "1907Mi"), ("64Gi", "16384Mi"), ("1Ti", "16384Mi")],
+)
+def test_default_shared_memory_scales_with_memory(
+    manifest: Callable[..., Any], settings: OperatorSettings, memory: str, size: str
+) -> None:
+    """A small pod gets a small /dev/shm instead of a refusal for a field it never set."""
+    job = load(manifest, resources={"memory": memory})
+    report = validate_manifest(manifest(resources={"memory": memory}))
+    assert report.ok, report.errors
+    pod = render_worker_pod(job, 1, 0, settings, config_hash="h")
+    shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": size}
 
 
 def test_custom_gpu_resource_name(manifest: Callable[..., Any], settings: OperatorSettings) -> None:
