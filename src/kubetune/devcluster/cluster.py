@@ -41,7 +41,9 @@ from kubetune.devcluster.versions import COMPONENT_BINARIES, Binaries, DevCluste
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-POD_CIDR = "10.244.0.1/16"
+#: fake pod IPs on loopback (127.244/16): the operator really dials pod IPs (rank 0's
+#: /progress), and on a dev machine that must never leave the host
+POD_CIDR = "127.244.0.1/16"
 #: fake node InternalIP: loopback, so nothing ever dials a real address for a fake kubelet
 NODE_IP = "127.0.0.1"
 CLUSTER_NAME = "kubetune-dev"
