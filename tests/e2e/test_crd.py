@@ -84,7 +84,13 @@ def test_crd_installs_and_is_established(crd: str, kubectl: Kubectl) -> None:
     assert conditions.get("Established") == "True"
     assert conditions.get("NamesAccepted") == "True"
     assert "ftj" in obj["spec"]["names"].get("shortNames", [])
-    assert kubectl("get", "ftj", "-A").returncode == 0
+    # kubectl() raises on failure, so check what the short name resolves to instead.
+    rows = kubectl("api-resources", "--api-group=kubetune.io", "--no-headers").stdout
+    assert ["finetunejobs", "ftj", "kubetune.io/v1alpha1", "true", "FineTuneJob"] in [
+        row.split() for row in rows.splitlines()
+    ], rows
+    listed = json.loads(kubectl("get", "ftj", "-A", "-o", "json").stdout)
+    assert isinstance(listed["items"], list)
 
 
 @pytest.mark.parametrize(("name", "doc"), _example_jobs(), ids=[n for n, _ in _example_jobs()])

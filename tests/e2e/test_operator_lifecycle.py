@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.devcluster import simulate
 from kubetune.devcluster.testing import Cluster, wait_until
@@ -302,14 +303,32 @@ def test_gang_larger_than_free_gpus_is_reported_and_holds_nothing(
     assert any(e["reason"] == "GangUnschedulable" for e in events(cluster, ns, "huge"))
 
 
-def test_metrics_are_exported(cluster: Cluster, operator: Operators) -> None:
-    text = operator.leader.metrics()
-    for name in (
-        "kubetune_jobs{",
-        "kubetune_job_transitions_total{",
-        "kubetune_reconcile_duration_seconds_bucket",
-        "kubetune_job_time_to_running_seconds_bucket",
-        "kubetune_gpu_seconds_total",
-        "kubetune_operator_api_requests_total{",
-    ):
-        assert name in text, name
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The operator's metrics as {(sample name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_follow_a_job_lifecycle(cluster: Cluster, ns: str, operator: Operators) -> None:
+    """Values only a job's life produces (the names alone exist from start-up)."""
+    running = ("kubetune_job_transitions_total", (("phase", "Running"),))
+    to_running = ("kubetune_job_time_to_running_seconds_count", ())
+    gpu_seconds = ("kubetune_gpu_seconds_total", ())
+    before = _samples(operator.leader.metrics())
+    start_running(cluster, ns, "metered")
+
+    def grown() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        now = _samples(operator.leader.metrics())
+        ok = all(now.get(k, 0.0) > before.get(k, 0.0) for k in (running, to_running, gpu_seconds))
+        return now if ok else None
+
+    after = wait_until(grown, timeout=60, what="lifecycle metrics to grow")
+    assert after[running] >= before.get(running, 0.0) + 1
+    assert after[("kubetune_jobs", (("phase", "Running"),))] >= 1
+    requests = [
+        v for (name, _), v in after.items() if name == "kubetune_operator_api_requests_total"
+    ]
+    assert sum(requests) > 0

@@ -61,11 +61,31 @@ def test_schema_is_structural() -> None:
             assert "properties" in node or "additionalProperties" in node, path
 
 
+def _under_cel_rules(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The nodes a CEL rule can reach: a rule-bearing node and everything below it, less the
+    API server's own apiVersion, kind and metadata (typed and bounded by the server)."""
+    return [
+        (sub, node)
+        for path, ruled in _walk(schema)
+        if ruled.get("x-kubernetes-validations")
+        for sub, node in _walk(ruled, path)
+        if sub not in (".apiVersion", ".kind") and not sub.startswith(".metadata")
+    ]
+
+
 def test_lists_and_strings_under_cel_rules_are_bounded() -> None:
     """The API server refuses CRDs whose rules could cost too much: bound everything."""
-    for path, node in _walk(_schema()):
+    nodes = _under_cel_rules(_schema())
+    kinds = {node["type"] for _, node in nodes}
+    assert {"array", "string"} <= kinds, "the rules reach both lists and strings"
+    for path, node in nodes:
         if node["type"] == "array":
             assert "maxItems" in node, path
+        elif node["type"] == "string":
+            bounded = "maxLength" in node or "enum" in node or node.get("format") == "date-time"
+            assert bounded, f"{path}: unbounded string"
+        elif node["type"] == "object" and isinstance(node.get("additionalProperties"), dict):
+            assert "maxProperties" in node, f"{path}: unbounded map"
 
 
 def test_every_cel_rule_compiles() -> None:

@@ -71,6 +71,33 @@ def test_validation_rerun_after_node_loss_then_gives_up(make_cluster: Any) -> No
     names = sorted(p["metadata"]["name"] for p in c.validation_pods())
     assert names == ["tune-validate-2"], "lost validation pod replaced by a second run"
     assert c.status["phase"] == "Validating"
+    # Every re-run is lost too: after validation_reruns re-runs the job gives up, naming
+    # the infrastructure failure, and never starts a GPU pod.
+    reruns = c.settings.validation_reruns
+    assert reruns >= 1
+    for run in range(2, reruns + 2):
+        (pod,) = c.validation_pods()
+        assert pod["metadata"]["name"] == f"tune-validate-{run}"
+        assert c.status["phase"] == "Validating"
+        node = f"gpu-lost-{run}"
+        c.nodes[node] = dataclasses.replace(next(iter(c.nodes.values())), name=node)
+        c.place(pod["metadata"]["name"], node)
+        del c.nodes[node]
+        c.step()
+    assert c.status["phase"] == "Failed"
+    validated = c.condition("Validated")
+    assert validated["status"] == "False"
+    failed = c.condition("Failed")
+    assert failed["reason"] == validated["reason"]
+    assert "validation could not run" in failed["message"]
+    created = [
+        a.body["metadata"]["name"]
+        for plan in c.plans
+        for a in plan.actions
+        if isinstance(a, CreatePod)
+    ]
+    assert created == [f"tune-validate-{run}" for run in range(1, reruns + 2)], "no extra run"
+    assert not c.workers()
 
 
 def test_validation_timeout(make_cluster: Any) -> None:

@@ -12,9 +12,16 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from kubetune_operator import naming
 from kubetune_operator.cache import Snapshot, newer_or_same
 from kubetune_operator.controller import Controller
-from kubetune_operator.kube import ApiError, Credentials, KubeClient, _resource_of
+from kubetune_operator.kube import (
+    STRATEGIC_MERGE_PATCH,
+    ApiError,
+    Credentials,
+    KubeClient,
+    _resource_of,
+)
 from kubetune_operator.leader import LeaderElector
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.observed import Observed, PodView
@@ -132,6 +139,21 @@ def test_job_overlay() -> None:
 
 
 # -- a fake API server -------------------------------------------------------------------------
+def strategic_merge(current: Any, patch: Any) -> Any:
+    """The part of a strategic merge patch we use: nested maps merge, and a list entry
+    ``{"$patch": "delete", "name": n}`` removes the entry named ``n`` (merge key name)."""
+    if isinstance(current, dict) and isinstance(patch, dict):
+        merged = copy.deepcopy(current)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(current.get(key), value)
+        return merged
+    if isinstance(current, list) and isinstance(patch, list):
+        doomed = {e["name"] for e in patch if isinstance(e, dict) and e.get("$patch") == "delete"}
+        if doomed:
+            return [e for e in current if not (isinstance(e, dict) and e.get("name") in doomed)]
+    return copy.deepcopy(patch)
+
+
 class FakeApi:
     """Just enough of the API server: objects by path, resourceVersion conflicts."""
 
@@ -140,6 +162,7 @@ class FakeApi:
         self.rv = 100
         self.requests: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], int] = {}
+        self.patches: list[tuple[str, str, Any]] = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -185,12 +208,17 @@ class FakeApi:
             current = self.objects.get(target)
             if current is None:
                 return web.json_response({"reason": "NotFound", "message": "nf"}, status=404)
-            merged = copy.deepcopy(current)
-            for key, value in body.items():
-                if isinstance(value, dict):
-                    merged.setdefault(key, {}).update(value)
-                else:
-                    merged[key] = value
+            content_type = request.headers.get("Content-Type", "")
+            self.patches.append((path, content_type, copy.deepcopy(body)))
+            if content_type.startswith(STRATEGIC_MERGE_PATCH):
+                merged = strategic_merge(current, body)
+            else:
+                merged = copy.deepcopy(current)
+                for key, value in body.items():
+                    if isinstance(value, dict):
+                        merged.setdefault(key, {}).update(value)
+                    else:
+                        merged[key] = value
             self.rv += 1
             merged["metadata"]["resourceVersion"] = str(self.rv)
             self.objects[target] = merged
@@ -365,7 +393,8 @@ def test_execute_plan_status_first_then_idempotent_actions() -> None:
                 "name": "j-a1-0",
                 "labels": {"kubetune.io/job-name": "j"},
                 "ownerReferences": existing["metadata"]["ownerReferences"],
-            }
+            },
+            "spec": {"schedulingGates": [{"name": naming.GANG_GATE}, {"name": "other.io/gate"}]},
         }
         plan = Plan(
             status={"phase": "Queued"},
@@ -400,6 +429,12 @@ def test_execute_plan_status_first_then_idempotent_actions() -> None:
             Plan(actions=[UngatePod("j-a1-0"), DeletePod("j-a1-1", "x"), DeletePod("gone", "y")]),
         )
         assert "/api/v1/namespaces/ns/pods/j-a1-1" not in api.objects
+        # The gang gate (only ours) is removed by a strategic merge patch of that pod.
+        ungated = "/api/v1/namespaces/ns/pods/j-a1-0"
+        assert [(p, t) for p, t, _ in api.patches if p == ungated] == [
+            (ungated, STRATEGIC_MERGE_PATCH)
+        ]
+        assert api.objects[ungated]["spec"]["schedulingGates"] == [{"name": "other.io/gate"}]
 
     run(with_api(scenario))
 
