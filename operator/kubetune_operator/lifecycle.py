@@ -206,9 +206,10 @@ class _Decision:
         if forbidden:
             # Before any pod exists: the operator never creates what its policy forbids.
             problems = "; ".join(forbidden)
-            self._set(CONDITION_VALIDATED, "False", Reason.FORBIDDEN_BY_POLICY, problems)
-            self._fail(
-                Reason.FORBIDDEN_BY_POLICY, f"the operator's policy forbids this job: {problems}"
+            self._fail_validation(
+                Reason.FORBIDDEN_BY_POLICY,
+                problems,
+                f"the operator's policy forbids this job: {problems}",
             )
             return self._finish()
         res = self.job.spec.resources
@@ -330,6 +331,11 @@ class _Decision:
                 self.plan.actions.append(DeleteJob(self.obs.uid))
             else:
                 self.plan.requeue(self._seconds_until(expires))
+
+    def _fail_validation(self, reason: str, message: str, failed: str | None = None) -> None:
+        """Validated=False and Failed under one reason: the job cannot pass validation."""
+        self._set(CONDITION_VALIDATED, "False", reason, message)
+        self._fail(reason, failed or message)
 
     def _fail(self, reason: str, message: str) -> None:
         self.st.phase = "Failed"
@@ -468,8 +474,11 @@ class _Decision:
             run = (latest.validation_run or 0) + 1 if latest is not None else 1
             if run > 1 + self.cfg.validation_reruns:
                 assert failure is not None
-                self._set(CONDITION_VALIDATED, "False", failure.reason, failure.message)
-                self._fail(failure.reason, f"validation could not run: {failure.message}")
+                self._fail_validation(
+                    failure.reason,
+                    failure.message,
+                    f"validation could not run: {failure.message}",
+                )
                 return False
             if latest is not None:
                 self._delete([latest])
@@ -492,8 +501,7 @@ class _Decision:
                 if code
                 else detail
             )
-            self._set(CONDITION_VALIDATED, "False", reason, message)
-            self._fail(reason, message)
+            self._fail_validation(reason, message)
             return False
         # Still pending or running.
         started = latest.created or self.now
@@ -505,19 +513,17 @@ class _Decision:
             deadline = min(deadline, started + timedelta(seconds=self.cfg.startup_timeout_seconds))
         if self.now >= deadline:
             if problem is not None:
-                message = (
+                self._fail_validation(
+                    problem.reason,
                     f"validation could not start within "
-                    f"{(deadline - started).total_seconds():g}s: {problem.message}"
+                    f"{(deadline - started).total_seconds():g}s: {problem.message}",
                 )
-                self._set(CONDITION_VALIDATED, "False", problem.reason, message)
-                self._fail(problem.reason, message)
-                return False
-            message = (
-                f"validation pod {latest.name} did not finish within "
-                f"{self.cfg.validation_timeout_seconds}s"
-            )
-            self._set(CONDITION_VALIDATED, "False", Reason.VALIDATION_TIMEOUT, message)
-            self._fail(Reason.VALIDATION_TIMEOUT, message)
+            else:
+                self._fail_validation(
+                    Reason.VALIDATION_TIMEOUT,
+                    f"validation pod {latest.name} did not finish within "
+                    f"{self.cfg.validation_timeout_seconds}s",
+                )
             return False
         scheduled = latest.scheduled
         if problem is not None:
