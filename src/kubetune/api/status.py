@@ -107,6 +107,13 @@ class FineTuneJobStatus(ApiModel):
         default=None, ge=0, description="The .metadata.generation last acted on."
     )
     attempts: int = Field(default=0, ge=0, description="Gangs started so far (1 + restarts).")
+    validation_runs: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Validation pods created so far (reruns after infrastructure failures, "
+        "or pods that vanished, included): bounds them even when no pod is left to count.",
+    )
     gpus: int | None = Field(default=None, ge=0, description="GPUs the gang requests in total.")
     start_time: datetime | None = Field(default=None, description="When the first gang started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")
