@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from kubetune.api.cel import parse_quantity
 from kubetune_operator.observed import NodeView, PodView, Taint
+from kubetune_operator.quantities import format_quantity, pod_requests, quantity
 
 #: Taints that describe a passing node condition (not-ready, unreachable, pressure,
 #: cordoned): they say nothing about whether the node could ever hold the pod.
@@ -100,33 +100,6 @@ class GangState:
         return out
 
 
-def _quantity(text: Any) -> Decimal:
-    try:
-        return parse_quantity(str(text)).value
-    except ValueError:
-        return Decimal(0)
-
-
-def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
-    """What a pod body asks of a node: its containers' requests summed (limits where a
-    request is missing, as the API server defaults them), the largest init container's."""
-    spec = pod.get("spec") or {}
-
-    def of(container: Mapping[str, Any]) -> dict[str, Decimal]:
-        res = container.get("resources") or {}
-        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
-        return {k: _quantity(v) for k, v in merged.items()}
-
-    total: dict[str, Decimal] = {}
-    for container in spec.get("containers") or []:
-        for key, value in of(container).items():
-            total[key] = total.get(key, Decimal(0)) + value
-    for container in spec.get("initContainers") or []:
-        for key, value in of(container).items():
-            total[key] = max(total.get(key, Decimal(0)), value)
-    return {k: v for k, v in total.items() if v > 0}
-
-
 def _tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Taint) -> bool:
     for tol in tolerations:
         effect = tol.get("effect") or ""
@@ -141,7 +114,11 @@ def _tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Taint) -> bool:
     return False
 
 
-def _why_not(pod: Mapping[str, Any], requests: Mapping[str, Decimal], node: NodeView) -> str | None:
+def unfit_reason(
+    pod: Mapping[str, Any], requests: Mapping[str, Decimal], node: NodeView
+) -> str | None:
+    """Why ``node`` could never run ``pod`` even when empty (selector, taints, allocatable),
+    or None when it could."""
     spec = pod.get("spec") or {}
     labels = dict(node.labels)
     selector = spec.get("nodeSelector") or {}
@@ -156,7 +133,7 @@ def _why_not(pod: Mapping[str, Any], requests: Mapping[str, Decimal], node: Node
             return f"had a taint {shown}:{taint.effect} the pod does not tolerate"
     if not node.allocatable:
         return None  # not reported (yet): unknown is not "too small"
-    allocatable = {k: _quantity(v) for k, v in node.allocatable}
+    allocatable = {k: quantity(v) for k, v in node.allocatable}
     short = [r for r in sorted(requests) if allocatable.get(r, Decimal(0)) < requests[r]]
     if short:
         return "had too little allocatable " + ", ".join(short)
@@ -176,19 +153,19 @@ def never_fits(pod: Mapping[str, Any], nodes: Mapping[str, NodeView] | None) -> 
     requests = pod_requests(pod)
     counts: Counter[str] = Counter()
     for node in nodes.values():
-        why = _why_not(pod, requests, node)
+        why = unfit_reason(pod, requests, node)
         if why is None:
             return None
         counts[why] += 1
-    asked = ", ".join(f"{k}={_format(v)}" for k, v in sorted(requests.items()))
+    asked = ", ".join(f"{k}={format_quantity(v)}" for k, v in sorted(requests.items()))
     largest = []
     for resource in sorted(requests):
         best = max(
-            (_quantity(dict(n.allocatable).get(resource, 0)) for n in nodes.values()),
+            (quantity(dict(n.allocatable).get(resource, 0)) for n in nodes.values()),
             default=Decimal(0),
         )
         if best < requests[resource]:
-            largest.append(f"{resource} {_format(best)}")
+            largest.append(f"{resource} {format_quantity(best)}")
     text = f"0/{len(nodes)} nodes could ever fit it: " + "; ".join(
         f"{n} node(s) {why}" for why, n in sorted(counts.items(), key=lambda kv: -kv[1])
     )
@@ -196,7 +173,3 @@ def never_fits(pod: Mapping[str, Any], nodes: Mapping[str, NodeView] | None) -> 
     if largest:
         text += "; the most any node has: " + ", ".join(largest)
     return text + ")"
-
-
-def _format(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value == value.to_integral() else str(value)
