@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,17 +24,20 @@ import aiohttp
 
 from kubetune.api.status import TERMINAL_PHASES
 from kubetune.api.validation import ValidationReport, validate_manifest
-from kubetune_operator import naming
+from kubetune_operator import naming, resync
+from kubetune_operator.admission import Capacity
 from kubetune_operator.cache import JobKey, Snapshot
+from kubetune_operator.events import EventRecorder
 from kubetune_operator.kube import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from kubetune_operator.lifecycle import decide
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.observed import (
     ChildConflict,
+    CreateRefusal,
     Observed,
+    PodView,
     ProgressSample,
     controller_owner,
-    format_time,
 )
 from kubetune_operator.plan import (
     ApplyConfigMap,
@@ -50,6 +52,7 @@ from kubetune_operator.plan import (
 )
 from kubetune_operator.progress import describe_error, fetch_document, new_session, progress_url
 from kubetune_operator.reasons import Reason
+from kubetune_operator.reports import ReportCache, job_version
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import CONDITION_ADMITTED, CONDITION_PROGRESS_KNOWN, merge_patch
 from kubetune_operator.workqueue import WorkQueue
@@ -64,6 +67,9 @@ COSMETIC_CONDITIONS = frozenset({CONDITION_ADMITTED, CONDITION_PROGRESS_KNOWN})
 
 #: Progress documents fetched at once (each bounded in size and time by progress.py).
 PROGRESS_FETCH_CONCURRENCY = 64
+
+#: Least time between two cache resyncs (each is a paginated LIST of jobs and of pods).
+RESYNC_MIN_SPACING_SECONDS = 5.0
 
 
 class ChildConflictError(Exception):
@@ -99,18 +105,28 @@ class Controller:
         self.cache = Snapshot()
         self.queue: WorkQueue[JobKey] = WorkQueue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reports: dict[tuple[str, int | None, str], ValidationReport] = {}
+        self._reports: ReportCache[ValidationReport] = ReportCache()
+        self.events = EventRecorder(
+            client,
+            naming.MANAGER,
+            settings.identity,
+            reporting_component=f"{naming.GROUP}/operator",
+        )
         self._progress: dict[JobKey, ProgressSample] = {}
         self._ungated_since: dict[tuple[str, int], datetime] = {}
         self._configmaps: dict[str, str] = {}  # job uid -> hash of the data last written
         self._services: set[str] = set()  # job uids whose Service exists
         # job uid -> (kind, name) -> a child name taken by an object the job does not own
         self._conflicts: dict[str, dict[tuple[str, str], ChildConflict]] = {}
+        # job uid -> the API server's refusal of its last pod create (until one succeeds)
+        self._refusals: dict[str, CreateRefusal] = {}
         self._last_status_write: dict[JobKey, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._fetch_slots = asyncio.Semaphore(PROGRESS_FETCH_CONCURRENCY)
         self._last_gpu_tick = time.monotonic()
+        self._resync_now = asyncio.Event()
+        self._admission = asyncio.Lock()
         metrics.watch_jobs(self._phases)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -120,6 +136,8 @@ class Controller:
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
         self._tasks.append(asyncio.create_task(self._poll_progress(), name="progress-poller"))
+        if self.settings.resync_seconds:
+            self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -148,6 +166,10 @@ class Controller:
     # -- events from kopf ----------------------------------------------------------------------
     def job_event(self, event_type: str | None, key: JobKey) -> None:
         if event_type == "DELETED":
+            uid = ((self.cache.job(key) or {}).get("metadata") or {}).get("uid")
+            if uid:
+                self.events.forget(str(uid))
+                self._reports.forget(str(uid))
             self.cache.job_deleted(key)
             self.queue.discard(key)
             self._progress.pop(key, None)
@@ -197,16 +219,12 @@ class Controller:
         """``validate_manifest`` once per spec version. It evaluates the CEL rules in pure
         Python (~10 ms): run in a thread so a burst of new jobs does not stall the event
         loop (and with it every other job's I/O)."""
-        meta = raw.get("metadata") or {}
-        spec_key = hashlib.sha256(json.dumps(raw.get("spec"), sort_keys=True).encode()).hexdigest()
-        cache_key = (str(meta.get("uid")), meta.get("generation"), spec_key)
-        report = self._reports.get(cache_key)
+        uid, generation, digest, size = job_version(raw)
+        report = self._reports.get(uid, generation, digest)
         if report is None:
             doc = {k: v for k, v in raw.items() if k != "status"}
             report = await asyncio.to_thread(validate_manifest, doc)
-            if len(self._reports) > 4096:
-                self._reports.clear()
-            self._reports[cache_key] = report
+            self._reports.put(uid, generation, digest, report, size)
         return report
 
     def observe(self, key: JobKey, now: datetime | None = None) -> Observed | None:
@@ -223,14 +241,30 @@ class Controller:
         conflicts = self._conflicts.get(obs.uid)
         if conflicts:
             obs = dataclasses.replace(obs, conflicts=tuple(conflicts.values()))
+        refusal = self._refusals.get(obs.uid)
+        if refusal is not None:
+            obs = dataclasses.replace(obs, refusal=refusal)
         attempt = obs.attempt
         gang = [p for p in obs.pods if p.owner_uid == obs.uid and p.attempt == attempt]
+        if self._may_release(obs, gang):
+            obs = dataclasses.replace(obs, capacity=Capacity.of(self.cache.other_pods(key)))
         mem_key = (obs.uid, attempt)
         if not (gang and all(not p.gates for p in gang)):
             self._ungated_since.pop(mem_key, None)
             return obs
         ungated_since = self._ungated_since.setdefault(mem_key, obs.now)
         return dataclasses.replace(obs, ungated_since=ungated_since)
+
+    @staticmethod
+    def _may_release(obs: Observed, gang: list[PodView]) -> bool:
+        """Could this reconcile lift the gang's gates (so admission needs the capacity)?
+        Only for a gang not created yet or still gated by us, and not behind Kueue."""
+        raw_spec = obs.raw.get("spec") or {}
+        if (raw_spec.get("runPolicy") or {}).get("queueName"):
+            return False
+        if str((obs.raw.get("status") or {}).get("phase")) in TERMINAL_PHASES:
+            return False
+        return not gang or any(p.gated for p in gang)
 
     async def reconcile(self, key: JobKey) -> float | None:
         obs = self.observe(key)
@@ -243,6 +277,16 @@ class Controller:
             report = await self._report(obs.raw)
             obs = self.observe(key) or obs  # the world may have moved while validating
         plan = decide(obs, self.settings, report)
+        if any(isinstance(a, UngatePod) for a in plan.actions):
+            # Releasing a gang takes room other gangs' admission counts on: one at a time,
+            # each decided on a view that includes the gangs released before it.
+            async with self._admission:
+                obs = self.observe(key)
+                if obs is None:
+                    return None
+                plan = decide(obs, self.settings, report)
+                await self.execute(key, obs, plan)
+            return plan.requeue_after
         wait = self._defer_cosmetic(key, obs, plan)
         if wait is not None:
             return wait if plan.requeue_after is None else min(wait, plan.requeue_after)
@@ -328,12 +372,21 @@ class Controller:
             version=naming.VERSION,
             subresource="status",
         )
+        # Fencing: the write carries the resourceVersion the plan was decided on, so the API
+        # server refuses it (409) if anything changed the job since -- a newer leader's
+        # write above all. A deposed leader that still believes it leads cannot overwrite
+        # its successor's status; the refused plan is re-decided on the current object.
+        seen = (obs.raw.get("metadata") or {}).get("resourceVersion")
+        fence = {"metadata": {"resourceVersion": str(seen)}} if seen else {}
         try:
-            updated = await self.client.patch(path, {"status": patch})
+            updated = await self.client.patch(path, {**fence, "status": patch})
         except ApiError as exc:
             if exc.not_found:
                 return False  # deleted meanwhile
             self.metrics.status_write_failures.labels(code=str(exc.status)).inc()
+            if exc.conflict:
+                await self._refresh_job(key, path)
+                raise
             if not (exc.status == 422 and "progress" in patch):
                 raise
             # The progress numbers come from the pod (untrusted): if the API server refuses
@@ -345,7 +398,7 @@ class Controller:
             if not patch:
                 return True
             try:
-                updated = await self.client.patch(path, {"status": patch})
+                updated = await self.client.patch(path, {**fence, "status": patch})
             except ApiError as again:
                 if again.not_found:
                     return False
@@ -354,6 +407,15 @@ class Controller:
         self.cache.wrote_job(key, updated)
         self._last_status_write[key] = time.monotonic()
         return True
+
+    async def _refresh_job(self, key: JobKey, status_path: str) -> None:
+        """After a refused (stale) status write: read the job as it is now into the cache,
+        so the retry decides on it instead of waiting for the watch to deliver it."""
+        try:
+            fresh = await self.client.get(status_path.removesuffix("/status"))
+        except ApiError:
+            return  # the retry finds out (deleted: the watch says so)
+        self.cache.wrote_job(key, fresh)
 
     async def _run_batch(self, obs: Observed, batch: list[Any]) -> None:
         results = await asyncio.gather(*(self._act(obs, a) for a in batch), return_exceptions=True)
@@ -374,10 +436,16 @@ class Controller:
                 if exc.already_exists:
                     await self._claim(obs, "Pod", client.path("pods", ns, action.name))
                     return
+                if 400 <= exc.status < 500 and exc.status not in (404, 409, 429):
+                    # Decided on at the next reconcile: a condition or a verdict.
+                    self._refusals[obs.uid] = CreateRefusal(
+                        action.name, exc.status, exc.reason, exc.message[:1024], obs.generation
+                    )
                 await self._post_event(
                     obs, Event("Warning", Reason.FAILED_CREATE, f"pod {action.name}: {exc.message}")
                 )
                 raise
+            self._refusals.pop(obs.uid, None)
             self.cache.wrote_pod(ns, created)
         elif isinstance(action, DeletePod):
             try:
@@ -387,6 +455,8 @@ class Controller:
                     grace_period=0 if action.force else None,
                 )
             except ApiError as exc:
+                if exc.not_found:
+                    self._resync_now.set()  # the cache may have missed its deletion
                 if exc.not_found or exc.conflict:
                     return
                 raise
@@ -400,6 +470,7 @@ class Controller:
                 )
             except ApiError as exc:
                 if exc.not_found:
+                    self._resync_now.set()
                     return
                 raise
             self.cache.wrote_pod(ns, patched)
@@ -501,36 +572,39 @@ class Controller:
         raise ChildConflictError(conflict)
 
     async def _post_event(self, obs: Observed, event: Event) -> None:
-        """A core/v1 Event on the FineTuneJob (shown by ``kubectl describe ftj``)."""
-        now = format_time(datetime.now(UTC))
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{obs.name}.{uuid.uuid4().hex[:16]}",
-                "namespace": obs.namespace,
-            },
-            "involvedObject": {
-                "apiVersion": naming.API_VERSION,
-                "kind": naming.KIND,
-                "name": obs.name,
-                "namespace": obs.namespace,
-                "uid": obs.uid,
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": naming.MANAGER},
-            "reportingComponent": f"{naming.GROUP}/operator",
-            "reportingInstance": self.settings.identity[:128],
+        """A core/v1 Event on the FineTuneJob (``kubectl describe ftj``): repeats aggregate
+        into one Event (count, lastTimestamp), a per-job spam cap holds the rest back."""
+        involved = {
+            "apiVersion": naming.API_VERSION,
+            "kind": naming.KIND,
+            "name": obs.name,
+            "namespace": obs.namespace,
+            "uid": obs.uid,
         }
-        try:
-            await self.client.create(self.client.path("events", obs.namespace), body)
-        except Exception as exc:  # best effort: an Event never blocks or fails a reconcile
-            logger.info("could not post event %s on %s: %s", event.reason, obs.name, exc)
+        await self.events.post(involved, event.type, event.reason, event.message)
+
+    # -- resync --------------------------------------------------------------------------------
+    async def _resync_loop(self) -> None:
+        """Check the caches against a fresh LIST every ``resync_seconds``, and soon after an
+        action met a pod the cache still had but the API server no longer has."""
+        period = self.settings.resync_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync_now.wait(), timeout=period)
+            self._resync_now.clear()
+            try:
+                await self.resync_once()
+            except Exception as exc:
+                logger.warning("cache resync failed: %s", exc)
+            await asyncio.sleep(RESYNC_MIN_SPACING_SECONDS)
+
+    async def resync_once(self) -> None:
+        """One resync: hide what the API server no longer has, reconcile the jobs touched."""
+        for key in await resync.resync(self.client, self.cache, self.settings.namespaces):
+            if self.cache.job(key) is None:
+                self.job_event("DELETED", key)  # deleted in the gap: drop what we kept
+            else:
+                self.queue.add(key)
 
     # -- progress ------------------------------------------------------------------------------
     async def _poll_progress(self) -> None:
@@ -601,6 +675,9 @@ class Controller:
         for uid in list(self._conflicts):
             if uid not in live:
                 del self._conflicts[uid]
+        for uid in list(self._refusals):
+            if uid not in live:
+                del self._refusals[uid]
 
     async def _fetch(self, key: JobKey, url: str, attempt: int) -> None:
         """Read one job's progress document into ``self._progress``.

@@ -31,6 +31,7 @@ Phases: Pending -> Validating -> Queued -> Running -> Succeeded | Failed, plus S
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +45,7 @@ from kubetune.api.status import TERMINAL_PHASES, FineTuneJobStatus, Lineage, Pro
 from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune.contract.exit_codes import exit_reason
 from kubetune_operator import naming, policy
+from kubetune_operator.admission import Verdict, admit
 from kubetune_operator.failures import (
     Failure,
     classify_pod,
@@ -84,16 +86,19 @@ from kubetune_operator.render import (
 from kubetune_operator.render.common import credentials_secret, image_of
 from kubetune_operator.render.configmap import trainer_document
 from kubetune_operator.render.networkpolicy import render_network_policy
+from kubetune_operator.render.pods import spec_sections
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import (
     CONDITION_ADMITTED,
     CONDITION_CONFIG_WARNING,
     CONDITION_FAILED,
+    CONDITION_POD_CREATION_FAILED,
     CONDITION_PROGRESS_KNOWN,
     CONDITION_RESTARTING,
     CONDITION_RUNNING,
     CONDITION_SUCCEEDED,
     CONDITION_SUSPENDED,
+    CONDITION_UPDATES_PENDING,
     CONDITION_VALIDATED,
     MAX_MESSAGE,
     ConditionStatus,
@@ -158,6 +163,9 @@ class _Decision:
         self.summary: str | None = None
         self.phase_message = ""
         self.validated_now = False
+        self.blocked: str | None = None  # overrides the summary while pods cannot be created
+        self.created_gang = False
+        self.capacity_wait: Verdict | None = None  # the gang stays gated: no room for all
         uid = obs.uid
         self.owned = [p for p in obs.pods if p.owner_uid == uid]
         self.foreign = [p for p in obs.pods if p.owner_uid is not None and p.owner_uid != uid]
@@ -221,7 +229,7 @@ class _Decision:
             self._suspend()
             return self._finish()
         self._resume_if_suspended()
-        if self._deadline_exceeded():
+        if self._deadline_exceeded() or self._creation_refused():
             return self._finish()
         if not is_true(self.st, CONDITION_VALIDATED):
             if not self.cfg.validation_enabled:
@@ -317,6 +325,36 @@ class _Decision:
             self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
         else:
             remove_condition(self.st, CONDITION_RESOURCE_CONFLICT)
+        return False
+
+    def _creation_refused(self) -> bool:
+        """The API server refused the job's last pod create: a verdict when retrying cannot
+        help (the same pod is refused again), else a condition with the server's message
+        while the executor keeps retrying. True when the job failed."""
+        refusal = self.obs.refusal
+        if refusal is not None and refusal.generation not in (None, self.generation):
+            refusal = None  # refused under an older spec: the next create tells
+        if refusal is None:
+            remove_condition(self.st, CONDITION_POD_CREATION_FAILED)
+            return False
+        text = (
+            f"the API server refused to create pod {refusal.pod} "
+            f"({refusal.code} {refusal.reason}): {refusal.message}"
+        )
+        if refusal.permanent:
+            self._fail(
+                Reason.POD_CREATION_REFUSED,
+                f"{text}; the same pod would be refused again: fix the spec (or the "
+                "namespace's policy) and re-create the job",
+            )
+            return True
+        self._set(
+            CONDITION_POD_CREATION_FAILED,
+            "True",
+            Reason.FAILED_CREATE,
+            f"{text}; retrying with backoff",
+        )
+        self.blocked = f"blocked: pod creation refused ({refusal.reason or refusal.code})"
         return False
 
     # -- terminal ---------------------------------------------------------------------------------
@@ -446,6 +484,8 @@ class _Decision:
         job = self.spec_job
         runs = sorted(self.validators, key=lambda p: p.validation_run or 0)
         latest = runs[-1] if runs else None
+        if latest is not None and (latest.validation_run or 0) > (self.st.validation_runs or 0):
+            self.st.validation_runs = latest.validation_run
         self.st.phase = "Validating"
         self.summary = "validating"
         if latest is not None and latest.phase == "Succeeded":
@@ -471,13 +511,22 @@ class _Decision:
             if latest is not None and latest.deleting and not latest.terminated:
                 self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
                 return False  # let it go before re-running
-            run = (latest.validation_run or 0) + 1 if latest is not None else 1
+            # The status keeps the count of runs whose pods were seen: a pod that vanished
+            # (deleted by someone, pod GC) leaves no label to count from, while a create
+            # that never happened (refused, a crash) must not use up a rerun.
+            run = max(latest.validation_run or 0 if latest else 0, self.st.validation_runs or 0)
+            run += 1
             if run > 1 + self.cfg.validation_reruns:
-                assert failure is not None
+                if failure is None:
+                    failure = Failure(
+                        True,
+                        Reason.POD_LOST,
+                        f"validation pod of run {run - 1} disappeared before it finished",
+                    )
                 self._fail_validation(
                     failure.reason,
                     failure.message,
-                    f"validation could not run: {failure.message}",
+                    f"validation could not run ({run - 1} tries): {failure.message}",
                 )
                 return False
             if latest is not None:
@@ -624,6 +673,7 @@ class _Decision:
             self.plan.actions.append(EnsureNetworkPolicy(render_network_policy(job, self.cfg)))
         config_hash = resolved.config_hash()
         self._complete_gang(attempt, range(res.nodes), [], config_hash)
+        self.created_gang = True
         gpus = res.nodes * res.gpus_per_node
         self.st.attempts = attempt
         self.st.start_time = self.st.start_time or self.now
@@ -654,6 +704,8 @@ class _Decision:
             self.plan.event("Normal", Reason.GANG_CREATED, message)
         self.summary = f"queued: 0/{res.nodes} placed"
         self.plan.requeue(job.spec.run_policy.scheduling_timeout_seconds)
+        if self.capacity_wait is not None:
+            self._report_capacity_wait(self.capacity_wait)
 
     def _complete_gang(
         self,
@@ -673,8 +725,48 @@ class _Decision:
             body = render_worker_pod(job, attempt, rank, self.cfg, config_hash=config_hash)
             self.plan.actions.append(CreatePod(body))
         names = [naming.pod_name(str(job.metadata.name), attempt, rank) for rank in ranks]
+        verdict = self._admission(attempt)
+        if verdict is not None and not verdict.fits:
+            self.capacity_wait = verdict  # all stay gated: part of a gang must not bind
+            return
         for name in [*(p.name for p in gated), *names]:
             self.plan.actions.append(UngatePod(name))
+
+    def _admission(self, attempt: int) -> Verdict | None:
+        """Whether the whole gang has room now (admission.py); None when Kueue admits it or
+        the nodes are not known (the gates come off, the scheduler decides)."""
+        job = self.spec_job
+        nodes, capacity = self.obs.nodes, self.obs.capacity
+        if job.spec.run_policy.queue_name or nodes is None or capacity is None:
+            return None
+        pod = render_worker_pod(job, attempt, 0, self.cfg)
+        verdict = admit(pod, job.spec.resources.nodes, nodes, capacity)
+        if verdict.ever == 0:  # not even one pod: say which node falls short and how
+            never = never_fits(pod, nodes)
+            if never is not None:
+                verdict = dataclasses.replace(
+                    verdict, why=f"no node can ever run its pods: {never}"
+                )
+        return verdict
+
+    def _report_capacity_wait(self, verdict: Verdict) -> bool:
+        """Admitted=Unknown saying why the gang is held back; True when it can never fit."""
+        never = verdict.ever < verdict.size
+        reason = Reason.GANG_NEVER_FITS if never else Reason.WAITING_FOR_CAPACITY
+        if verdict.ever == 0 and verdict.why:
+            reason = Reason.NO_NODE_FITS
+        message = verdict.describe()
+        before = get_condition(self.old, CONDITION_ADMITTED)
+        self._set(CONDITION_ADMITTED, "Unknown", reason, message)
+        self._set(CONDITION_RUNNING, "False", reason, "the gang is not released yet")
+        if before is None or before.reason != reason:
+            self.plan.event("Warning" if never else "Normal", reason, message)
+        if never:
+            self.summary = "unplaceable: gang larger than the cluster"
+        else:
+            self.summary = f"queued: waiting for room ({verdict.room}/{verdict.size} fit)"
+            self.plan.requeue(self.cfg.capacity_recheck_seconds)
+        return never
 
     def _restart(self, attempt: int, failure: Failure) -> None:
         policy = self.spec_job.spec.run_policy
@@ -712,9 +804,32 @@ class _Decision:
         self.summary = f"restarting (attempt {nxt})"
         self.plan.requeue(delay)
 
+    def _updates_pending(self, attempt: int, gang: GangState) -> None:
+        """Say which spec edits the gang does not see: its pods keep the env, image and
+        trainer configuration they were created with."""
+        created = next((dict(p.spec_sections) for p in gang.pods if p.spec_sections), None)
+        if created is None:  # pods of an operator that did not record them
+            return
+        now = spec_sections(self.spec_job)
+        changed = sorted(k for k, v in now.items() if created.get(k) not in (None, v))
+        if not changed:
+            remove_condition(self.st, CONDITION_UPDATES_PENDING)
+            return
+        fields = ", ".join(f"spec.{k}" for k in changed)
+        self._set(
+            CONDITION_UPDATES_PENDING,
+            "True",
+            Reason.APPLIES_TO_NEXT_ATTEMPT,
+            f"{fields} changed after attempt {attempt} was created: the running pods keep "
+            "the old values until the next attempt (after a retryable failure), or apply "
+            "them now by suspending and resuming the job (spec.runPolicy.suspend: true, "
+            "then false; it resumes from its latest checkpoint)",
+        )
+
     def _follow_gang(self, attempt: int, gang: GangState) -> None:
         job = self.spec_job
         size = gang.size
+        self._updates_pending(attempt, gang)
         self._delete(gang.extra)
         self.st.phase = "Queued"
         failures = [
@@ -826,23 +941,31 @@ class _Decision:
                     else f"waiting for scheduling gates {', '.join(sorted(foreign))}"
                 )
                 self.summary = clip_summary(f"queued in {queue}" if queue else "queued: gated")
+            elif self.capacity_wait is not None:
+                if self._report_capacity_wait(self.capacity_wait):
+                    self._release_if_overdue(gang, self._placement_deadline(gang), None)
+                return
             else:
                 reason, message = Reason.GANG_PENDING, "releasing the gang to the scheduler"
                 self.summary = f"queued: 0/{size} placed"
             self._set(CONDITION_ADMITTED, "Unknown", reason, message)
             return
-        # The placement clock starts when the gang was created (Admitted turned Unknown then);
-        # behind a queue it starts when the queue released the gang.
-        admitted = get_condition(self.st, CONDITION_ADMITTED)
-        created = [p.created for p in gang.pods if p.created]
-        anchor = max(created) if created else self.now
-        if admitted is not None and admitted.status == "Unknown":
-            anchor = max(anchor, admitted.last_transition_time)
-        if job.spec.run_policy.queue_name:
-            anchor = max(anchor, self.obs.ungated_since or self.now)
+        deadline = self._placement_deadline(gang)
         timeout = job.spec.run_policy.scheduling_timeout_seconds
-        deadline = anchor + timedelta(seconds=timeout)
         placed = f"{gang.bound}/{size} pods placed"
+        partial = self._partial_since(gang)
+        if partial is not None:
+            # Part of the gang is bound (holding GPUs) while the scheduler cannot place the
+            # rest: room taken by what the operator cannot see. Release it soon.
+            grace = self.cfg.partial_gang_grace_seconds
+            early = partial + timedelta(seconds=grace)
+            if early < deadline:
+                deadline = early
+                scheduler = (
+                    f"only part of the gang could be placed ({placed}); released after "
+                    f"partial_gang_grace_seconds={grace:g} so that it holds no GPUs"
+                    + (f"; scheduler: {scheduler}" if scheduler else "")
+                )
         # A pod no node could hold even when empty is not waiting for room: say so at once.
         # (The gang is still released and retried as below: nodes may be added.)
         unplaced = next((p for p in gang.pods if not p.bound), None)
@@ -852,26 +975,7 @@ class _Decision:
             never = never_fits(body, self.obs.nodes)
         if never is not None:
             scheduler = f"no node can ever run pod {unplaced.name if unplaced else ''}: {never}"
-        if self.now >= deadline:
-            message = (
-                f"the gang of {size} pods ({self.st.gpus} GPUs) could not be placed within "
-                f"schedulingTimeoutSeconds={timeout} ({placed})"
-                + (f": {scheduler}" if scheduler else "")
-                + f"; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
-            )
-            self.phase_message = message
-            self._set(CONDITION_ADMITTED, "False", Reason.GANG_UNSCHEDULABLE, message)
-            self._set(CONDITION_RESTARTING, "True", Reason.GANG_UNSCHEDULABLE, message)
-            self._set(
-                CONDITION_RUNNING,
-                "False",
-                Reason.GANG_UNSCHEDULABLE,
-                "the gang could not be placed",
-            )
-            self.plan.event("Warning", Reason.GANG_UNSCHEDULABLE, message)
-            self._delete(self.workers)
-            self.summary = "unschedulable: gang released"
-            self.plan.requeue(self.cfg.unschedulable_retry_seconds)
+        if self._release_if_overdue(gang, deadline, scheduler):
             return
         if never is not None:
             message = (
@@ -893,6 +997,72 @@ class _Decision:
         )
         self.summary = f"queued: {placed.replace(' pods', '')}"
         self.plan.requeue(self._seconds_until(deadline))
+
+    def _placement_deadline(self, gang: GangState) -> datetime:
+        """schedulingTimeoutSeconds after the gang was created (Admitted turned Unknown
+        then); behind a queue, after the queue released it."""
+        job = self.spec_job
+        admitted = get_condition(self.st, CONDITION_ADMITTED)
+        created = [p.created for p in gang.pods if p.created]
+        anchor = max(created) if created else self.now
+        if admitted is not None and admitted.status == "Unknown":
+            anchor = max(anchor, admitted.last_transition_time)
+        if job.spec.run_policy.queue_name:
+            anchor = max(anchor, self.obs.ungated_since or self.now)
+        return anchor + timedelta(seconds=job.spec.run_policy.scheduling_timeout_seconds)
+
+    def _partial_since(self, gang: GangState) -> datetime | None:
+        """Since when part of the gang is bound while the scheduler reports another of its
+        pods unschedulable; None unless both hold."""
+        if not 0 < gang.bound < gang.size:
+            return None
+        since = [
+            p.scheduled.last_transition_time or self.now
+            for p in gang.pods
+            if not p.bound
+            and p.scheduled is not None
+            and p.scheduled.status == "False"
+            and p.scheduled.reason == "Unschedulable"
+        ]
+        return min(since) if since else None
+
+    def _release_if_overdue(
+        self, gang: GangState, deadline: datetime, scheduler: str | None
+    ) -> bool:
+        """Release (delete) a gang not placed by ``deadline``; it is re-created after
+        ``unschedulable_retry_seconds`` without counting against backoffLimit."""
+        if self.now < deadline:
+            self.plan.requeue(self._seconds_until(deadline))
+            return False
+        size = gang.size
+        timeout = self.spec_job.spec.run_policy.scheduling_timeout_seconds
+        placed = f"{gang.bound}/{size} pods placed"
+        if self.capacity_wait is not None:
+            scheduler = self.capacity_wait.describe()
+        message = (
+            f"the gang of {size} pods ({self.st.gpus} GPUs) could not be placed within "
+            f"schedulingTimeoutSeconds={timeout} ({placed})"
+            + (f": {scheduler}" if scheduler else "")
+            + f"; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
+        )
+        if scheduler and scheduler.startswith("only part of the gang"):
+            message = (
+                f"{scheduler}; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
+            )
+        self.phase_message = message
+        self._set(CONDITION_ADMITTED, "False", Reason.GANG_UNSCHEDULABLE, message)
+        self._set(CONDITION_RESTARTING, "True", Reason.GANG_UNSCHEDULABLE, message)
+        self._set(
+            CONDITION_RUNNING,
+            "False",
+            Reason.GANG_UNSCHEDULABLE,
+            "the gang could not be placed",
+        )
+        self.plan.event("Warning", Reason.GANG_UNSCHEDULABLE, message)
+        self._delete(self.workers)
+        self.summary = "unschedulable: gang released"
+        self.plan.requeue(self.cfg.unschedulable_retry_seconds)
+        return True
 
     def _running(self, attempt: int, gang: GangState) -> None:
         job = self.spec_job
@@ -983,7 +1153,11 @@ class _Decision:
         st = self.st
         if st.phase != "Running":  # ProgressKnown describes a running gang only
             remove_condition(st, CONDITION_PROGRESS_KNOWN)
-        summary = self.summary
+        if st.phase in TERMINAL_PHASES:
+            remove_condition(st, CONDITION_POD_CREATION_FAILED)
+        if st.phase in (*TERMINAL_PHASES, "Suspended") or self.created_gang:
+            remove_condition(st, CONDITION_UPDATES_PENDING)  # no gang, or a fresh one
+        summary = self.blocked or self.summary
         if summary is None:
             failed = get_condition(st, CONDITION_FAILED)
             defaults = {

@@ -43,6 +43,9 @@ LABEL_APP_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 ANNOTATION_CONFIG_HASH: Final = "kubetune.io/config-hash"
 #: The full job name, on objects whose job label had to be shortened (names over 63).
 ANNOTATION_JOB: Final = "kubetune.io/job-name"
+#: Short hashes of the spec sections a running gang was created from (JSON), to tell a user
+#: which edits wait for the next attempt.
+ANNOTATION_SPEC_SECTIONS: Final = "kubetune.io/spec-sections"
 ANNOTATION_GPUS: Final = "kubetune.io/gang-gpus"
 
 #: Scheduling gate held on every pod of a gang until the whole gang exists.

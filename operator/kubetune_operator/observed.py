@@ -7,12 +7,18 @@ functions easy to feed in unit tests.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from kubetune_operator import naming
+from kubetune_operator.quantities import pod_requests
+
+if TYPE_CHECKING:
+    from kubetune_operator.admission import Capacity
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -87,6 +93,10 @@ class PodView:
     waiting_reason: str | None = None
     waiting_message: str | None = None
     resource_version: str = ""
+    #: Hashes of the spec sections the pod was created from (see render.pods.spec_sections).
+    spec_sections: tuple[tuple[str, str], ...] = ()
+    #: What the pod asks of its node (for the capacity kubetune's own pods hold).
+    requests: tuple[tuple[str, Decimal], ...] = ()
 
     @property
     def gated(self) -> bool:
@@ -178,7 +188,20 @@ class PodView:
             waiting_reason=waiting_reason,
             waiting_message=waiting_message,
             resource_version=str(meta.get("resourceVersion", "")),
+            spec_sections=_sections(meta),
+            requests=tuple(sorted(pod_requests(body).items())),
         )
+
+
+def _sections(meta: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    raw = (meta.get("annotations") or {}).get(naming.ANNOTATION_SPEC_SECTIONS)
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return ()
+    if not isinstance(data, dict):
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in data.items()))
 
 
 @dataclass(frozen=True)
@@ -254,6 +277,30 @@ class ChildConflict:
         return f"{self.kind} {namespace}/{self.name} already exists and is {owner}"
 
 
+#: API server answers to a pod create that the same pod would get again: a pod the schema
+#: refuses (400/422), the namespace's Pod Security level, an admission webhook's denial.
+#: Anything else (a full ResourceQuota, a ServiceAccount not created yet) may pass later.
+_PERMANENT_MARKERS = ("violates PodSecurity", "admission webhook")
+
+
+@dataclass(frozen=True)
+class CreateRefusal:
+    """The API server refused to create one of the job's pods (as the executor last met it)."""
+
+    pod: str
+    code: int
+    reason: str
+    message: str
+    generation: int | None = None
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying the same pod cannot help (until the spec or the namespace changes)."""
+        if self.code in (400, 422):
+            return True
+        return self.code == 403 and any(m in self.message for m in _PERMANENT_MARKERS)
+
+
 @dataclass(frozen=True)
 class ProgressSample:
     """The latest progress document fetched from rank 0, with when it was fetched."""
@@ -277,6 +324,10 @@ class Observed:
     #: Objects found under the job's child names that the job does not own (see
     #: :class:`ChildConflict`), as the executor last met them.
     conflicts: tuple[ChildConflict, ...] = ()
+    #: The API server's refusal of the job's last pod create, until a create succeeds.
+    refusal: CreateRefusal | None = None
+    #: What other kubetune jobs hold, when the job's gang may be released (else None).
+    capacity: Capacity | None = None
 
     @property
     def name(self) -> str:

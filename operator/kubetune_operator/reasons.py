@@ -49,6 +49,9 @@ class Reason(StrEnum):
     GANG_RUNNING = "GangRunning"
     GANG_UNSCHEDULABLE = "GangUnschedulable"
     GANG_RELEASED = "GangReleased"
+    # Gang admission without Kueue (admission.py): the gang stays gated, holding nothing.
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"
+    GANG_NEVER_FITS = "GangNeverFits"
     RESTARTING = "Restarting"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
@@ -56,6 +59,11 @@ class Reason(StrEnum):
     NOT_RECOMMENDED = "NotRecommended"
     CONFIG_WARNING = "ConfigWarning"
     FAILED_CREATE = "FailedCreate"
+    # The API server refused a pod in a way a retry cannot change (schema, Pod Security,
+    # an admission webhook): a verdict.
+    POD_CREATION_REFUSED = "PodCreationRefused"
+    # Spec edits the running gang does not see (UpdatesPending).
+    APPLIES_TO_NEXT_ATTEMPT = "AppliesToNextAttempt"
     # A placed pod that cannot start (the kubelet's container waiting reasons), and the
     # deadline that releases its gang (operator setting startup_timeout_seconds).
     CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"

@@ -145,6 +145,18 @@ class OperatorSettings(BaseModel):
     unschedulable_retry_seconds: float = Field(
         default=60.0, gt=0, description="Wait before re-creating a gang released as unschedulable."
     )
+    partial_gang_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long part of a gang may stay placed while the scheduler reports "
+        "the rest unschedulable (room taken by workloads the operator cannot see) before "
+        "the gang is released, so that it never holds GPUs it cannot use.",
+    )
+    capacity_recheck_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a gang kept gated for want of room checks again.",
+    )
     node_lost_grace_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -172,6 +184,12 @@ class OperatorSettings(BaseModel):
         default="http://{pod_ip}:{port}" + PROGRESS_PORT_PATH,
         description="URL of the rank-0 progress document; fields: pod_ip, port, pod, "
         "namespace, job, attempt.",
+    )
+    resync_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often the caches are checked against a fresh LIST of jobs and pods "
+        "(deletions a watch re-list after 410 Gone never reports); 0 turns it off.",
     )
     progress_interval_seconds: float = Field(default=15.0, gt=0, le=30.0)
     progress_timeout_seconds: float = Field(default=3.0, gt=0)

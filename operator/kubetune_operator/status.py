@@ -36,15 +36,27 @@ CONDITION_RESTARTING = "Restarting"
 #: decided on samples that show the step not advancing.
 CONDITION_PROGRESS_KNOWN = "ProgressKnown"
 
+#: True while the API server refuses to create one of the job's pods for a reason that
+#: may pass (a full ResourceQuota, a ServiceAccount not created yet): the server's own
+#: message, so the job never waits silently (after ReplicaSet's ReplicaFailure).
+CONDITION_POD_CREATION_FAILED = "PodCreationFailed"
+
+#: True while the running (or queued) gang was created from an older version of a spec
+#: section that is editable at any time (env, image, checkpoint, ...): the edit waits for
+#: the next attempt, and the message says which fields and how to apply them now.
+CONDITION_UPDATES_PENDING = "UpdatesPending"
+
 __all__ = [
     "CONDITION_ADMITTED",
     "CONDITION_CONFIG_WARNING",
     "CONDITION_FAILED",
+    "CONDITION_POD_CREATION_FAILED",
     "CONDITION_PROGRESS_KNOWN",
     "CONDITION_RESTARTING",
     "CONDITION_RUNNING",
     "CONDITION_SUCCEEDED",
     "CONDITION_SUSPENDED",
+    "CONDITION_UPDATES_PENDING",
     "CONDITION_VALIDATED",
 ]
 

@@ -52,6 +52,10 @@ TEST_SETTINGS = {
     "TERMINATION_GRACE_PERIOD_SECONDS": "5",
     "TRAINER_IMAGE": TRAINER_IMAGE,
     "LOG_LEVEL": "INFO",
+    # Jobs may name ServiceAccounts e2e-*: one that does not exist shows how a refused
+    # pod create is reported.
+    "ALLOWED_SERVICE_ACCOUNTS": "default,e2e-*",
+    "CAPACITY_RECHECK_SECONDS": "1",
 }
 
 

@@ -4,6 +4,7 @@ driven through kubectl as a user would (KWOK plays the kubelets; tests play the 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -297,10 +298,48 @@ def test_gang_larger_than_free_gpus_is_reported_and_holds_nothing(
     )
     admitted = condition(status, "Admitted")
     assert admitted["status"] == "False"
-    assert "Insufficient nvidia.com/gpu" in admitted["message"]
+    # Admission knew before the scheduler: 4 of the 5 pods fit on this cluster, ever.
+    assert "can never hold the whole gang at once: 4 of its 5 pods" in admitted["message"]
     assert status["phase"] == "Queued" and status["attempts"] == 1
     wait_until(lambda: not worker_pods(cluster, ns, "huge"), timeout=30, what="the gang released")
-    assert any(e["reason"] == "GangUnschedulable" for e in events(cluster, ns, "huge"))
+    reasons = {e["reason"] for e in events(cluster, ns, "huge")}
+    assert {"GangNeverFits", "GangUnschedulable"} <= reasons
+
+
+def test_gangs_that_do_not_fit_together_never_hold_part_of_one(
+    cluster: Cluster, ns: str, operator: Operators
+) -> None:
+    """Two jobs of 3 x 8 GPUs on 4 nodes of 8 GPUs (issue 9 item 14): while one runs, the
+    other is held back whole -- none of its pods binds (holding GPUs idle) -- and runs as
+    soon as the first is done."""
+    big = {
+        "resources": {"nodes": 3},
+        "hyperparameters": {"globalBatchSize": 48, "microBatchSize": 2},
+    }
+    start_running(cluster, ns, "first", **big)
+    apply(cluster, manifest("second", ns, **big))
+    finish_validation(cluster, ns, "second")
+    status = wait_until(
+        lambda: (
+            condition(s := job_status(cluster, ns, "second"), "Admitted").get("reason")
+            == "WaitingForCapacity"
+            and s
+        ),
+        timeout=30,
+        what="WaitingForCapacity",
+    )
+    assert "1 of 3 pods" in condition(status, "Admitted")["message"]
+    assert status["progress"]["summary"] == "queued: waiting for room (1/3 fit)"
+    for _ in range(6):  # the scheduler has seen none of them: none binds
+        second = worker_pods(cluster, ns, "second")
+        assert len(second) == 3 and all(p["spec"].get("schedulingGates") for p in second)
+        assert not [p for p in second if p["spec"].get("nodeName")]
+        time.sleep(1)
+    for rank in range(3):
+        finish_pod(cluster, ns, f"first-a1-{rank}", 0)
+    wait_phase(cluster, ns, "first", "Succeeded", timeout=30)
+    wait_phase(cluster, ns, "second", "Running", timeout=60)
+    assert job_status(cluster, ns, "second")["attempts"] == 1, "never released, never retried"
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

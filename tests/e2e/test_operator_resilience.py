@@ -148,3 +148,45 @@ def _metrics(replica: object) -> str:
         return replica.metrics()  # type: ignore[attr-defined,no-any-return]
     except OSError:
         return ""
+
+
+def test_a_deposed_leaders_status_write_is_refused(
+    cluster: Cluster, ns: str, operator: Operators
+) -> None:
+    """Fencing against the real API server: a status write decided on an older version of
+    the job (a leader that lost its lease but has not noticed) is refused, and the status
+    the current leader wrote stays."""
+    import asyncio
+
+    from kubetune_operator.controller import Controller
+    from kubetune_operator.kube import ApiError, Credentials, KubeClient
+    from kubetune_operator.metrics import OperatorMetrics
+    from kubetune_operator.observed import Observed
+    from kubetune_operator.plan import Plan
+    from kubetune_operator.settings import OperatorSettings
+
+    apply(cluster, manifest("fenced", ns, runPolicy={"suspend": True}))
+    wait_phase(cluster, ns, "fenced", "Suspended", timeout=30)
+    seen = json.loads(cluster.kubectl("get", "ftj", "fenced", "-o", "json", namespace=ns).stdout)
+    # The job moves on after the deposed leader looked at it.
+    cluster.kubectl("annotate", "ftj", "fenced", "example.com/touched=yes", namespace=ns)
+    before = job_status(cluster, ns, "fenced")
+
+    async def deposed_write() -> ApiError | None:
+        creds = Credentials.load(kubeconfig=str(operator.kubeconfig))
+        async with KubeClient(creds) as client:
+            settings = OperatorSettings(leader_election=False, identity="deposed")
+            controller = Controller(client, settings, OperatorMetrics())
+            try:
+                await controller.execute(
+                    (ns, "fenced"),
+                    Observed(raw=seen),
+                    Plan(status={**seen["status"], "phase": "Failed"}),
+                )
+            except ApiError as exc:
+                return exc
+        return None
+
+    refused = asyncio.run(deposed_write())
+    assert refused is not None and refused.conflict, refused
+    assert job_status(cluster, ns, "fenced")["phase"] == before["phase"] == "Suspended"

@@ -5,6 +5,7 @@ job that asks for more than the tenant policy allows fails before any pod exists
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -53,3 +54,34 @@ def test_forbidden_job_fails_without_pods(cluster: Cluster, ns: str, operator: O
     assert failed["reason"] == "ForbiddenByPolicy"
     assert "evil.example.com/miner:1" in failed["message"]
     assert pods(cluster, ns, "bad") == []
+
+
+def test_a_refused_pod_create_is_named_in_a_condition(
+    cluster: Cluster, ns: str, operator: Operators
+) -> None:
+    """A job whose ServiceAccount does not exist: the API server's refusal (its own words)
+    appears in a condition within seconds instead of only in FailedCreate Events; once the
+    ServiceAccount exists the job moves on by itself."""
+    from kubetune.devcluster.testing import wait_until
+    from tests.e2e.operator_helpers import job_status
+
+    apply(cluster, manifest("nosa", ns, serviceAccountName="e2e-missing"))
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(job_status(cluster, ns, "nosa"), "PodCreationFailed")
+        return cond if cond.get("status") == "True" else None
+
+    cond = wait_until(refused, timeout=30, what="PodCreationFailed=True")
+    assert 'serviceaccount "e2e-missing" not found' in str(cond["message"])
+    status = job_status(cluster, ns, "nosa")
+    assert status["phase"] == "Validating"
+    assert status["progress"]["summary"].startswith("blocked: pod creation refused")
+    cluster.kubectl("create", "serviceaccount", "e2e-missing", namespace=ns)
+    wait_until(
+        lambda: pods(cluster, ns, "nosa", role="validation"), timeout=90, what="validation pod"
+    )
+    wait_until(
+        lambda: not condition(job_status(cluster, ns, "nosa"), "PodCreationFailed"),
+        timeout=30,
+        what="the condition to go",
+    )

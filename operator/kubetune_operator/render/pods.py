@@ -6,6 +6,8 @@ static rendezvous at the rank-0 pod, reached through the headless Service.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from kubetune.api import FineTuneJob
@@ -23,6 +25,32 @@ from kubetune.contract.launch import StaticRendezvous, launch_command
 from kubetune_operator import naming
 from kubetune_operator.render import common
 from kubetune_operator.settings import OperatorSettings
+
+#: Spec fields a user may edit while the job runs that shape its pods or the trainer's
+#: configuration: a running gang keeps what it was created with, so a change waits for the
+#: next attempt. (resources and distributed change only while suspended; the run policy
+#: is the operator's and applies at once; the rest is immutable.)
+POD_SECTIONS = (
+    "image",
+    "imagePullPolicy",
+    "imagePullSecrets",
+    "serviceAccountName",
+    "env",
+    "checkpoint",
+    "health",
+    "rlhf",
+)
+
+
+def spec_sections(job: FineTuneJob) -> dict[str, str]:
+    """A short hash of each of :data:`POD_SECTIONS` as the spec has it now."""
+    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {
+        section: hashlib.sha256(json.dumps(spec.get(section), sort_keys=True).encode()).hexdigest()[
+            :12
+        ]
+        for section in POD_SECTIONS
+    }
 
 
 def master_address(job: FineTuneJob) -> str:
@@ -101,6 +129,9 @@ def render_worker_pod(
     annotations[naming.ANNOTATION_GPUS] = str(res.nodes * res.gpus_per_node)
     if config_hash:
         annotations[naming.ANNOTATION_CONFIG_HASH] = config_hash
+    annotations[naming.ANNOTATION_SPEC_SECTIONS] = json.dumps(
+        spec_sections(job), sort_keys=True, separators=(",", ":")
+    )
     if spec.run_policy.queue_name:
         labels[naming.KUEUE_QUEUE_LABEL] = spec.run_policy.queue_name
         labels[naming.KUEUE_GROUP_LABEL] = naming.kueue_group_name(name, attempt)

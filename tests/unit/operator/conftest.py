@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 
 from kubetune_operator import naming
+from kubetune_operator.admission import Capacity
 from kubetune_operator.lifecycle import decide
-from kubetune_operator.observed import NodeView, Observed, PodView, ProgressSample, format_time
+from kubetune_operator.observed import (
+    CreateRefusal,
+    NodeView,
+    Observed,
+    PodView,
+    ProgressSample,
+    format_time,
+)
 from kubetune_operator.plan import (
     ApplyConfigMap,
     CreatePod,
@@ -90,6 +98,8 @@ class FakeCluster:
         self.events: list[tuple[str, str, str]] = []
         self.plans: list[Plan] = []
         self.progress: ProgressSample | None = None
+        self.refusal: CreateRefusal | None = None  # the executor's last refused pod create
+        self.capacity: Capacity | None = None  # what other jobs hold (None: no admission)
         self.graceful_delete = False
         self._uids = itertools.count(1)
         self._rv = itertools.count(10)
@@ -115,6 +125,8 @@ class FakeCluster:
             progress=self.progress,
             now=self.now,
             ungated_since=ungated_since,
+            refusal=self.refusal,
+            capacity=self.capacity,
         )
 
     def workers(self, attempt: int | None = None) -> list[dict[str, Any]]:

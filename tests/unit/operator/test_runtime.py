@@ -210,6 +210,9 @@ class FakeApi:
                 return web.json_response({"reason": "NotFound", "message": "nf"}, status=404)
             content_type = request.headers.get("Content-Type", "")
             self.patches.append((path, content_type, copy.deepcopy(body)))
+            expected = ((body or {}).get("metadata") or {}).get("resourceVersion")
+            if expected and expected != current["metadata"].get("resourceVersion"):
+                return web.json_response({"reason": "Conflict", "message": "rv"}, status=409)
             if content_type.startswith(STRATEGIC_MERGE_PATCH):
                 merged = strategic_merge(current, body)
             else:
@@ -518,6 +521,43 @@ def test_destructive_plans_write_status_first() -> None:
             Plan(status={"phase": "Failed"}, actions=[DeletePod("q", "y")]),
         )
         assert [m for m, _ in api.requests] == ["PATCH"]
+
+    run(with_api(scenario))
+
+
+def test_status_writes_are_fenced_by_resource_version() -> None:
+    """A deposed leader decides on an old view of the job: its status write carries that
+    view's resourceVersion, so the API server refuses it once the successor has written, and
+    the plan's deletions never happen. The refused writer reads the job as it is now."""
+
+    async def scenario(client: KubeClient, api: FakeApi) -> None:
+        controller = Controller(
+            client, OperatorSettings(leader_election=False, identity="old"), OperatorMetrics()
+        )
+        job_path = "/apis/kubetune.io/v1alpha1/namespaces/ns/finetunejobs/j"
+        stale = {"metadata": {"name": "j", "namespace": "ns", "uid": "u", "resourceVersion": "1"}}
+        api.objects[job_path] = copy.deepcopy(stale)
+        api.objects["/api/v1/namespaces/ns/pods/p"] = {"metadata": {"name": "p", "uid": "x"}}
+        # The new leader writes first (the object moves on to resourceVersion 101).
+        successor = copy.deepcopy(api.objects[job_path])
+        successor["status"] = {"phase": "Running", "attempts": 2}
+        api.rv += 1
+        successor["metadata"]["resourceVersion"] = str(api.rv)
+        api.objects[job_path] = successor
+        plan = Plan(status={"phase": "Queued", "attempts": 3}, actions=[DeletePod("p", "x")])
+        with pytest.raises(ApiError) as refused:
+            await controller.execute(("ns", "j"), Observed(raw=stale), plan)
+        assert refused.value.conflict
+        assert api.objects[job_path]["status"] == {"phase": "Running", "attempts": 2}
+        assert "/api/v1/namespaces/ns/pods/p" in api.objects, "no delete after a refused write"
+        sent = [b for p, _, b in api.patches if p == job_path + "/status"]
+        assert sent and sent[0]["metadata"] == {"resourceVersion": "1"}
+        fresh = controller.cache._job_overlay.resolve(("ns", "j"), None)
+        assert fresh is not None and fresh["status"]["attempts"] == 2
+        # Decided on the current object, the same write goes through.
+        await controller.execute(("ns", "j"), Observed(raw=fresh), plan)
+        assert api.objects[job_path]["status"]["attempts"] == 3
+        assert "/api/v1/namespaces/ns/pods/p" not in api.objects
 
     run(with_api(scenario))
 
