@@ -648,7 +648,7 @@ class _Decision:
             return
         if reason == Reason.GANG_UNSCHEDULABLE:
             delay = self.cfg.unschedulable_retry_seconds
-        elif reason == Reason.RESUMED:
+        elif reason in (Reason.RESUMED, Reason.RESTART_REQUESTED):
             delay = 0.0
         else:
             delay = backoff_seconds(
@@ -826,9 +826,40 @@ class _Decision:
             "then false; it resumes from its latest checkpoint)",
         )
 
+    def _restart_requested(self, gang: GangState) -> bool:
+        """A new ``kubetune.io/restart`` annotation (Argo CD's restart action, or by hand):
+        replace the gang, same attempt number, resuming from the newest checkpoint. Like a
+        suspend and resume it is not a failure: it does not count against backoffLimit."""
+        requested = self.spec_job.metadata.annotations.get(naming.ANNOTATION_RESTART)
+        if not requested or not gang.pods or any(p.restart_token == requested for p in gang.pods):
+            return False
+        checkpoint = self.st.last_checkpoint
+        resume = (
+            f"resuming from checkpoint step {checkpoint.step} ({checkpoint.path})"
+            if checkpoint
+            else "no checkpoint yet: starting from the beginning"
+        )
+        message = (
+            f"restart requested (metadata.annotations[{naming.ANNOTATION_RESTART}]="
+            f"{requested[:64]}): replacing the gang, {resume}"
+        )
+        self.st.phase = "Queued"
+        self.phase_message = message
+        self._set(CONDITION_RESTARTING, "True", Reason.RESTART_REQUESTED, message)
+        self._set(CONDITION_RUNNING, "False", Reason.RESTART_REQUESTED, message)
+        self._set(CONDITION_ADMITTED, "False", Reason.GANG_RELEASED, "the gang was released")
+        self.plan.event("Normal", Reason.RESTART_REQUESTED, message)
+        self.plan.metrics.append(MetricEvent("restart", Reason.RESTART_REQUESTED))
+        self._delete(self.workers)
+        self.summary = "restarting (requested)"
+        self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+        return True
+
     def _follow_gang(self, attempt: int, gang: GangState) -> None:
         job = self.spec_job
         size = gang.size
+        if self._restart_requested(gang):
+            return
         self._updates_pending(attempt, gang)
         self._delete(gang.extra)
         self.st.phase = "Queued"

@@ -46,6 +46,10 @@ ANNOTATION_JOB: Final = "kubetune.io/job-name"
 #: Short hashes of the spec sections a running gang was created from (JSON), to tell a user
 #: which edits wait for the next attempt.
 ANNOTATION_SPEC_SECTIONS: Final = "kubetune.io/spec-sections"
+#: On a FineTuneJob: a new value (any string; Argo CD's restart action writes the time)
+#: restarts the gang from its newest checkpoint. Copied onto the pods it created, which is
+#: how the operator tells a request already served from a new one.
+ANNOTATION_RESTART: Final = "kubetune.io/restart"
 ANNOTATION_GPUS: Final = "kubetune.io/gang-gpus"
 
 #: Scheduling gate held on every pod of a gang until the whole gang exists.

@@ -97,6 +97,8 @@ class PodView:
     spec_sections: tuple[tuple[str, str], ...] = ()
     #: What the pod asks of its node (for the capacity kubetune's own pods hold).
     requests: tuple[tuple[str, Decimal], ...] = ()
+    #: The job's restart request (annotation) the pod was created under.
+    restart_token: str | None = None
 
     @property
     def gated(self) -> bool:
@@ -190,6 +192,7 @@ class PodView:
             resource_version=str(meta.get("resourceVersion", "")),
             spec_sections=_sections(meta),
             requests=tuple(sorted(pod_requests(body).items())),
+            restart_token=(meta.get("annotations") or {}).get(naming.ANNOTATION_RESTART),
         )
 
 

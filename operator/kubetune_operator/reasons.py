@@ -55,6 +55,7 @@ class Reason(StrEnum):
     RESTARTING = "Restarting"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
+    RESTART_REQUESTED = "RestartRequested"
     # Configuration and the API.
     NOT_RECOMMENDED = "NotRecommended"
     CONFIG_WARNING = "ConfigWarning"

@@ -129,6 +129,9 @@ def render_worker_pod(
     annotations[naming.ANNOTATION_GPUS] = str(res.nodes * res.gpus_per_node)
     if config_hash:
         annotations[naming.ANNOTATION_CONFIG_HASH] = config_hash
+    restart = job.metadata.annotations.get(naming.ANNOTATION_RESTART)
+    if restart:
+        annotations[naming.ANNOTATION_RESTART] = restart
     annotations[naming.ANNOTATION_SPEC_SECTIONS] = json.dumps(
         spec_sections(job), sort_keys=True, separators=(",", ":")
     )

@@ -1,4 +1,5 @@
-"""Edits that wait for the next attempt say so (issue 9, item 15)."""
+"""Edits to a running job: what waits for the next attempt says so (issue 9, item 15), and a
+restart request (the kubetune.io/restart annotation) replaces the gang."""
 
 from __future__ import annotations
 
@@ -48,3 +49,37 @@ def test_a_new_attempt_picks_the_edit_up_and_the_condition_goes(make_cluster: An
     c.settle()
     assert c.status["phase"] == "Running"
     assert c.condition("UpdatesPending") is None
+
+
+def test_a_restart_annotation_replaces_the_gang_without_using_up_a_retry(
+    make_cluster: Any,
+) -> None:
+    """Argo CD's restart action (or kubectl annotate) sets kubetune.io/restart: the gang is
+    replaced under the same attempt number, resuming from the newest checkpoint, once per
+    new value."""
+    c = make_cluster()
+    c.graceful_delete = True
+    c.start_running()
+    old_uids = {b["metadata"]["uid"] for b in c.workers(1)}
+    c.job["metadata"].setdefault("annotations", {})["kubetune.io/restart"] = "2026-12-02T10:00:00Z"
+    plan = c.step()
+    assert sorted(plan.pods_to_delete()) == ["tune-a1-0", "tune-a1-1"]
+    restarting = c.condition("Restarting")
+    assert (restarting["status"], restarting["reason"]) == ("True", "RestartRequested")
+    assert "resum" in restarting["message"] or "checkpoint" in restarting["message"]
+    assert c.status["phase"] == "Queued"
+    c.finish_gone_deletions()
+    c.settle()
+    new = c.workers(1)
+    assert len(new) == 2 and not old_uids & {b["metadata"]["uid"] for b in new}
+    assert all(
+        b["metadata"]["annotations"]["kubetune.io/restart"] == "2026-12-02T10:00:00Z" for b in new
+    )
+    c.place_all(1)
+    c.settle()
+    assert c.status["phase"] == "Running"
+    assert c.status["attempts"] == 1, "not a failed attempt"
+    # The same value again does nothing; a new one restarts again.
+    assert not c.step().pods_to_delete()
+    c.job["metadata"]["annotations"]["kubetune.io/restart"] = "2026-12-02T11:00:00Z"
+    assert sorted(c.step().pods_to_delete()) == ["tune-a1-0", "tune-a1-1"]
