@@ -533,7 +533,8 @@ class _Decision:
                 self._delete([latest])
             if self._ensure_config(max(1, self.st.attempts)) is None:
                 return False
-            pod = render_validation_pod(job, run, self.cfg)
+            lost_on = [latest.node_name] if latest is not None and latest.node_name else []
+            pod = render_validation_pod(job, run, self.cfg, avoid_nodes=lost_on)
             self.plan.actions.append(CreatePod(pod))
             message = f"checking model, dataset and config in pod {pod['metadata']['name']}"
             self._set(CONDITION_VALIDATED, "Unknown", Reason.VALIDATING, message)

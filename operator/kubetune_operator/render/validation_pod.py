@@ -7,6 +7,7 @@ queued for GPUs. Tiny requests, no GPU, no output volume, restricted security.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kubetune.api import FineTuneJob
@@ -27,8 +28,14 @@ from kubetune_operator.settings import OperatorSettings
 VALIDATE_COMMAND = ["python", "-m", TRAINER_MODULE, "--validate-only"]
 
 
-def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings) -> dict[str, Any]:
-    """Pod ``<job>-validate-<run>``."""
+def render_validation_pod(
+    job: FineTuneJob,
+    run: int,
+    settings: OperatorSettings,
+    avoid_nodes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Pod ``<job>-validate-<run>``; ``avoid_nodes``: where an earlier run was lost (a
+    rerun must not land on the node that just failed it)."""
     spec = job.spec
     name = str(job.metadata.name)
     store = common.storage(spec, settings, with_output=False)
@@ -71,6 +78,24 @@ def render_validation_pod(job: FineTuneJob, run: int, settings: OperatorSettings
     )
     if settings.validation_node_selector:
         pod_spec["nodeSelector"] = dict(settings.validation_node_selector)
+    if avoid_nodes:
+        pod_spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchFields": [
+                                {
+                                    "key": "metadata.name",
+                                    "operator": "NotIn",
+                                    "values": sorted(set(avoid_nodes)),
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from typing import Any
 
 import celpy
@@ -86,9 +86,23 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 
-@lru_cache(maxsize=512)
+_PER_THREAD = threading.local()
+_MAX_PROGRAMS = 1024
+
+
 def _program(expression: str) -> celpy.Runner:
-    return _ENV.program(_ENV.compile(expression), functions=FUNCTIONS)
+    """The compiled rule, cached per thread: a celpy Runner keeps its activation on itself
+    while it evaluates, so one shared Runner mixes up concurrent evaluations (the operator
+    validates in worker threads) -- a valid job then fails with another rule's variables."""
+    programs: dict[str, celpy.Runner] | None = getattr(_PER_THREAD, "programs", None)
+    if programs is None:
+        programs = _PER_THREAD.programs = {}
+    program = programs.get(expression)
+    if program is None:
+        if len(programs) >= _MAX_PROGRAMS:
+            programs.clear()
+        program = programs[expression] = _ENV.program(_ENV.compile(expression), functions=FUNCTIONS)
+    return program
 
 
 def _activation(self_value: Any, old_value: Any | None) -> dict[str, Any]:

@@ -71,6 +71,14 @@ def test_validation_rerun_after_node_loss_then_gives_up(make_cluster: Any) -> No
     names = sorted(p["metadata"]["name"] for p in c.validation_pods())
     assert names == ["tune-validate-2"], "lost validation pod replaced by a second run"
     assert c.status["phase"] == "Validating"
+    # The re-run keeps away from the node that lost the first one (a node deleted and
+    # re-added, or still listed by the scheduler, must not take every re-run).
+    terms = c.validation_pods()[0]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms == [
+        {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["gpu-1"]}]}
+    ]
     # Every re-run is lost too: after validation_reruns re-runs the job gives up, naming
     # the infrastructure failure, and never starts a GPU pod.
     reruns = c.settings.validation_reruns
