@@ -25,6 +25,8 @@ console = Console(stderr=True)
 out = Console(soft_wrap=True)
 
 DEFAULT_CRD_DIR = Path("crds")
+#: The Helm chart ships the same CRD (Helm installs ``crds/`` before the templates).
+CHART_CRD_DIR = Path("charts/kubetune/crds")
 
 
 @app.command()
@@ -42,20 +44,31 @@ def crd(
     if output is not None and str(output) == "-":
         out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
         return
-    target = (output or DEFAULT_CRD_DIR) / CRD_FILENAME
+    # By default: crds/ and the chart's copy; with --output only that directory.
+    targets = (
+        [output / CRD_FILENAME]
+        if output
+        else [
+            DEFAULT_CRD_DIR / CRD_FILENAME,
+            CHART_CRD_DIR / CRD_FILENAME,
+        ]
+    )
     if check:
-        current = target.read_text() if target.exists() else ""
-        if current != text:
+        stale = [t for t in targets if (t.read_text() if t.exists() else "") != text]
+        for target in stale:
             console.print(
                 f"[red]{escape(str(target))} is stale[/red]: run `kubetune crd` and commit "
                 "the result."
             )
+        if stale:
             raise typer.Exit(1)
-        console.print(f"[green]{escape(str(target))} is up to date[/green]")
+        for target in targets:
+            console.print(f"[green]{escape(str(target))} is up to date[/green]")
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    console.print(f"wrote {escape(str(target))}")
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        console.print(f"wrote {escape(str(target))}")
 
 
 @app.command()
