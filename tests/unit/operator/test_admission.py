@@ -183,3 +183,30 @@ def test_a_partially_placed_gang_is_released_after_the_grace(make_cluster: Any) 
     assert timedelta(seconds=c.settings.partial_gang_grace_seconds) < timedelta(
         seconds=c.job["spec"]["runPolicy"].get("schedulingTimeoutSeconds", 600)
     )
+
+
+def test_other_pods_merges_index_and_own_writes_once() -> None:
+    from kubetune_operator.cache import Snapshot
+
+    def body(name: str, job: str, rv: str, node: str | None = None) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": name,
+                "uid": name,
+                "resourceVersion": rv,
+                "labels": {naming.LABEL_JOB: job, naming.LABEL_ROLE: naming.ROLE_WORKER},
+            },
+            "spec": {"nodeName": node} if node else {},
+        }
+
+    snap = Snapshot()
+    snap.pods = {
+        ("ns", "a"): [PodView.from_body(body("a-0", "a", "5", "gpu-0"))],
+        ("ns", "b"): [PodView.from_body(body("b-0", "b", "6"))],
+    }
+    snap.wrote_pod("ns", body("b-0", "b", "9", "gpu-1"))  # we just saw it bound
+    snap.wrote_pod("ns", body("c-0", "c", "10"))  # created, not indexed yet
+    others = {p.name: p for p in snap.other_pods(("ns", "a"))}
+    assert set(others) == {"b-0", "c-0"}, "the asking job's own pods are not counted"
+    assert others["b-0"].node_name == "gpu-1", "our newer write wins over the index"
+    assert {p.name for p in snap.other_pods(("ns", "b"))} == {"a-0", "c-0"}

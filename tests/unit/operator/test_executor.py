@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from kubetune_operator import naming
