@@ -99,6 +99,13 @@ def up_cmd(
     gpu_nodes: Annotated[int, typer.Option(help="Number of fake GPU nodes.")] = 4,
     cpu_nodes: Annotated[int, typer.Option(help="Number of fake CPU-only nodes.")] = 2,
     gpus_per_node: Annotated[int, typer.Option(help="nvidia.com/gpu per GPU node.")] = 8,
+    real_nodes: Annotated[
+        int,
+        typer.Option(
+            help="Nodes whose pods really run as sandboxed local processes (needs root, "
+            "bubblewrap, iproute2); tainted kubetune.io/real-pods=true:NoSchedule."
+        ),
+    ] = 0,
     build: Annotated[
         bool, typer.Option("--build/--no-build", help="Build missing binaries first.")
     ] = True,
@@ -121,6 +128,7 @@ def up_cmd(
                 gpu_nodes=gpu_nodes,
                 cpu_nodes=cpu_nodes,
                 gpus_per_node=gpus_per_node,
+                real_nodes=real_nodes,
                 build=build,
                 timeout=timeout,
                 progress=progress,

@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -29,6 +30,8 @@ from typing import Any
 import yaml
 
 from kubetune.devcluster import certs, manifests
+from kubetune.devcluster.nodeagent import cleanup as nodeagent_cleanup
+from kubetune.devcluster.nodeagent import launcher as nodeagent
 from kubetune.devcluster.procs import (
     ProcInfo,
     free_ports,
@@ -52,11 +55,23 @@ STATE_VERSION = 1
 RUNTIME_COMPONENTS = ("etcd", "kubernetes", "kwok")
 #: what a state directory may hold (anything else means it is not ours)
 STATE_ENTRIES = frozenset(
-    {"state.json", "state.tmp", "kubeconfig", "kubeconfigs", "pki", "etcd", "kwok", "logs"}
+    {
+        "state.json",
+        "state.tmp",
+        "kubeconfig",
+        "kubeconfigs",
+        "pki",
+        "etcd",
+        "kwok",
+        "logs",
+        nodeagent.STATE_SUBDIR,
+    }
 )
 #: every listener, all on 127.0.0.1, picked free at each start
 PORT_NAMES = ("etcd", "etcd_peer", "kube_controller_manager", "kube_scheduler", "kwok", "apiserver")
 STARTUP_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+#: what :meth:`DevCluster.restart` can restart (chaos tests)
+RESTARTABLE = ("etcd", "kube-apiserver")
 
 Progress = Callable[[str], None]
 
@@ -320,6 +335,8 @@ class DevCluster:
         gpu_nodes: int = 4,
         cpu_nodes: int = 2,
         gpus_per_node: int = 8,
+        real_nodes: int = 0,
+        real_gpus_per_node: int = 2,
         build: bool = True,
         die_with_parent: bool = False,
         timeout: float = 120.0,
@@ -330,6 +347,7 @@ class DevCluster:
 
         If a healthy cluster already runs in ``state_dir`` it is reused. A stale state directory
         (processes gone) is cleaned up first. On failure everything started is stopped again.
+        ``real_nodes``: that many nodes whose pods really run (:meth:`start_node_agent`).
         """
         say = progress or (lambda _msg: None)
         existing = self.load_state()
@@ -370,8 +388,13 @@ class DevCluster:
                 deadline=time.monotonic() + timeout,
                 say=say,
             )
+            if real_nodes:
+                say(f"starting the node agent ({real_nodes} real-pod nodes)")
+                self._spawn_node_agent(state, real_nodes, real_gpus_per_node, die_with_parent)
+                self._wait_real_nodes(state, real_nodes, time.monotonic() + timeout)
         except BaseException:
             terminate(infos, self._popens)
+            nodeagent_cleanup.cleanup(self.state_dir / nodeagent.STATE_SUBDIR)
             raise
         state.up_seconds = round(time.monotonic() - t0, 2)
         self._save_state(state)
@@ -411,6 +434,80 @@ class DevCluster:
         boot.wait_default_service_account()
         return state
 
+    # -- the node agent (pods that really run) -----------------------------------------------
+    def start_node_agent(
+        self,
+        nodes: int = 2,
+        gpus_per_node: int = 2,
+        *,
+        die_with_parent: bool = False,
+        timeout: float = 60.0,
+    ) -> list[str]:
+        """Add real-pod nodes to the running cluster (``kubetune.devcluster.nodeagent``);
+        returns their names once they are Ready and schedulable."""
+        state = self.load_state()
+        if state is None:
+            raise DevClusterError(f"no cluster state in {self.state_dir}")
+        if any(p.name == nodeagent.PROCESS_NAME and p.alive() for p in state.processes):
+            raise DevClusterError("a node agent already runs for this cluster")
+        self._spawn_node_agent(state, nodes, gpus_per_node, die_with_parent)
+        return self._wait_real_nodes(state, nodes, time.monotonic() + timeout)
+
+    def stop_node_agent(self) -> list[str]:
+        """Stop the node agent (it kills its pods and removes its nodes and network);
+        returns names of processes that would not stop."""
+        state = self.load_state()
+        if state is None:
+            return []
+        agents = [p for p in state.processes if p.name == nodeagent.PROCESS_NAME]
+        stuck = terminate(agents, self._popens, timeout=30.0)
+        nodeagent_cleanup.cleanup(self.state_dir / nodeagent.STATE_SUBDIR)
+        if not stuck:
+            state.processes = [p for p in state.processes if p not in agents]
+            state.nodes = [n for n in state.nodes if not nodeagent.is_real_node(n)]
+            self._save_state(state)
+        return stuck
+
+    @property
+    def node_agent_dir(self) -> Path:
+        """The agent's state: ``pvc/<claim>`` host directories, ``logs/``, ``pods/``."""
+        return self.state_dir / nodeagent.STATE_SUBDIR
+
+    def _spawn_node_agent(
+        self, state: ClusterState, nodes: int, gpus: int, die_with_parent: bool
+    ) -> None:
+        argv = nodeagent.agent_argv(self.kubeconfig, self.node_agent_dir, nodes, gpus)
+        proc, info = spawn(
+            nodeagent.PROCESS_NAME,
+            argv,
+            self.logs_dir / f"{nodeagent.PROCESS_NAME}.log",
+            cwd=self.state_dir,
+            die_with_parent=die_with_parent,
+        )
+        self._popens[proc.pid] = proc
+        state.processes.append(info)
+        state.nodes = [*state.nodes, *nodeagent.node_names(nodes)]
+        self._save_state(state)
+
+    def _wait_real_nodes(self, state: ClusterState, nodes: int, deadline: float) -> list[str]:
+        names = nodeagent.node_names(nodes)
+        api = _Api(state.server, self.pki)
+        agent = next(p for p in reversed(state.processes) if p.name == nodeagent.PROCESS_NAME)
+        while True:
+            data = api.get_json("/api/v1/nodes") or {}
+            ready = {
+                i["metadata"]["name"]
+                for i in data.get("items", [])
+                if _node_ready(i) and not _startup_tainted(i)
+            }
+            if set(names) <= ready:
+                return names
+            if not agent.alive() or time.monotonic() > deadline:
+                raise DevClusterError(
+                    "the node agent's nodes did not become Ready; its log:\n" + _log_tail(agent.log)
+                )
+            time.sleep(0.2)
+
     def _new_state(
         self, ports: dict[str, int], infos: list[ProcInfo], nodes: list[manifests.NodeSpec]
     ) -> ClusterState:
@@ -449,6 +546,8 @@ class DevCluster:
             groups += [[p for p in state.processes if p.name == s] for s in servers]
             for group in groups:
                 stuck += terminate(group, self._popens)
+        # what a node agent that was killed left on the host (its network)
+        nodeagent_cleanup.cleanup(self.node_agent_dir)
         self._popens.clear()
         if not keep_state and self.state_dir.exists() and not stuck:
             self._remove_state_dir()
@@ -506,6 +605,53 @@ class DevCluster:
             "processes": procs,
             "nodes": nodes,
         }
+
+    def restart(
+        self,
+        component: str,
+        *,
+        hard: bool = False,
+        die_with_parent: bool = False,
+        timeout: float = 60.0,
+    ) -> ProcInfo:
+        """Stop one control-plane process (SIGTERM, or SIGKILL with ``hard``: a crash) and
+        start it again with the same command line, log and ports; returns once it is healthy
+        again (etcd ``/health``, the API server ``/readyz``). For chaos tests. ``component``:
+        one of :data:`RESTARTABLE`."""
+        if component not in RESTARTABLE:
+            raise DevClusterError(f"cannot restart {component!r}: one of {RESTARTABLE}")
+        state = self.load_state()
+        old = next((p for p in state.processes if p.name == component), None) if state else None
+        if state is None or old is None:
+            raise DevClusterError(f"no running {component} in {self.state_dir}")
+        if hard and old.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old.pid, signal.SIGKILL)
+        if terminate([old], self._popens):
+            raise DevClusterError(f"{component} (pid {old.pid}) did not stop")
+        proc, info = spawn(
+            component,
+            old.argv,
+            Path(old.log),
+            cwd=self.state_dir,
+            die_with_parent=die_with_parent,
+        )
+        self._popens[proc.pid] = proc
+        state.processes = [info if p is old else p for p in state.processes]
+        self._save_state(state)
+        if component == "etcd":
+            healthy = functools.partial(_http_ok, f"http://127.0.0.1:{state.ports['etcd']}/health")
+        else:
+            healthy = functools.partial(self._apiserver_ready, state)
+        deadline = time.monotonic() + timeout
+        while not healthy():
+            if not info.alive() or time.monotonic() > deadline:
+                raise DevClusterError(
+                    f"{component} did not come back after a restart; its log:\n"
+                    + _log_tail(old.log)
+                )
+            time.sleep(0.1)
+        return info
 
     def rss_mib(self) -> dict[str, float]:
         state = self.load_state()
