@@ -78,6 +78,13 @@ def render_validation_pod(
     )
     if settings.validation_node_selector:
         pod_spec["nodeSelector"] = dict(settings.validation_node_selector)
+    if spec.resources.tolerations:
+        # The job's own tolerations (already within the operator's allow-list): nodes its
+        # training may use may also check its inputs (a dedicated, tainted pool).
+        pod_spec["tolerations"] = [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for t in spec.resources.tolerations
+        ]
     if avoid_nodes:
         pod_spec["affinity"] = {
             "nodeAffinity": {

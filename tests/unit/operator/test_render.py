@@ -339,6 +339,12 @@ def test_validation_pod(job: FineTuneJob, settings: OperatorSettings) -> None:
     assert mounts["/mnt/pvc/models"] is True
     assert pod["metadata"]["labels"][naming.LABEL_ROLE] == "validation"
     assert pod["metadata"]["ownerReferences"][0]["controller"] is True
+    # The job's tolerations come along (a tainted pool may check its inputs too); its GPU
+    # nodeSelector does not (validation needs no GPU).
+    assert pod["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert "nodeSelector" not in pod["spec"]
 
 
 def test_config_map_holds_the_resolved_job(job: FineTuneJob) -> None:
