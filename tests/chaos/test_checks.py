@@ -1,0 +1,93 @@
+"""The chaos suite's detectors can fail: fed states with a duplicate gang or a job stuck
+without a reason, they report them (no cluster needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.chaos.faults import stuck_status
+from tests.chaos.harness import explained, gang_problems
+
+
+def pod(
+    name: str,
+    job: str,
+    attempt: int | None,
+    rank: int = 0,
+    phase: str = "Running",
+    node: str | None = "kwok-gpu-0",
+    role: str = "worker",
+    deleting: bool = False,
+) -> dict[str, Any]:
+    labels = {"kubetune.io/job-name": job, "kubetune.io/role": role}
+    if attempt is not None:
+        labels |= {"kubetune.io/attempt": str(attempt), "kubetune.io/rank": str(rank)}
+    meta: dict[str, Any] = {"name": name, "uid": name, "labels": labels}
+    if deleting:
+        meta["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": phase}}
+
+
+NODES = {"kwok-gpu-0", "kwok-gpu-1"}
+
+
+def test_one_gang_with_leftovers_that_hold_nothing_is_no_duplicate() -> None:
+    pods = [
+        pod("j-a1-0", "j", 1, deleting=True),  # old gang being deleted
+        pod("j-a1-1", "j", 1, 1, phase="Failed"),  # terminated
+        pod("j-a1-2", "j", 1, 2, node="kwok-gpu-9"),  # on a node that is gone
+        pod("j-a2-0", "j", 2),
+        pod("j-a2-1", "j", 2, 1),
+    ]
+    assert gang_problems(pods, NODES, {"j": 2}) == []
+
+
+def test_two_attempts_live_at_once_is_a_duplicate_gang() -> None:
+    pods = [pod("j-a1-0", "j", 1), pod("j-a2-0", "j", 2, phase="Pending", node=None)]
+    [(job, problem, names)] = gang_problems(pods, NODES, {"j": 1})
+    assert job == "j" and "attempts [1, 2]" in problem and names == ["j-a1-0", "j-a2-0"]
+
+
+def test_oversized_gang_duplicate_rank_and_two_validation_pods_are_reported() -> None:
+    pods = [
+        pod("j-a1-0", "j", 1, 0),
+        pod("j-a1-0b", "j", 1, 0),
+        pod("v-1", "j", None, role="validation"),
+        pod("v-2", "j", None, role="validation"),
+    ]
+    problems = [p for _, p, _ in gang_problems(pods, NODES, {"j": 1})]
+    assert problems == [
+        "2 live pods of attempt 1 > 1",
+        "two live pods of one rank in attempt 1",
+        "2 live validation pods",
+    ]
+
+
+def test_a_phase_is_explained_only_by_its_own_conditions_with_reason_and_message() -> None:
+    validated = {
+        "type": "Validated",
+        "status": "True",
+        "reason": "ValidationPassed",
+        "message": "ok",
+    }
+    assert explained({"phase": "Queued", "conditions": [validated]}) is None
+    bare = {"type": "Admitted", "status": "False", "reason": "GangPending", "message": ""}
+    assert explained({"phase": "Queued", "conditions": [validated, bare]}) is None
+    full = {**bare, "message": "waiting for the gang to be placed: 0/2 placed"}
+    assert explained({"phase": "Queued", "conditions": [full]}).startswith("Admitted=False")
+    assert explained({}) is None  # never looked at by the operator
+
+
+def test_stuck_status_keeps_kwok_off_and_shows_the_kubelet_reason() -> None:
+    body = pod("j-a1-0", "j", 1, phase="Pending", node=None)
+    body["spec"]["containers"] = [{"name": "trainer", "image": "x"}]
+    body["status"]["conditions"] = [{"type": "PodScheduled", "status": "False"}]
+    patch = stuck_status(body, "ImagePullBackOff")["status"]
+    assert patch["phase"] == "Pending"
+    assert {c["type"]: c["status"] for c in patch["conditions"]} == {
+        "PodScheduled": "False",
+        "Ready": "True",  # KWOK's pod-ready Stage selects Pending pods whose Ready is not True
+    }
+    [container] = patch["containerStatuses"]
+    assert container["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    assert not container["ready"]
