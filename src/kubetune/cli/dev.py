@@ -6,16 +6,27 @@ source at pinned versions (see kubetune/devcluster/data/versions.env).
 
 Progress goes to stderr; ``up`` and ``env`` print shell lines on stdout, so
 ``eval "$(kubetune dev cluster up)"`` points the current shell at the cluster.
+
+``kubetune dev seed -f JOB.yaml`` prepares a FineTuneJob's inputs for the real-pod nodes
+(``up --real-nodes N``): the well-known example locations it names (the tiny chat model and
+tokenizer, the sample datasets; what ``kubetune run --local`` creates) written into the node
+agent's PVC host directories, and the PersistentVolumes and claims of every ``pvc://`` claim
+the job uses printed on stdout, for ``| kubectl apply -f -``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -204,6 +215,80 @@ def status_cmd(
             out.print(nodes)
     if not st.get("running"):
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout meanwhile (fd 1 too) to stderr: stdout is YAML."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def job_claims(spec: Any) -> list[str]:
+    """The PVC claims a resolved FineTuneJob spec reads or writes (``pvc://<claim>/...``)."""
+    from kubetune.contract.uris import Scheme, parse_uri
+
+    uris = [spec.model.uri, spec.dataset.train, spec.dataset.eval, spec.output.uri]
+    if spec.rlhf and spec.rlhf.dpo and spec.rlhf.dpo.reference_model:
+        uris.append(spec.rlhf.dpo.reference_model)
+    claims = {parse_uri(u).name for u in uris if u and parse_uri(u).scheme is Scheme.PVC}
+    return sorted(claims)
+
+
+@app.command("seed")
+def seed_cmd(
+    manifest: Annotated[
+        Path, typer.Option("-f", "--filename", exists=True, dir_okay=False, help="FineTuneJob.")
+    ],
+    namespace: Annotated[
+        str | None,
+        typer.Option(help="Namespace of the claims (default: the job's, else default)."),
+    ] = None,
+    size: Annotated[str, typer.Option(help="Capacity of each PersistentVolume.")] = "10Gi",
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Prepare a job's inputs on the real-pod nodes and print its PVs and PVCs (YAML)."""
+    from kubetune.cli.run import _load_job, _seed_fixtures
+    from kubetune.devcluster.nodeagent.claims import claim_manifests
+
+    cluster = DevCluster(state_dir)
+    pvc_root = cluster.node_agent_dir / "pvc"
+    if not cluster.node_agent_dir.is_dir():
+        raise _fail(
+            DevClusterError(
+                f"no real-pod nodes in {cluster.state_dir}: run "
+                "`kubetune dev cluster up --real-nodes 2` first"
+            )
+        )
+    resolved = _load_job(manifest)
+    raw = next(
+        d
+        for d in yaml.safe_load_all(manifest.read_text())
+        if (d or {}).get("kind") == "FineTuneJob"
+    )
+    ns = namespace or (raw.get("metadata") or {}).get("namespace") or "default"
+    docs: list[dict[str, Any]] = []
+    for claim in job_claims(resolved.spec):
+        host_dir = pvc_root / claim
+        host_dir.mkdir(parents=True, exist_ok=True)
+        host_dir.chmod(0o777)  # the pods run as uid 1000; outputs are written there
+        docs += claim_manifests(claim, ns, host_dir, size)
+    with _stdout_to_stderr():  # libraries building the model print on stdout (DeepSpeed)
+        _seed_fixtures(resolved, pvc_root)
+    for path in pvc_root.rglob("*"):  # readable by the pods' uid (root wrote them)
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+    err.print(f"[green]seeded[/] {pvc_root} (claims: {', '.join(job_claims(resolved.spec))})")
+    # plain text: rich markup must not touch YAML
+    typer.echo(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs}, sort_keys=False))
 
 
 if __name__ == "__main__":

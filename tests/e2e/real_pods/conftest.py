@@ -35,6 +35,8 @@ class RealCluster:
 
     cluster: Cluster
     nodes: list[str]
+    #: the agent's bridge ``kt<N>`` (pod netns ``kt<N>-<uid8>``, subnet ``10.250.<N>.0/24``)
+    bridge_index: int = 0
 
     @property
     def agent_dir(self) -> Path:
@@ -87,7 +89,7 @@ def real_cluster(cluster: Cluster) -> Iterator[RealCluster]:
     state = dev.load_state()
     agent = next(p for p in state.processes if p.name == "kubetune-node-agent") if state else None
     try:
-        yield RealCluster(cluster, nodes)
+        yield RealCluster(cluster, nodes, index)
     finally:
         stuck = dev.stop_node_agent()
         assert not stuck, f"the node agent did not stop: {stuck}"

@@ -394,3 +394,32 @@ def test_schema_rejects(values: dict[str, Any], message: str) -> None:
     proc = template(values, check=False)
     assert proc.returncode != 0, f"accepted {values}"
     assert "schema" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_container_command_is_the_image_entrypoint() -> None:
+    """Runtimes that run no image entrypoint (the dev cluster's real-pod nodes) still start
+    the operator: the command is explicit and the same as the image's ENTRYPOINT."""
+    dockerfile = (REPO / "images" / "operator.Dockerfile").read_text()
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M)
+    assert entrypoint is not None
+    container = one(render(), "Deployment", OPERATOR)["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        container["command"] == json.loads(entrypoint.group(1)) == ["kubetune", "operator", "run"]
+    )
+    assert container["args"] == ["--metrics-port=8080"]
+
+
+def test_devcluster_example_values_place_everything_on_the_real_pool() -> None:
+    """charts/kubetune/examples/devcluster-values.yaml (DEVCLUSTER.md): the operator on the
+    tainted real-pod nodes, jobs allowed to tolerate that taint, validation pods there too."""
+    from kubetune.devcluster.nodeagent.config import NODE_POOL, TAINT_KEY
+
+    values = yaml.safe_load((CHART / "examples" / "devcluster-values.yaml").read_text())
+    deploy = one(render(values), "Deployment", OPERATOR)
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubetune.io/node-pool": NODE_POOL}
+    assert pod["tolerations"] == [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    settings = _settings_from(deploy, "kubetune-system")
+    assert settings.allowed_toleration_keys == [TAINT_KEY]
+    assert settings.validation_node_selector == {"kubetune.io/node-pool": NODE_POOL}
+    assert settings.progress_url_template == OperatorSettings().progress_url_template

@@ -8,7 +8,11 @@ process: the pod's env, its ConfigMap/Secret/downwardAPI/projected volumes writt
 emptyDirs, one shared host directory per PVC claim (``<state>/pvc/<claimName>``), its own network
 namespace with an IP on a bridge routed from the host, a hosts file resolving the headless
 Service names of its peers, the termination message and exit code reported in the pod status,
-and SIGTERM / grace period / SIGKILL on deletion.
+and SIGTERM / grace period / SIGKILL on deletion. Pods reach the API server in-cluster as on a
+real node: ``KUBERNETES_SERVICE_HOST=kubernetes.default.svc`` (a SAN of the serving cert) and
+the other ``kubernetes`` Service variables, that name resolved by the hosts file to the bridge
+gateway where the agent forwards port 443 to the API server, and the projected ServiceAccount
+token volume (``kube-api-access-*``) the API server adds (:mod:`.apiproxy`).
 
 Why written here, in Python, rather than built on virtual-kubelet: a virtual-kubelet provider
 is Go code we would still have to write (the library gives node registration and the pod
@@ -28,9 +32,10 @@ output is in ``<state>/logs/<namespace>_<pod>_<uid8>.log``).
 Modules: :mod:`.config` (settings), :mod:`.kubeapi` (API client), :mod:`.nodes` (Node objects,
 heartbeats, Leases), :mod:`.env` (environment), :mod:`.volumes` (volumes and mounts),
 :mod:`.hosts` / :mod:`.peers` (hosts files), :mod:`.sandbox` (the bwrap command line),
-:mod:`.network` (bridge, netns, veth), :mod:`.status` (pod status documents), :mod:`.pod` (one
-pod's life), :mod:`.agent` (the loop), :mod:`.cleanup` (after a crash), :mod:`.launcher` (start
-and stop it as a dev cluster process).
+:mod:`.network` (bridge, netns, veth), :mod:`.apiproxy` (in-cluster API access),
+:mod:`.status` (pod status documents), :mod:`.pod` (one pod's life), :mod:`.agent` (the
+loop), :mod:`.cleanup` (after a crash), :mod:`.launcher` (start and stop it as a dev cluster
+process).
 """
 
 from kubetune.devcluster.nodeagent.config import NODE_POOL, TAINT_KEY, AgentConfig

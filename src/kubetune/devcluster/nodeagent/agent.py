@@ -9,11 +9,12 @@ import logging
 import threading
 from typing import Any
 
-from kubetune.devcluster.nodeagent import network, status
+from kubetune.devcluster.nodeagent import apiproxy, network, status
 from kubetune.devcluster.nodeagent.config import AgentConfig
 from kubetune.devcluster.nodeagent.context import AgentContext, find_tools
 from kubetune.devcluster.nodeagent.kubeapi import ApiError, KubeApi
 from kubetune.devcluster.nodeagent.nodes import NodeKeeper, resources
+from kubetune.devcluster.nodeagent.peers import Peers
 from kubetune.devcluster.nodeagent.pod import PodRunner
 
 JSON = dict[str, Any]
@@ -31,6 +32,7 @@ class Agent:
         self._lock = threading.Lock()
         self.ctx: AgentContext | None = None
         self.keeper: NodeKeeper | None = None
+        self.forwarder: apiproxy.ApiForwarder | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -43,7 +45,13 @@ class Agent:
         api = KubeApi(cfg.kubeconfig, cfg.state_dir / "credentials")
         net = network.PodNetwork.claim()
         cfg.resources_file.write_text(json.dumps({"bridge_index": net.index}))
-        self.ctx = AgentContext(cfg, api, net, tools, allocatable=resources(cfg))
+        self.ctx = AgentContext(
+            cfg, api, net, tools, peers=Peers(api_ip=net.gateway), allocatable=resources(cfg)
+        )
+        # pods reach the API server at <gateway>:443 (kubernetes.default.svc in their hosts)
+        self.forwarder = apiproxy.ApiForwarder(
+            (net.gateway, apiproxy.SERVICE_PORT), apiproxy.upstream_of(api.server)
+        ).start()
         self.keeper = NodeKeeper(api, cfg, self.ctx.host_ip)
         self.keeper.register()
         log.info("nodes %s ready on bridge %s (%s)", cfg.node_names, net.bridge, net.subnet)
@@ -166,6 +174,8 @@ class Agent:
             runner.join(timeout=STOP_GRACE_SECONDS + 10)
         if self.keeper is not None:
             self.keeper.unregister()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         if self.ctx is not None:
             network.destroy(self.ctx.network.index)
         with contextlib.suppress(OSError):

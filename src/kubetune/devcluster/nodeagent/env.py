@@ -133,9 +133,12 @@ def container_env(
     config_maps: Objects,
     secrets: Objects,
     node_allocatable: Mapping[str, str] | None = None,
+    service_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment of ``container`` (without the image's own variables)."""
-    env: dict[str, str] = {}
+    """The environment of ``container`` (without the image's own variables). ``service_env``
+    (the ``kubernetes`` Service's variables) comes first, as the kubelet adds it: ``$(VAR)``
+    may refer to it and the pod's own ``env``/``envFrom`` override it."""
+    env: dict[str, str] = dict(service_env or {})
     for src in container.get("envFrom") or []:
         prefix = src.get("prefix", "")
         for kind, objects in (("configMapRef", config_maps), ("secretRef", secrets)):

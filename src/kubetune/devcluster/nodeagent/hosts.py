@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kubetune.devcluster.nodeagent.apiproxy import SERVICE_NAMES
+
 CLUSTER_DOMAIN = "cluster.local"
 
 _HEADER = """# Kubernetes-managed hosts file (kubetune node agent).
@@ -45,11 +47,18 @@ def same_service(a: HostEntry, b: HostEntry) -> bool:
 
 
 def hosts_file(
-    me: HostEntry, pods: Iterable[HostEntry], cluster_domain: str = CLUSTER_DOMAIN
+    me: HostEntry,
+    pods: Iterable[HostEntry],
+    cluster_domain: str = CLUSTER_DOMAIN,
+    api_ip: str | None = None,
 ) -> str:
-    """``me``'s hosts file: localhost, its own names and hostname, then every other pod of
-    its subdomain (sorted by hostname, so the text only changes when the set does)."""
+    """``me``'s hosts file: localhost, its own names and hostname, the API server's
+    ``kubernetes.default.svc`` names at ``api_ip`` (the agent's forwarder), then every other
+    pod of its subdomain (sorted by hostname, so the text only changes when the set does)."""
     lines = [_HEADER.rstrip("\n"), "\t".join([me.ip, *me.names(cluster_domain), me.hostname])]
+    if api_ip:
+        names = [n for n in SERVICE_NAMES if not n.endswith(".cluster.local")]
+        lines.append("\t".join([api_ip, f"kubernetes.default.svc.{cluster_domain}", *names]))
     peers = sorted(
         (p for p in pods if p != me and p.ip != me.ip and same_service(me, p)),
         key=lambda p: (p.hostname, p.ip),

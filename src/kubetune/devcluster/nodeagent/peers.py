@@ -27,7 +27,9 @@ class Peers:
     """uid -> (hosts entry, hosts file); adding or removing a pod rewrites the hosts files of
     the pods of its subdomain."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_ip: str | None = None) -> None:
+        #: where the pods reach the API server (``kubernetes.default.svc``)
+        self.api_ip = api_ip
         self._peers: dict[str, _Peer] = {}
         self._lock = threading.Lock()
 
@@ -35,7 +37,9 @@ class Peers:
         everyone = [p.entry for p in self._peers.values()]
         for peer in self._peers.values():
             if peer.entry == entry or same_service(peer.entry, entry):
-                write_in_place(peer.hosts_path, hosts_file(peer.entry, everyone))
+                write_in_place(
+                    peer.hosts_path, hosts_file(peer.entry, everyone, api_ip=self.api_ip)
+                )
 
     def add(self, uid: str, entry: HostEntry, hosts_path: Path) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune.devcluster.nodeagent import sandbox, status
+from kubetune.devcluster.nodeagent import apiproxy, sandbox, status
 from kubetune.devcluster.nodeagent.context import AgentContext
 from kubetune.devcluster.nodeagent.env import (
     ConfigError,
@@ -144,7 +144,12 @@ class PodRunner(threading.Thread):
         maps, secrets = referenced_objects(self.pod)
         config_maps, secret_data = self._fetch(maps, "configmaps"), self._fetch(secrets, "secrets")
         env = container_env(
-            self.pod, self.container, config_maps, secret_data, self.ctx.allocatable
+            self.pod,
+            self.container,
+            config_maps,
+            secret_data,
+            self.ctx.allocatable,
+            service_env=apiproxy.service_env(),
         )
         argv = command_line(self.container, env)
         volumes = plan_volumes(
