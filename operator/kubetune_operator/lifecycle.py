@@ -975,7 +975,8 @@ class _Decision:
                 self.summary = clip_summary(f"queued in {queue}" if queue else "queued: gated")
             elif self.capacity_wait is not None:
                 if self._report_capacity_wait(self.capacity_wait):
-                    self._release_if_overdue(gang, self._placement_deadline(gang), None)
+                    why = self._not_placed(gang, self.capacity_wait.describe())
+                    self._release_if_overdue(gang, self._placement_deadline(gang), why)
                 return
             else:
                 reason, message = Reason.GANG_PENDING, "releasing the gang to the scheduler"
@@ -985,19 +986,14 @@ class _Decision:
         deadline = self._placement_deadline(gang)
         timeout = job.spec.run_policy.scheduling_timeout_seconds
         placed = f"{gang.bound}/{size} pods placed"
+        partial_deadline = None
         partial = self._partial_since(gang)
         if partial is not None:
             # Part of the gang is bound (holding GPUs) while the scheduler cannot place the
             # rest: room taken by what the operator cannot see. Release it soon.
-            grace = self.cfg.partial_gang_grace_seconds
-            early = partial + timedelta(seconds=grace)
+            early = partial + timedelta(seconds=self.cfg.partial_gang_grace_seconds)
             if early < deadline:
-                deadline = early
-                scheduler = (
-                    f"only part of the gang could be placed ({placed}); released after "
-                    f"partial_gang_grace_seconds={grace:g} so that it holds no GPUs"
-                    + (f"; scheduler: {scheduler}" if scheduler else "")
-                )
+                deadline = partial_deadline = early
         # A pod no node could hold even when empty is not waiting for room: say so at once.
         # (The gang is still released and retried as below: nodes may be added.)
         unplaced = next((p for p in gang.pods if not p.bound), None)
@@ -1007,7 +1003,15 @@ class _Decision:
             never = never_fits(body, self.obs.nodes)
         if never is not None:
             scheduler = f"no node can ever run pod {unplaced.name if unplaced else ''}: {never}"
-        if self._release_if_overdue(gang, deadline, scheduler):
+        if partial_deadline is not None:
+            why = (
+                f"only part of the gang could be placed ({placed}) for "
+                f"partial_gang_grace_seconds={self.cfg.partial_gang_grace_seconds:g}, holding "
+                "GPUs it cannot use" + (f"; scheduler: {scheduler}" if scheduler else "")
+            )
+        else:
+            why = self._not_placed(gang, scheduler)
+        if self._release_if_overdue(gang, deadline, why):
             return
         if never is not None:
             message = (
@@ -1058,29 +1062,22 @@ class _Decision:
         ]
         return min(since) if since else None
 
-    def _release_if_overdue(
-        self, gang: GangState, deadline: datetime, scheduler: str | None
-    ) -> bool:
-        """Release (delete) a gang not placed by ``deadline``; it is re-created after
-        ``unschedulable_retry_seconds`` without counting against backoffLimit."""
+    def _not_placed(self, gang: GangState, detail: str | None) -> str:
+        timeout = self.spec_job.spec.run_policy.scheduling_timeout_seconds
+        return (
+            f"the gang of {gang.size} pods ({self.st.gpus} GPUs) could not be placed within "
+            f"schedulingTimeoutSeconds={timeout} ({gang.bound}/{gang.size} pods placed)"
+            + (f": {detail}" if detail else "")
+        )
+
+    def _release_if_overdue(self, gang: GangState, deadline: datetime, why: str) -> bool:
+        """Release (delete) a gang not placed by ``deadline``, saying ``why``; it is
+        re-created after ``unschedulable_retry_seconds`` without counting against
+        backoffLimit."""
         if self.now < deadline:
             self.plan.requeue(self._seconds_until(deadline))
             return False
-        size = gang.size
-        timeout = self.spec_job.spec.run_policy.scheduling_timeout_seconds
-        placed = f"{gang.bound}/{size} pods placed"
-        if self.capacity_wait is not None:
-            scheduler = self.capacity_wait.describe()
-        message = (
-            f"the gang of {size} pods ({self.st.gpus} GPUs) could not be placed within "
-            f"schedulingTimeoutSeconds={timeout} ({placed})"
-            + (f": {scheduler}" if scheduler else "")
-            + f"; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
-        )
-        if scheduler and scheduler.startswith("only part of the gang"):
-            message = (
-                f"{scheduler}; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
-            )
+        message = f"{why}; released, retrying in {self.cfg.unschedulable_retry_seconds:g}s"
         self.phase_message = message
         self._set(CONDITION_ADMITTED, "False", Reason.GANG_UNSCHEDULABLE, message)
         self._set(CONDITION_RESTARTING, "True", Reason.GANG_UNSCHEDULABLE, message)
