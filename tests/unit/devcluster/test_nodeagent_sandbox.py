@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from kubetune.devcluster.nodeagent.sandbox import (
@@ -99,6 +100,22 @@ def test_command_line() -> None:
     tail = argv[argv.index("--") + 1 :]
     assert tail[0] == "setpriv" and "--reuid=1000" in tail and "--groups=1000" in tail
     assert "--no-new-privs" in tail and tail[-3:] == ["python", "-m", "x"]
+
+
+def test_an_image_under_a_pod_volume_is_bound_on_top_of_it() -> None:
+    """A checkout under /tmp (CI clones there) with the pod's emptyDir on /tmp: the
+    virtualenv standing in for the image must still be there, so it is bound after."""
+    mounts = [Mount("/tmp", Path("/state/pod/tmp"), False)]
+    base = spec(Identity(1000, 1000, (1000,)), mounts)
+    argv = command(replace(base, image_paths=["/tmp/clone/.venv"]), FakeFs())
+    text = " ".join(argv)
+    tmp_at = text.index("--bind /state/pod/tmp /tmp")
+    image_at = text.index("--ro-bind /tmp/clone/.venv /tmp/clone/.venv")
+    assert tmp_at < image_at
+    # Without a /tmp volume the sandbox's own /tmp tmpfs covers it the same way.
+    argv = command(replace(base, mounts=[], image_paths=["/tmp/clone/.venv"]), FakeFs())
+    text = " ".join(argv)
+    assert text.index("--tmpfs /tmp") < text.index("--ro-bind /tmp/clone/.venv")
 
 
 def test_root_user_keeps_no_capabilities() -> None:

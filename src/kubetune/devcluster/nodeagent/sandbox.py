@@ -189,10 +189,17 @@ def command(spec: SandboxSpec, fs: FsView, info_fd: int | None = None) -> list[s
         argv += ["--info-fd", str(info_fd)]
     for op in root_ops(targets, fs):
         argv += op
+    # The "image" (host directories bound at the same place): under a hidden directory it
+    # is bound now; where a pod volume or the sandbox's /tmp covers it (a checkout under
+    # /tmp, with the pod's emptyDir on /tmp), on top of that mount, below.
+    covering = [m.target for m in mounts]
+    if "/tmp" not in covering:
+        covering.append("/tmp")
+    covered = [p for p in spec.image_paths if any(_is_under(p, t) for t in covering)]
     made: set[str] = set()
     for path in spec.image_paths:
         parts = PurePosixPath(path).parts[1:]
-        if parts and parts[0] in HIDDEN:
+        if parts and parts[0] in HIDDEN and path not in covered:
             for op in [*parent_ops(path, made), ["--ro-bind", path, path]]:
                 argv += op
     argv += ["--dev", "/dev", "--proc", "/proc"]
@@ -200,6 +207,9 @@ def command(spec: SandboxSpec, fs: FsView, info_fd: int | None = None) -> list[s
         argv += ["--tmpfs", "/tmp"]
     for op in mount_ops(mounts, made):
         argv += op
+    for path in covered:
+        for op in [*parent_ops(path, made), ["--ro-bind", path, path]]:
+            argv += op
     argv += [
         "--ro-bind",
         spec.hosts_file,
