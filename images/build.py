@@ -183,6 +183,8 @@ class BuildContext:
         except (subprocess.CalledProcessError, FileNotFoundError):
             remote = ""
         epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or commit_time)
+        if not remote.startswith(("https://", "http://", "ssh://", "git@")):
+            remote = ""  # a clone of a local path: its path means nothing in an image label
         source = os.environ.get("KUBETUNE_IMAGE_SOURCE") or remote or DEFAULT_SOURCE
         return cls(version, revision, epoch, source)
 

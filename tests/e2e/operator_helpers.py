@@ -481,6 +481,15 @@ def iter_owned(cluster: Cluster, namespace: str, job_name: str) -> Iterator[str]
 _SESSION: dict[str, Any] = {}
 
 
+def stop_shared_operator() -> None:
+    """Stop the session's shared cluster-wide operator if another module started it: tests
+    that write statuses by hand, or run an operator of their own, must not have it
+    reconcile their jobs (the ``operator`` fixture starts it again when needed)."""
+    shared = _SESSION.get("operators")
+    if shared is not None:
+        shared.stop_all()
+
+
 @pytest.fixture(scope="session", name="operators")
 def operators_fixture(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory

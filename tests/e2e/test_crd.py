@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from kubetune.devcluster.testing import Cluster, Kubectl, wait_until
+from tests.e2e.operator_helpers import stop_shared_operator
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +23,13 @@ CRD_PATH = REPO / "crds" / "kubetune.io_finetunejobs.yaml"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 CRD_NAME = "finetunejobs.kubetune.io"
 PRINTER_COLUMNS = ["NAME", "PHASE", "METHOD", "MODEL", "PROGRESS", "GPUS", "AGE"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_operator() -> None:
+    """These tests write statuses by hand: an operator another module started would
+    reconcile their jobs and overwrite them."""
+    stop_shared_operator()
 
 
 def _load_docs(path: Path) -> list[dict[str, Any]]:

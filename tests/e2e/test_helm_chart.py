@@ -320,9 +320,7 @@ def test_install_run_upgrade_crds_uninstall(
     # -- the real operator, with the Deployment's environment and the chart's ServiceAccount.
     # The session's shared cluster-wide operator (other modules' `operators` fixture) would
     # reconcile the same jobs: stop it (the `operator` fixture starts a new one when needed).
-    shared = operator_helpers._SESSION.get("operators")
-    if shared is not None:
-        shared.stop_all()
+    operator_helpers.stop_shared_operator()
     deployment = manifest_deployment(cluster, release_ns)
     env = pod_env(deployment, release_ns, f"{OPERATOR}-0")
     kubeconfig = sa_kubeconfig(cluster, release_ns, OPERATOR, tmp_path / "sa.kubeconfig")

@@ -83,3 +83,24 @@ def test_dockerfile_matches_the_build_script(name: str) -> None:
     }
     assert f"install_venv.py --lock /images/{spec.lock.name}" in run
     assert "apt-get purge -y python3-pip-whl" in run
+
+
+@pytest.mark.parametrize(
+    ("remote", "label"),
+    [
+        ("/work/clone-of-a-local-path", image_build.DEFAULT_SOURCE),
+        ("https://example.com/team/kubetune.git", "https://example.com/team/kubetune.git"),
+        ("git@example.com:team/kubetune.git", "git@example.com:team/kubetune.git"),
+    ],
+)
+def test_the_source_label_names_a_repository_not_a_local_path(
+    remote: str, label: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_git = image_build.git
+
+    def git(*args: str) -> str:
+        return remote if args[:2] == ("config", "--get") else real_git(*args)
+
+    monkeypatch.setattr(image_build, "git", git)
+    monkeypatch.delenv("KUBETUNE_IMAGE_SOURCE", raising=False)
+    assert image_build.BuildContext.detect().source == label

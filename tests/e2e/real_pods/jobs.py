@@ -33,8 +33,7 @@ def shared_operator_paused() -> Iterator[None]:
     """Stop the shared e2e operator (if running) meanwhile: two cluster-wide operators would
     both manage the job."""
     shared = helpers._SESSION.get("operators")
-    if shared is not None:
-        shared.stop_all()
+    helpers.stop_shared_operator()
     try:
         yield
     finally:
