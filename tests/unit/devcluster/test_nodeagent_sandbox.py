@@ -129,3 +129,18 @@ def test_identity_from_security_contexts() -> None:
     assert identity(pod, {}) == Identity(1000, 1000, (3, 2000))
     assert identity(pod, {"runAsUser": 1001}).uid == 1001
     assert identity({}, {}) == Identity(0, 0, ())
+
+
+def test_the_image_includes_the_project_sources_of_an_editable_install() -> None:
+    """setuptools' editable installs map packages with an import hook, not sys.path: the
+    source roots must be bound explicitly (a checkout under /tmp is hidden otherwise)."""
+    import importlib.util
+
+    from kubetune.devcluster.nodeagent.config import PROJECT_PACKAGES, default_image_paths
+
+    paths = default_image_paths()
+    for name in PROJECT_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations
+        location = str(Path(next(iter(spec.submodule_search_locations))).resolve())
+        assert any(location == p or location.startswith(p + "/") for p in paths), name

@@ -25,13 +25,31 @@ def default_venv() -> Path:
     return Path(sys.prefix)
 
 
+#: The project's import packages: what the pods run (operator, trainer, CLI).
+PROJECT_PACKAGES = ("kubetune", "kubetune_operator", "kubetune_trainer")
+
+
+def _package_roots() -> list[str]:
+    """Where the project's packages are imported from. An editable install maps them with
+    an import hook, not sys.path, so a checkout under a hidden directory (/tmp, /home)
+    would otherwise be missing in the sandbox."""
+    import importlib.util
+
+    roots = []
+    for name in PROJECT_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            roots.append(str(Path(location).parent))
+    return roots
+
+
 def default_image_paths() -> tuple[str, ...]:
     """What the "image" is made of: the agent's virtualenv, its base interpreter and every
     import root (editable installs' sources): bound read-only into each sandbox even where
     the host directory above is hidden (``/root/.pyenv``, a checkout under ``/home``)."""
     import os
 
-    paths = [sys.prefix, sys.base_prefix, *sys.path[1:]]
+    paths = [sys.prefix, sys.base_prefix, *sys.path[1:], *_package_roots()]
     real = sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)})
     return tuple(p for p in real if not any(p.startswith(q.rstrip("/") + "/") for q in real))
 
