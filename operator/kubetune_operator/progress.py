@@ -151,6 +151,12 @@ def map_progress(
         return previous, previous_checkpoint
     step = _count(doc.step)
     total = _count(doc.total_steps)
+    percent = doc.percent
+    if total == 0 and previous is not None and previous.total_steps:
+        # A document without a plan yet (a new attempt still loading) says nothing about
+        # how far the job got: keep the numbers so far rather than report 0/0 -- an attempt
+        # that finishes before it is sampled again would otherwise end at 0.
+        step, total, percent = previous.step, previous.total_steps, previous.percent
     last_update = previous.last_update_time if previous is not None else None
     advanced = previous is None or previous.step != step or last_update is None
     eta = _finite(doc.eta_seconds)
@@ -160,7 +166,7 @@ def map_progress(
         step=step,
         total_steps=total,
         epoch=max(0.0, epoch) if epoch is not None else 0.0,
-        percent=max(0, min(100, doc.percent)),
+        percent=max(0, min(100, percent)),
         eta_seconds=_count(round(min(max(eta, 0.0), 1e19))) if eta is not None else None,
         loss=_finite(doc.loss),
         eval_loss=_finite(doc.eval_loss),

@@ -187,6 +187,22 @@ def test_map_progress() -> None:
     assert again is not None and again.last_update_time == NOW and cp2 is checkpoint
 
 
+def test_a_new_attempt_still_loading_keeps_the_jobs_progress() -> None:
+    """After a restart, rank 0 of the new attempt first reports ``loading`` with no plan
+    (0/0). That says nothing about how far the job got: the numbers so far stay, so a job
+    whose last attempt ends before it is sampled again does not finish at step 0."""
+    training = ProgressSample({"state": "training", "step": 40, "totalSteps": 60}, NOW, 1)
+    progress, _ = map_progress(training, None, None)
+    loading = ProgressSample({"state": "loading"}, NOW + timedelta(seconds=30), attempt=2)
+    kept, _ = map_progress(loading, progress, None)
+    assert kept is not None and progress is not None
+    assert (kept.step, kept.total_steps, kept.percent) == (40, 60, 66)
+    assert kept.last_update_time == progress.last_update_time, "not an advance"
+    resumed = ProgressSample({"state": "training", "step": 31, "totalSteps": 60}, NOW, 2)
+    back, _ = map_progress(resumed, kept, None)
+    assert back is not None and back.step == 31, "the resumed attempt's own numbers win"
+
+
 def test_map_progress_rejects_garbage_and_non_finite() -> None:
     prev = Progress(step=1)
     same, _ = map_progress(ProgressSample({"step": -5}, NOW), prev, None)
