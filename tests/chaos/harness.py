@@ -70,6 +70,9 @@ EXPECTED_ERRORS = re.compile(
     r"TooManyRequests|ServiceUnavailable|\b50[34]\b",
     re.I,
 )
+#: How long a pod told to exit may keep running before the driver tells it again.
+EXIT_NUDGE_SECONDS = 15.0
+NUDGE_ANNOTATION = "chaos.kubetune.io/exit-nudge"
 OPERATOR_ENV = {
     "STARTUP_TIMEOUT_SECONDS": "10",
     "UNSCHEDULABLE_RETRY_SECONDS": "5",
@@ -183,7 +186,7 @@ class JobRecord:
     attempts: int = 0
     running_attempt: int | None = None  # attempt seen Running (current)
     running_since: float | None = None
-    finishing: set[str] = field(default_factory=set)  # pod uids told to exit
+    finishing: dict[str, float] = field(default_factory=dict)  # pod uid -> when told to exit
     exiting_attempt: int | None = None  # the attempt whose gang was told to exit 0
     terminal_at: float | None = None
     deleted: bool = False
@@ -320,6 +323,7 @@ class ChaosRun:
         self.attempt_ran: set[tuple[str, int]] = set()
         self.attempt_cause: dict[tuple[str, int], str] = {}
         self.polls = 0
+        self.nudges = 0
         self.failed_polls = 0
         self.stop = threading.Event()
         self.job_seq = 0
@@ -561,14 +565,33 @@ class ChaosRun:
         with self.lock:
             self.jobs[name] = rec
 
-    def annotate_exit(self, pod: dict[str, Any], code: int = 0) -> bool:
+    def annotate_exit(self, pod: dict[str, Any], code: int = 0, nudge: bool = False) -> bool:
         meta = pod["metadata"]
+        annotations = {manifests.EXIT_CODE_ANNOTATION: str(code)}
+        if nudge:  # a new value, so the pod object changes and KWOK gets a fresh event
+            annotations[NUDGE_ANNOTATION] = f"{self.now():.1f}"
         status, _ = self.api.call(
             "PATCH",
             f"/api/v1/namespaces/{self.ns}/pods/{meta['name']}",
-            {"metadata": {"annotations": {manifests.EXIT_CODE_ANNOTATION: str(code)}}},
+            {"metadata": {"annotations": annotations}},
         )
         return status == 200
+
+    def tell_exit(self, rec: JobRecord, pod: dict[str, Any]) -> None:
+        """Tell a running pod to exit 0 (KWOK's exit stage reads the annotation), once; again
+        if it still runs ``EXIT_NUDGE_SECONDS`` later. KWOK is our stand-in kubelet, and after
+        an etcd restart it can miss the annotation's update event (seen: a pod annotated just
+        before the restart kept running for the whole drain). A real kubelet has no such
+        step: the retry keeps the stand-in's miss from being reported as the operator losing
+        the job, and the report counts the retries (``kubelet_nudges``)."""
+        uid, now = pod["metadata"]["uid"], self.now()
+        told = rec.finishing.get(uid)
+        if told is None:
+            if self.annotate_exit(pod):
+                rec.finishing[uid] = now
+        elif now - told > EXIT_NUDGE_SECONDS and self.annotate_exit(pod, nudge=True):
+            rec.finishing[uid] = now
+            self.nudges += 1
 
     def drive(self) -> None:
         with self.lock:
@@ -579,12 +602,11 @@ class ChaosRun:
         for pod in pods:
             labels, meta = _labels(pod), pod["metadata"]
             rec = self.jobs.get(labels.get(LABEL_JOB, ""))
-            if rec is None or meta.get("deletionTimestamp") or meta["uid"] in rec.finishing:
+            if rec is None or meta.get("deletionTimestamp"):
                 continue
             phase = (pod.get("status") or {}).get("phase")
-            running_validation = labels.get(LABEL_ROLE) == "validation" and phase == "Running"
-            if running_validation and self.annotate_exit(pod):
-                rec.finishing.add(meta["uid"])
+            if labels.get(LABEL_ROLE) == "validation" and phase == "Running":
+                self.tell_exit(rec, pod)
         for rec in jobs:
             if rec.phase in TERMINAL:
                 if not rec.deleted and rec.terminal_at is not None and now - rec.terminal_at > 3:
@@ -609,8 +631,7 @@ class ChaosRun:
             if ran >= rec.run_for and rec.name not in busy and len(gang) == rec.nodes:
                 rec.exiting_attempt = rec.running_attempt
                 for pod in gang:
-                    if pod["metadata"]["uid"] not in rec.finishing and self.annotate_exit(pod):
-                        rec.finishing.add(pod["metadata"]["uid"])
+                    self.tell_exit(rec, pod)
 
     # -- faults --------------------------------------------------------------------------------
     def candidates(self, kind: str) -> list[JobRecord]:
@@ -972,6 +993,23 @@ class ChaosRun:
                 or f"not terminal {self.cfg.drain_seconds:.0f}s after "
                 f"the last fault (phase {r.phase}, attempts {r.attempts})",
                 "conditions": (r.status or {}).get("conditions") or [],
+                "driver": {
+                    "running_attempt": r.running_attempt,
+                    "running_since": r.running_since,
+                    "run_for": round(r.run_for, 1),
+                    "exiting_attempt": r.exiting_attempt,
+                    "pods_told_to_exit": len(r.finishing),
+                    "pods": [
+                        {
+                            "name": p["metadata"]["name"],
+                            "phase": (p.get("status") or {}).get("phase"),
+                            "node": (p.get("spec") or {}).get("nodeName"),
+                            "deleting": bool(p["metadata"].get("deletionTimestamp")),
+                        }
+                        for p in self.pods
+                        if _labels(p).get(LABEL_JOB) == r.name
+                    ],
+                },
             }
             for r in jobs
             if r.lost or r.phase not in TERMINAL
@@ -1035,7 +1073,11 @@ class ChaosRun:
                 {k: v for k, v in asdict(f).items() if k not in ("restore_due", "progress_step")}
                 for f in faults
             ],
-            "monitor": {"polls": self.polls, "failed_polls": self.failed_polls},
+            "monitor": {
+                "polls": self.polls,
+                "failed_polls": self.failed_polls,
+                "kubelet_nudges": self.nudges,
+            },
             "operator_logs": logs,
         }
         result["targets"] = {
@@ -1097,6 +1139,8 @@ def table(report: dict[str, Any]) -> str:
         f"({', '.join(f'{k}: {v}' for k, v in g['by_cause'].items()) or 'none'}) |",
         f"| jobs succeeded / failed | - | {report['jobs']['succeeded']} / "
         f"{len(report['jobs']['failed'])} |",
+        f"| exit annotations KWOK missed (re-sent) | - | "
+        f"{report['monitor'].get('kubelet_nudges', 0)} |",
         "",
         "| fault | injected | recovered | recover p50 / p95 / max (s) | measured until |",
         "|---|---|---|---|---|",
@@ -1125,6 +1169,20 @@ def table(report: dict[str, Any]) -> str:
 def iter_problems(report: dict[str, Any]) -> Iterator[str]:
     for item in report["jobs"]["lost"]:
         yield f"lost: {item['job']}: {item['why']}"
+        # enough to diagnose from a CI log alone: the job's conditions and its faults
+        for cond in item.get("conditions") or []:
+            yield (
+                f"  condition {cond.get('type')}={cond.get('status')} {cond.get('reason')}: "
+                f"{cond.get('message')}"
+            )
+        yield f"  driver: {json.dumps(item.get('driver'), default=str)}"
+        for fault in report["faults"]:
+            if fault.get("job") == item["job"]:
+                yield (
+                    f"  fault {fault['n']}:{fault['kind']} at t={fault['at']:.1f} "
+                    f"({fault.get('detail')}) recovered_at={fault.get('recovered_at')} "
+                    f"ended_at={fault.get('ended_at')} note={fault.get('note')!r}"
+                )
     for item in report["duplicate_gangs"]:
         yield f"duplicate gang: {item['job']} at t={item['t']}: {item['problem']}"
     for item in report["stuck_without_reason"]:

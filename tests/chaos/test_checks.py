@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from tests.chaos.faults import stuck_status
-from tests.chaos.harness import explained, gang_problems
+from tests.chaos.harness import (
+    EXIT_NUDGE_SECONDS,
+    ChaosRun,
+    JobRecord,
+    explained,
+    gang_problems,
+)
 
 
 def pod(
@@ -91,3 +97,31 @@ def test_stuck_status_keeps_kwok_off_and_shows_the_kubelet_reason() -> None:
     [container] = patch["containerStatuses"]
     assert container["state"]["waiting"]["reason"] == "ImagePullBackOff"
     assert not container["ready"]
+
+
+def test_a_pod_that_ignores_its_exit_annotation_is_told_again() -> None:
+    """KWOK can miss the exit annotation's update across an etcd restart: the driver re-sends
+    it (with a new nudge value, so the pod object changes) and counts the retry."""
+
+    class Driver(ChaosRun):
+        def __init__(self) -> None:  # no cluster: only what tell_exit uses
+            self.clock, self.nudges = 0.0, 0
+            self.patches: list[tuple[str, bool]] = []
+
+        def now(self) -> float:
+            return self.clock
+
+        def annotate_exit(self, pod: dict[str, Any], code: int = 0, nudge: bool = False) -> bool:
+            self.patches.append((pod["metadata"]["name"], nudge))
+            return True
+
+    driver = Driver()
+    rec = JobRecord("j", nodes=1, gpus=2, created=0.0, run_for=1.0)
+    p = pod("j-a1-0", "j", 1)
+    driver.tell_exit(rec, p)
+    driver.clock = EXIT_NUDGE_SECONDS - 1
+    driver.tell_exit(rec, p)
+    assert driver.patches == [("j-a1-0", False)], "told once while it may still be exiting"
+    driver.clock = EXIT_NUDGE_SECONDS + 1
+    driver.tell_exit(rec, p)
+    assert driver.patches[-1] == ("j-a1-0", True) and driver.nudges == 1
