@@ -18,6 +18,7 @@ import pytest
 from kubetune.devcluster import Binaries, DevCluster, DevClusterError
 from kubetune.devcluster.build import find_go
 from kubetune.devcluster.testing import Cluster
+from kubetune.devcluster.versions import CLUSTER_COMPONENTS
 from tests.e2e.conftest import IN_CI, _cannot_start
 
 CHAOS_DIR = Path(__file__).parent
@@ -38,7 +39,7 @@ def cluster() -> Iterator[Cluster]:
     except DevClusterError as exc:
         _cannot_start(str(exc))
         raise
-    missing = binaries.missing()
+    missing = binaries.missing(CLUSTER_COMPONENTS)
     if missing and find_go() is None:
         reason = f"dev cluster binaries are not built ({', '.join(missing)}) and no Go toolchain"
         if IN_CI:

@@ -28,6 +28,7 @@ from kubetune.devcluster import Binaries, DevCluster, DevClusterError
 from kubetune.devcluster.build import find_go
 from kubetune.devcluster.procs import port_in_use
 from kubetune.devcluster.testing import Cluster, Kubectl, wait_until
+from kubetune.devcluster.versions import CLUSTER_COMPONENTS
 
 E2E_DIR = Path(__file__).parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -53,7 +54,7 @@ def cluster() -> Iterator[Cluster]:
     except DevClusterError as exc:
         _cannot_start(str(exc))
         raise
-    missing = binaries.missing()
+    missing = binaries.missing(CLUSTER_COMPONENTS)
     if missing and find_go() is None:
         reason = (
             f"e2e cluster binaries are not built ({', '.join(missing)}) and no Go toolchain "

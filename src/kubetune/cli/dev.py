@@ -7,6 +7,9 @@ source at pinned versions (see kubetune/devcluster/data/versions.env).
 Progress goes to stderr; ``up`` and ``env`` print shell lines on stdout, so
 ``eval "$(kubetune dev cluster up)"`` points the current shell at the cluster.
 
+``kubetune dev prometheus up|down|status`` runs a real Prometheus scraping the cluster's trainer
+pods, the operator and local runs (kubetune/cli/dev_prometheus.py).
+
 ``kubetune dev seed -f JOB.yaml`` prepares a FineTuneJob's inputs for the real-pod nodes
 (``up --real-nodes N``): the well-known example locations it names (the tiny chat model and
 tokenizer, the sample datasets; what ``kubetune run --local`` creates) written into the node
@@ -30,6 +33,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from kubetune.cli.dev_prometheus import app as prometheus_app
 from kubetune.devcluster import DevCluster, DevClusterError
 from kubetune.devcluster.build import build as build_binaries
 from kubetune.devcluster.versions import COMPONENT_BINARIES, Binaries
@@ -41,6 +45,7 @@ cluster_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(prometheus_app, name="prometheus")
 
 err = Console(stderr=True, log_path=False)
 out = Console(highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ Only light imports at module level: the operator image (no torch) still loads th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -143,6 +144,9 @@ def _summary(output_dir: Path) -> None:
         f"(model card: {escape(str(output_dir / 'README.md'))})",
         highlight=False,
     )
+    curves = output_dir / "training_curves.png"
+    if curves.exists():
+        console.print(f"training curves: {escape(str(curves))}", highlight=False)
 
 
 def run(
@@ -175,6 +179,15 @@ def run(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Ignore checkpoints in the output directory.")
     ] = False,
+    prometheus_file_sd_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--prometheus-file-sd-dir",
+            envvar="KUBETUNE_PROMETHEUS_FILE_SD_DIR",
+            help="Register the run's metrics endpoint there for Prometheus while it runs "
+            "(`kubetune dev prometheus up` prints it).",
+        ),
+    ] = None,
 ) -> None:
     """Run a FineTuneJob locally: validate, resolve, train with torchrun, keep the outputs."""
     if not local:
@@ -215,12 +228,13 @@ def run(
     progress_file = out / "progress.json"
     progress_file.unlink(missing_ok=True)
     env = dict(os.environ)
+    metrics_port = _free_port()
     env.update(
         {
             CONFIG_ENV: str(config),
             OUTPUT_ENV: str(out),
             PROGRESS_ENV: str(progress_file),
-            METRICS_PORT_ENV: str(_free_port()),
+            METRICS_PORT_ENV: str(metrics_port),
             PVC_ROOT_ENV: str(pvcs),
             CACHE_ENV: str(cache),
             TERMINATION_LOG_ENV: str(out / "termination-log"),
@@ -243,7 +257,12 @@ def run(
         f"({resolved.derived.gradient_accumulation_steps} accumulation steps); "
         f"log {escape(str(log_file))}"
     )
-    with log_file.open("wb") as handle:
+    scraped: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if prometheus_file_sd_dir is not None and not validate_only:
+        from kubetune.devcluster.prometheus import local_run_target
+
+        scraped = local_run_target(prometheus_file_sd_dir, name, f"127.0.0.1:{metrics_port}")
+    with scraped, log_file.open("wb") as handle:
         proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
         try:
             if validate_only:

@@ -40,7 +40,12 @@ from kubetune.devcluster.procs import (
     spawn,
     terminate,
 )
-from kubetune.devcluster.versions import COMPONENT_BINARIES, Binaries, DevClusterError
+from kubetune.devcluster.versions import (
+    CLUSTER_COMPONENTS,
+    COMPONENT_BINARIES,
+    Binaries,
+    DevClusterError,
+)
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -360,7 +365,7 @@ class DevCluster:
         elif self.state_dir.exists():
             self._remove_state_dir()
 
-        missing = self.binaries.missing()
+        missing = self.binaries.missing(CLUSTER_COMPONENTS)
         if not build:
             # helm is cached alongside but not needed to run the cluster
             missing = [c for c in missing if c in RUNTIME_COMPONENTS]

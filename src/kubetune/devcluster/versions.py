@@ -23,7 +23,11 @@ COMPONENT_BINARIES: dict[str, tuple[str, ...]] = {
     "kubernetes": ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
     "kwok": ("kwok",),
     "helm": ("helm",),
+    # scrapes the dev cluster and local runs; promtool tests the alert rules (own module graph)
+    "prometheus": ("prometheus", "promtool"),
 }
+#: what the dev cluster itself needs built (prometheus is a separate tool; `up` never builds it)
+CLUSTER_COMPONENTS: tuple[str, ...] = ("etcd", "kubernetes", "kwok", "helm")
 
 
 class DevClusterError(RuntimeError):
@@ -60,6 +64,14 @@ class Versions:
     kwok: str
     helm: str
     go_min: str
+    #: the Go module version (v0.3MM.P is Prometheus 3.MM.P; see :attr:`prometheus_release`)
+    prometheus: str
+
+    @property
+    def prometheus_release(self) -> str:
+        """The Prometheus release a module version stands for (v0.316.0 -> 3.16.0)."""
+        minor, _, patch = self.prometheus.removeprefix("v0.").partition(".")
+        return f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
 
     @classmethod
     def load(cls) -> Versions:
@@ -71,6 +83,7 @@ class Versions:
                 kwok=env["KWOK_VERSION"],
                 helm=env["HELM_VERSION"],
                 go_min=env.get("GO_MIN_VERSION", "1.26.0"),
+                prometheus=env["PROMETHEUS_VERSION"],
             )
         except KeyError as exc:
             raise DevClusterError(f"{VERSIONS_ENV} lacks {exc.args[0]}") from exc
@@ -99,10 +112,12 @@ class Binaries:
                 return self.component_dir(component) / binary
         raise KeyError(binary)
 
-    def missing(self) -> list[str]:
-        """Components whose cache directory is incomplete."""
+    def missing(self, components: tuple[str, ...] | None = None) -> list[str]:
+        """Components (of ``components``; default all) whose cache directory is incomplete."""
         out = []
         for component, names in COMPONENT_BINARIES.items():
+            if components is not None and component not in components:
+                continue
             d = self.component_dir(component)
             if not (d / ".complete").is_file() or not all(os.access(d / n, os.X_OK) for n in names):
                 out.append(component)

@@ -6,8 +6,9 @@
 #   .../bin/kubernetes-<v>/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
 #   .../bin/kwok-<v>/kwok
 #   .../bin/helm-<v>/helm
+#   .../bin/prometheus-<v>/{prometheus,promtool}
 #
-# Usage: build.sh [--force] [etcd|kubernetes|kwok|helm ...]
+# Usage: build.sh [--force] [etcd|kubernetes|kwok|helm|prometheus ...]
 #
 # Needs only a Go toolchain (>= GO_MIN_VERSION in versions.env; $GO, `go` on PATH
 # or /usr/local/go/bin/go) and access to the Go module proxy. A component whose
@@ -29,10 +30,10 @@ for arg in "$@"; do
   case "$arg" in
     --force) FORCE=1 ;;
     -h | --help)
-      sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
-    etcd | kubernetes | kwok | helm) COMPONENTS+=("$arg") ;;
+    etcd | kubernetes | kwok | helm | prometheus) COMPONENTS+=("$arg") ;;
     *)
       echo "build.sh: unknown argument: $arg" >&2
       exit 2
@@ -40,7 +41,7 @@ for arg in "$@"; do
   esac
 done
 if [[ ${#COMPONENTS[@]} -eq 0 ]]; then
-  COMPONENTS=(etcd kubernetes kwok helm)
+  COMPONENTS=(etcd kubernetes kwok helm prometheus)
 fi
 
 # --- Go toolchain -------------------------------------------------------------
@@ -74,9 +75,10 @@ BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 log() { printf '[build.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# gomod MODULE REQUIRE...: a wrapper go.mod (in the current directory) requiring "PATH VERSION"s.
+# gomod MODULE REQUIRE...: a wrapper go.mod (in the current directory) requiring "PATH VERSION"s
+# (its go line: $GOMOD_GO, default GO_MIN_VERSION).
 gomod() {
-  printf 'module kubetune.local/devcluster/%s\n\ngo %s\n\nrequire (\n' "$1" "$GO_MIN_VERSION"
+  printf 'module kubetune.local/devcluster/%s\n\ngo %s\n\nrequire (\n' "$1" "${GOMOD_GO:-$GO_MIN_VERSION}"
   shift
   printf '\t%s\n' "$@"
   printf ')\n'
@@ -85,14 +87,22 @@ gomod() {
 # component NAME VERSION BINARY...: build NAME unless its cache directory is complete (every
 # binary and the .complete marker). build_NAME VERSION STAGING runs in a fresh work directory
 # and writes the binaries into STAGING, which then replaces the cache directory atomically.
+# Concurrent builds of one component (parallel test sessions) wait for each other on a lock,
+# then find it cached, instead of wiping each other's work directory.
 component() {
   local name=$1 ver=$2
   shift 2
-  local final="$BIN_ROOT/$name-$ver" b cached=$((FORCE == 0))
+  local final="$BIN_ROOT/$name-$ver" b cached=$((FORCE == 0)) lock
+  exec {lock}>"$BIN_ROOT/.$name-$ver.lock"
+  if command -v flock >/dev/null && ! flock -n "$lock"; then
+    log "$name $ver: another build is running; waiting for it"
+    flock "$lock"
+  fi
   [[ -f "$final/.complete" ]] || cached=0
   for b in "$@"; do [[ -x "$final/$b" ]] || cached=0; done
   if [[ $cached -eq 1 ]]; then
     log "$name $ver: cached in $final"
+    exec {lock}>&-
     return
   fi
   local work="$WORK_ROOT/$name-$ver" staging="$BIN_ROOT/.$name-$ver.tmp"
@@ -104,6 +114,7 @@ component() {
   if [[ -e "$final" ]]; then mv "$final" "$final.old"; fi
   mv "$staging" "$final"
   rm -rf "$final.old"
+  exec {lock}>&-
   log "$name $ver: done -> $final"
 }
 
@@ -164,6 +175,27 @@ build_helm() {
   "$GO" build -trimpath -ldflags "$ld" -o "$staging/helm" "${mod}/cmd/helm"
 }
 
+build_prometheus() {
+  local ver=$1 staging=$2
+  # Its own module graph (versions.env says why); its go.mod needs a newer Go than the rest.
+  if ! version_ge "$GO_VERSION" "$PROMETHEUS_GO_MIN_VERSION"; then
+    echo "build.sh: prometheus $ver needs Go >= ${PROMETHEUS_GO_MIN_VERSION} (have ${GO_VERSION})" >&2
+    return 3
+  fi
+  # module v0.3MM.P is release 3.MM.P
+  local mm=${ver#v0.}
+  local minor=${mm%%.*} patch=${mm#*.}
+  local release="$((minor / 100)).$((minor % 100)).${patch}"
+  local mod=github.com/prometheus/prometheus pkg=github.com/prometheus/common/version
+  GOMOD_GO=$PROMETHEUS_GO_MIN_VERSION gomod prometheus "$mod $ver"
+  local ld="-s -w -X ${pkg}.Version=${release} -X ${pkg}.Revision=${ver} -X ${pkg}.Branch=${ver}"
+  ld+=" -X ${pkg}.BuildUser=kubetune-build.sh -X ${pkg}.BuildDate=${BUILD_DATE}"
+  # No `builtinassets` tag (upstream's release builds embed the npm-built web UI, which the
+  # module does not contain): the HTTP API, all we use, is complete without it.
+  # One go build, so the packages both binaries share compile once.
+  "$GO" build -trimpath -ldflags "$ld" -o "$staging/" "${mod}/cmd/prometheus" "${mod}/cmd/promtool"
+}
+
 mkdir -p "$BIN_ROOT" "$WORK_ROOT"
 START=$SECONDS
 log "cache: $CACHE_DIR (go ${GO_VERSION}, GOMODCACHE=$("$GO" env GOMODCACHE), GOCACHE=$("$GO" env GOCACHE))"
@@ -176,6 +208,7 @@ for c in "${COMPONENTS[@]}"; do
       ;;
     kwok) component kwok "$KWOK_VERSION" kwok ;;
     helm) component helm "$HELM_VERSION" helm ;;
+    prometheus) component prometheus "$PROMETHEUS_VERSION" prometheus promtool ;;
   esac
 done
 log "all done in $((SECONDS - START))s"
