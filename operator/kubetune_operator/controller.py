@@ -28,6 +28,7 @@ from kubetune_operator import naming, resync
 from kubetune_operator.admission import Capacity
 from kubetune_operator.cache import JobKey, Snapshot
 from kubetune_operator.events import EventRecorder
+from kubetune_operator.goodput import SECONDS_PER_HOUR
 from kubetune_operator.kube import STRATEGIC_MERGE_PATCH, ApiError, KubeClient
 from kubetune_operator.lifecycle import decide
 from kubetune_operator.metrics import OperatorMetrics
@@ -83,8 +84,9 @@ class ChildConflictError(Exception):
 
 def material(status: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a status that must be written at once: phase, counters, times and the
-    status of each phase-bearing condition (not reasons, messages or progress numbers)."""
-    out = {k: v for k, v in status.items() if k not in ("progress", "conditions")}
+    status of each phase-bearing condition (not reasons, messages, progress numbers or the
+    GPU-hour sums, which grow with every look)."""
+    out = {k: v for k, v in status.items() if k not in ("progress", "conditions", "gpuHours")}
     out["conditions"] = sorted(
         (c.get("type"), c.get("status"))
         for c in status.get("conditions") or []
@@ -124,7 +126,6 @@ class Controller:
         self._background: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._fetch_slots = asyncio.Semaphore(PROGRESS_FETCH_CONCURRENCY)
-        self._last_gpu_tick = time.monotonic()
         self._resync_now = asyncio.Event()
         self._admission = asyncio.Lock()
         metrics.watch_jobs(self._phases)
@@ -157,10 +158,10 @@ class Controller:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
-    def _phases(self) -> list[str]:
+    def _phases(self) -> list[tuple[str, str]]:
         return [
-            str((body.get("status") or {}).get("phase") or "Pending")
-            for _, body in self.cache.iter_jobs()
+            (key[0], str((body.get("status") or {}).get("phase") or "Pending"))
+            for key, body in self.cache.iter_jobs()
         ]
 
     # -- events from kopf ----------------------------------------------------------------------
@@ -174,6 +175,7 @@ class Controller:
             self.queue.discard(key)
             self._progress.pop(key, None)
             self._last_status_write.pop(key, None)
+            self.metrics.forget_job(*key)
             return
         self.queue.add(key)
 
@@ -196,6 +198,7 @@ class Controller:
             try:
                 requeue = await self.reconcile(key)
             except Exception as exc:
+                self.metrics.reconcile_errors.inc()
                 delay = self.queue.add_rate_limited(key)
                 expected = isinstance(exc, ApiError | ChildConflictError)
                 level = logging.INFO if expected else logging.ERROR
@@ -211,9 +214,31 @@ class Controller:
                 self.queue.forget(key)
                 if requeue is not None:
                     self.queue.add_after(key, requeue)
+                self._record_gpu_time(key)
             finally:
                 self.metrics.reconcile_duration.observe(time.perf_counter() - started)
                 self.queue.done(key)
+
+    def _record_gpu_time(self, key: JobKey) -> None:
+        """Feed the job's GPU-hour sums as stored (status.gpuHours, after this reconcile's
+        write, if any) to the GPU-time metrics: only what the status holds, so a value
+        computed but not written (coalesced, refused) is never reported."""
+        body = self.cache.job(key)
+        hours = ((body or {}).get("status") or {}).get("gpuHours")
+        if body is None or not isinstance(hours, Mapping):
+            return
+        policy = (body.get("spec") or {}).get("runPolicy") or {}
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        queue = labels.get(naming.KUEUE_QUEUE_LABEL) or policy.get("queueName") or ""
+        budget = policy.get("gpuHourBudget")
+        self.metrics.record_gpu_time(
+            key[0],
+            str(queue),
+            key[1],
+            float(hours.get("allocated") or 0.0) * SECONDS_PER_HOUR,
+            float(hours.get("productive") or 0.0) * SECONDS_PER_HOUR,
+            float(budget) * SECONDS_PER_HOUR if budget else None,
+        )
 
     async def _report(self, raw: Mapping[str, Any]) -> ValidationReport:
         """``validate_manifest`` once per spec version. It evaluates the CEL rules in pure
@@ -339,7 +364,7 @@ class Controller:
                 raise errors[0]
             if results[0] is False:
                 return
-        self.metrics.record(plan.metrics)
+        self.metrics.record(plan.metrics, namespace=key[0])
         batch: list[Any] = []
         for action in rest:
             if batch and type(batch[0]) is not type(action):
@@ -620,16 +645,13 @@ class Controller:
             await asyncio.sleep(max(0.1, interval - (time.monotonic() - started)))
 
     async def poll_once(self) -> None:
-        now_mono = time.monotonic()
-        elapsed = now_mono - self._last_gpu_tick
-        self._last_gpu_tick = now_mono
+        # GPU time is not counted here: each reconcile reports the job's status.gpuHours
+        # (_record_gpu_time), which counts every pod that holds GPUs, not just running gangs.
         targets: list[tuple[JobKey, str, int]] = []
-        gpus_running = 0
         for key, body in self.cache.iter_jobs():
             status = body.get("status") or {}
             if status.get("phase") != "Running":
                 continue
-            gpus_running += int(status.get("gpus") or 0)
             attempt = int(status.get("attempts") or 1)
             uid = (body.get("metadata") or {}).get("uid")
             rank0 = next(
@@ -657,7 +679,6 @@ class Controller:
             )
             if url:
                 targets.append((key, url, attempt))
-        self.metrics.gpu_seconds.inc(gpus_running * elapsed)
         self._prune()
         if targets:
             await asyncio.gather(*(self._fetch(key, url, attempt) for key, url, attempt in targets))

@@ -26,6 +26,12 @@ Phases: Pending -> Validating -> Queued -> Running -> Succeeded | Failed, plus S
 * Suspended: pods are deleted, status and checkpoints kept; resuming re-creates the gang
   with the same attempt number (a suspension is not a failure). As with batch/v1 Job,
   ``startTime`` (and so the ``activeDeadlineSeconds`` clock) restarts on resume.
+* GPU-hours (goodput.py): every decision advances ``status.gpuHours`` (allocated,
+  productive, goodput). When ``runPolicy.gpuHourBudget`` is spent the job is Suspended
+  with reason ``GPUHourBudgetExhausted`` -- not Failed: a terminal phase could never be
+  resumed, while a suspension keeps the status and checkpoints, stops the gang gracefully
+  (the trainer checkpoints on SIGTERM) and lifts by itself once the budget is raised or
+  removed, exactly like ``runPolicy.suspend``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
 from kubetune.api.status import TERMINAL_PHASES, FineTuneJobStatus, Lineage, Progress
 from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune.contract.exit_codes import exit_reason
-from kubetune_operator import naming, policy
+from kubetune_operator import goodput, naming, policy
 from kubetune_operator.admission import Verdict, admit
 from kubetune_operator.failures import (
     Failure,
@@ -166,6 +172,9 @@ class _Decision:
         self.blocked: str | None = None  # overrides the summary while pods cannot be created
         self.created_gang = False
         self.capacity_wait: Verdict | None = None  # the gang stays gated: no room for all
+        self.holds: list[goodput.Holding] = []  # GPUs the job's pods hold (or held)
+        self.gpu_resource = "nvidia.com/gpu"
+        self.gpu_hours_due = False  # write status.gpuHours even if nothing else changed
         uid = obs.uid
         self.owned = [p for p in obs.pods if p.owner_uid == uid]
         self.foreign = [p for p in obs.pods if p.owner_uid is not None and p.owner_uid != uid]
@@ -177,6 +186,7 @@ class _Decision:
         meta = self.obs.raw.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return self.plan  # garbage collection removes everything the job owns
+        self._account()
         for pod in self.foreign:
             # Pods of an earlier FineTuneJob with the same name: help the garbage collector,
             # their names (and GPUs) are needed by this one.
@@ -227,6 +237,8 @@ class _Decision:
         # activeDeadlineSeconds, and resuming restarts its clock before it is checked.
         if self.job.spec.run_policy.suspend:
             self._suspend()
+            return self._finish()
+        if self._budget_spent():
             return self._finish()
         self._resume_if_suspended()
         if self._deadline_exceeded() or self._creation_refused():
@@ -443,17 +455,115 @@ class _Decision:
         self.plan.requeue(self._seconds_until(deadline))
         return False
 
+    # -- GPU-hours and the budget -----------------------------------------------------------------
+    def _account(self) -> None:
+        """Advance ``status.gpuHours`` to now (goodput.py says what counts)."""
+        spec = self.obs.raw.get("spec") or {}
+        resource = (spec.get("resources") or {}).get("gpuResourceName") or "nvidia.com/gpu"
+        self.gpu_resource = str(resource)
+        self.holds = goodput.holdings(self.owned, self.gpu_resource)
+        self.st.gpu_hours = goodput.account(
+            self.old.gpu_hours, self.now, self.holds, self._gpu_sample()
+        )
+        if goodput.gpus_held(self.holds) > 0:
+            self.plan.requeue(self._gpu_hours_period)
+
+    @property
+    def _gpu_hours_period(self) -> float:
+        """How often status.gpuHours alone is written: at the pace of the progress polls."""
+        return max(self.cfg.progress_interval_seconds, self.cfg.status_coalesce_seconds)
+
+    def _gpu_sample(self) -> goodput.Sample | None:
+        """The latest progress sample as goodput evidence: of the current attempt, read
+        after its rank-0 pod was created (not a leftover of a gang suspended before), from a
+        trainer past loading (its step is where it really is)."""
+        sample = self.obs.progress
+        if sample is None or sample.error is not None or sample.attempt != self.obs.attempt:
+            return None
+        doc = parse_document(sample.document)
+        if doc is None or doc.state not in goodput.TRAINING_STATES:
+            return None
+        rank0 = next((p for p in self.workers if p.attempt == sample.attempt and p.rank == 0), None)
+        fetched = (
+            sample.fetched_at if sample.fetched_at.tzinfo else sample.fetched_at.replace(tzinfo=UTC)
+        )
+        fetched = fetched.astimezone(UTC).replace(microsecond=0)
+        if rank0 is None or rank0.created is None or not rank0.created <= fetched <= self.now:
+            return None
+        gang = [
+            p
+            for p in self.workers
+            if p.attempt == sample.attempt and p.created is not None and p.created <= fetched
+        ]  # the gang rank 0 belongs to (the pods of a suspended one are gone before it)
+        gpus = goodput.gang_gpus(gang, self.gpu_resource)
+        return goodput.Sample(rank0.uid, doc.step, fetched, gpus, doc.last_checkpoint_step)
+
+    def _budget_spent(self) -> bool:
+        """Suspend the job once ``runPolicy.gpuHourBudget`` is spent (True then); warn when
+        90% is; look again when either will be reached at the current rate."""
+        budget = self.spec_job.spec.run_policy.gpu_hour_budget
+        if budget is None:
+            return False
+        hours = self.st.gpu_hours
+        used = hours.allocated if hours is not None else 0.0
+        if used >= budget:
+            checkpoint = self.st.last_checkpoint
+            resume = (
+                f"it resumes from its checkpoint at step {checkpoint.step} ({checkpoint.path})"
+                if checkpoint is not None
+                else "no checkpoint was reported yet: it resumes from the newest one the "
+                "trainer wrote on stopping, if any"
+            )
+            message = (
+                f"GPU-hour budget exhausted: {used:.4g} of {budget:g} GPU-hours used "
+                f"(spec.runPolicy.gpuHourBudget); the gang was stopped gracefully (the trainer "
+                f"checkpoints on SIGTERM). Raise or remove the budget to resume: {resume}"
+            )
+            before = get_condition(self.old, CONDITION_SUSPENDED)
+            self._suspend(Reason.GPU_HOUR_BUDGET_EXHAUSTED, message)
+            progress = self.st.progress
+            self.summary = "budget exhausted" + (
+                f" at {progress.step}/{progress.total_steps}"
+                if progress and progress.total_steps
+                else ""
+            )
+            if (
+                before is None
+                or before.status != "True"
+                or before.reason != Reason.GPU_HOUR_BUDGET_EXHAUSTED
+            ):
+                self.plan.event("Warning", Reason.GPU_HOUR_BUDGET_EXHAUSTED, message)
+                self.gpu_hours_due = True
+            return True
+        ratio = goodput.BUDGET_WARNING_RATIO
+        before_used = self.old.gpu_hours.allocated if self.old.gpu_hours is not None else 0.0
+        if before_used < ratio * budget <= used:
+            self.plan.event(
+                "Warning",
+                Reason.GPU_HOUR_BUDGET_NEARLY_SPENT,
+                f"{used:.4g} of {budget:g} GPU-hours used ({100 * used / budget:.0f}%, "
+                "spec.runPolicy.gpuHourBudget): the job is suspended when it is spent",
+            )
+            self.gpu_hours_due = True  # the crossing is recorded: warned once
+        for share in (ratio, 1.0):
+            wait = goodput.seconds_until_spent(hours, budget, self.holds, share)
+            if wait is not None:
+                self.plan.requeue(wait)
+        return False
+
     # -- suspension -------------------------------------------------------------------------------
-    def _suspend(self) -> None:
-        # Every gang pod goes (their names are reused on resume); finished validation pods
-        # hold nothing and keep their logs.
+    def _suspend(self, reason: Reason = Reason.SUSPENDED, message: str | None = None) -> None:
+        # Every gang pod goes (their names are reused on resume) -- gracefully: the trainer
+        # checkpoints on SIGTERM; finished validation pods hold nothing and keep their logs.
         self._delete([*self.workers, *(p for p in self.validators if not p.terminated)])
         self.st.phase = "Suspended"
-        self.phase_message = "runPolicy.suspend is true: pods removed, status and checkpoints kept"
-        self._set(CONDITION_SUSPENDED, "True", Reason.SUSPENDED, self.phase_message)
-        self._set(CONDITION_RUNNING, "False", Reason.SUSPENDED, "the job is suspended")
+        self.phase_message = (
+            message or "runPolicy.suspend is true: pods removed, status and checkpoints kept"
+        )
+        self._set(CONDITION_SUSPENDED, "True", reason, self.phase_message)
+        self._set(CONDITION_RUNNING, "False", reason, "the job is suspended")
         if get_condition(self.st, CONDITION_ADMITTED) is not None:
-            self._set(CONDITION_ADMITTED, "False", Reason.SUSPENDED, "the gang was released")
+            self._set(CONDITION_ADMITTED, "False", reason, "the gang was released")
         progress = self.st.progress
         self.summary = "suspended" + (
             f" at {progress.step}/{progress.total_steps}"
@@ -464,10 +574,20 @@ class _Decision:
             self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
 
     def _resume_if_suspended(self) -> None:
-        if not is_true(self.st, CONDITION_SUSPENDED):
+        suspended = get_condition(self.st, CONDITION_SUSPENDED)
+        if suspended is None or suspended.status != "True":
             return
-        self._set(CONDITION_SUSPENDED, "False", Reason.RESUMED, "runPolicy.suspend is false")
-        self.plan.event("Normal", Reason.RESUMED, "the job was resumed")
+        message = "runPolicy.suspend is false"
+        if suspended.reason == Reason.GPU_HOUR_BUDGET_EXHAUSTED:
+            budget = self.spec_job.spec.run_policy.gpu_hour_budget
+            used = self.st.gpu_hours.allocated if self.st.gpu_hours is not None else 0.0
+            message = (
+                f"spec.runPolicy.gpuHourBudget raised to {budget:g} GPU-hours ({used:.4g} used)"
+                if budget is not None
+                else "spec.runPolicy.gpuHourBudget removed"
+            )
+        self._set(CONDITION_SUSPENDED, "False", Reason.RESUMED, message)
+        self.plan.event("Normal", Reason.RESUMED, f"the job was resumed: {message}")
         self.st.start_time = None  # as batch/v1 Job: the deadline clock restarts on resume
         if self.workers and not is_true(self.st, CONDITION_RESTARTING):
             # Pods of the suspended gang may still be terminating: replace them first.
@@ -1111,7 +1231,10 @@ class _Decision:
                 self.plan.metrics.append(
                     MetricEvent("time_to_running", value=(self.now - born).total_seconds())
                 )
+        if transitioned:
+            self._observe_scheduling(gang)
         evidence = self._follow_progress(attempt)
+        self._observe_first_step(transitioned)
         progress = self.st.progress
         if progress is not None and (progress.total_steps or progress.step):
             self.summary = step_summary(progress.step, progress.total_steps)
@@ -1146,6 +1269,45 @@ class _Decision:
             self.plan.requeue(self.cfg.progress_interval_seconds)
         else:
             self.plan.requeue(self._seconds_until(deadline))
+
+    def _observe_scheduling(self, gang: GangState) -> None:
+        """``kubetune_job_scheduling_latency_seconds``: the attempt's gang was created (its
+        first pod) until all its pods run, observed once, when Running turns True."""
+        created = [p.created for p in gang.pods if p.created is not None]
+        if created:
+            seconds = (self.now - min(created)).total_seconds()
+            self.plan.metrics.append(MetricEvent("scheduling_latency", value=seconds))
+
+    def _observe_first_step(self, transitioned: bool) -> None:
+        """``kubetune_job_time_to_first_step_seconds``: the gang running until rank 0 first
+        reports a step past the checkpoint the attempt resumed from, once per attempt.
+
+        Decided from the status alone (no memory in the operator, so a new leader neither
+        repeats nor loses it): the attempt resumed from the newest checkpoint the status
+        knew when the gang started; a checkpoint written since means the first step was
+        already seen (or missed for good)."""
+        running = get_condition(self.old, CONDITION_RUNNING)
+        if transitioned or running is None or running.last_transition_time is None:
+            since = self.now
+        else:
+            since = running.last_transition_time
+        old_checkpoint = self.old.last_checkpoint
+        if old_checkpoint is not None and old_checkpoint.time and old_checkpoint.time >= since:
+            return  # written during this attempt: its first step came before
+        resumes = self.spec_job.spec.checkpoint.resume != "never"
+        start = old_checkpoint.step if old_checkpoint is not None and resumes else 0
+
+        def stepped(progress: Progress | None) -> bool:
+            return (
+                progress is not None
+                and progress.step > start
+                and progress.last_update_time is not None
+                and progress.last_update_time >= since
+            )
+
+        if stepped(self.st.progress) and (transitioned or not stepped(self.old.progress)):
+            seconds = (self.now - since).total_seconds()
+            self.plan.metrics.append(MetricEvent("time_to_first_step", value=seconds))
 
     def _follow_progress(self, attempt: int) -> datetime | None:
         """Mirror rank 0's latest sample of ``attempt`` into the status and set ProgressKnown;
@@ -1202,7 +1364,18 @@ class _Decision:
         progress.summary = clip_summary(summary)
         st.progress = progress
         new = dump_status(st)
-        if new != dump_status(self.old):
+        old = dump_status(self.old)
+        if (
+            new != old
+            and not self.gpu_hours_due
+            and {k: v for k, v in new.items() if k != "gpuHours"}
+            == {k: v for k, v in old.items() if k != "gpuHours"}
+            and not goodput.update_due(
+                self.old.gpu_hours, st.gpu_hours, self.now, self.holds, self._gpu_hours_period
+            )
+        ):
+            new = old  # only the GPU-hour sums moved: they wait (the next write adds them)
+        if new != old:
             self.plan.status = new
         if st.phase != self.old.phase:
             self.plan.metrics.append(MetricEvent("transition", st.phase))

@@ -1,12 +1,13 @@
 """Prometheus metrics of the operator (served on its own port at ``/metrics``).
 
-Names follow the Prometheus conventions: base units (seconds), ``_total`` for counters,
-labels with small fixed value sets (phase, reason, verb).
+Every collector is built from its entry in :mod:`kubetune.contract.metrics` (name, help,
+labels, buckets), so the exported metrics are exactly the documented ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,29 +20,67 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kubetune.api.status import PHASES
+from kubetune.contract.metrics import MetricSpec, metric
 from kubetune_operator.plan import MetricEvent
 
 # The *_created series double the output for no use on dashboards or alerts.
 disable_created_metrics()
 
 
-class _JobsByPhase(Collector):
-    """``kubetune_jobs{phase}``: computed at scrape time from the operator's job cache, so
-    it is always exactly the current count (no increments to drift)."""
+def _counter(name: str, registry: CollectorRegistry) -> Counter:
+    spec = _spec(name, "counter")
+    return Counter(spec.collector_name, spec.help, spec.label_names, registry=registry)
 
-    def __init__(self, source: Callable[[], Iterable[str]]) -> None:
+
+def _gauge(name: str, registry: CollectorRegistry) -> Gauge:
+    spec = _spec(name, "gauge")
+    return Gauge(spec.collector_name, spec.help, spec.label_names, registry=registry)
+
+
+def _histogram(name: str, registry: CollectorRegistry) -> Histogram:
+    spec = _spec(name, "histogram")
+    assert spec.buckets is not None
+    return Histogram(
+        spec.collector_name, spec.help, spec.label_names, buckets=spec.buckets, registry=registry
+    )
+
+
+def _spec(name: str, kind: str) -> MetricSpec:
+    spec = metric(name)
+    if spec.type != kind or spec.component != "operator":
+        raise ValueError(f"{name} is a {spec.component} {spec.type} in the contract, not {kind}")
+    return spec
+
+
+JOBS = metric("kubetune_jobs")
+
+
+class _JobsByPhase(Collector):
+    """``kubetune_jobs{namespace,phase}``: computed at scrape time from the operator's job
+    cache, so it is always exactly the current count (no increments to drift). Every
+    phase of a namespace with jobs is listed, zeros included, so ``== 0`` alerts work."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self._source = source
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "kubetune_jobs", "FineTuneJobs known to this operator, by phase.", labels=["phase"]
-        )
-        counts = dict.fromkeys(PHASES, 0)
-        for phase in self._source():
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, count in counts.items():
-            family.add_metric([phase], count)
+        family = GaugeMetricFamily(JOBS.name, JOBS.help, labels=list(JOBS.label_names))
+        counts: dict[str, dict[str, int]] = {}
+        for namespace, phase in self._source():
+            by_phase = counts.setdefault(namespace, dict.fromkeys(PHASES, 0))
+            by_phase[phase] = by_phase.get(phase, 0) + 1
+        for namespace, by_phase in sorted(counts.items()):
+            for phase, count in by_phase.items():
+                family.add_metric([namespace, phase], count)
         yield family
+
+
+@dataclass
+class _GpuSeen:
+    """The cumulative GPU time last reported for one job (to turn totals into deltas)."""
+
+    allocated: float
+    productive: float  # the highest productive total reported (a rollback stays below it)
 
 
 class OperatorMetrics:
@@ -50,98 +89,102 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.transitions = Counter(
-            "kubetune_job_transitions",
-            "Phase transitions of FineTuneJobs, by the phase entered.",
-            ["phase"],
-            registry=r,
-        )
-        self.restarts = Counter(
-            "kubetune_job_restarts",
-            "Gang restarts after retryable failures, by failure reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.failures = Counter(
-            "kubetune_job_failures",
-            "FineTuneJobs that failed, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.reconcile_duration = Histogram(
-            "kubetune_reconcile_duration_seconds",
-            "Time to reconcile one FineTuneJob (decide + API calls).",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
-        self.time_to_running = Histogram(
-            "kubetune_job_time_to_running_seconds",
-            "Time from FineTuneJob creation to its first gang running.",
-            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
-            registry=r,
-        )
-        self.gpu_seconds = Counter(
-            "kubetune_gpu_seconds",
-            "GPU time held by running gangs (GPUs x seconds).",
-            registry=r,
-        )
-        self.api_requests = Counter(
-            "kubetune_operator_api_requests",
-            "Requests the operator's own client sent to the API server.",
-            ["verb", "resource", "code"],
-            registry=r,
-        )
-        self.api_latency = Histogram(
-            "kubetune_operator_api_request_duration_seconds",
-            "Latency of the operator's own API requests.",
-            ["verb"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
-        self.leader = Gauge(
-            "kubetune_operator_leader",
-            "1 while this replica holds the leader lease (or runs standalone).",
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "kubetune_operator_queue_depth",
-            "FineTuneJobs waiting to be reconciled.",
-            registry=r,
-        )
-        self.progress_scrape_failures = Counter(
-            "kubetune_progress_scrape_failures",
-            "Failed reads of rank 0's progress document, by reason (unreachable, http, "
-            "redirect, too_large, invalid): the job's progress is unknown, not stalled.",
-            ["reason"],
-            registry=r,
-        )
-        self.status_write_failures = Counter(
-            "kubetune_status_write_failures",
-            "FineTuneJob status writes the API server refused, by HTTP status code.",
-            ["code"],
-            registry=r,
-        )
+        self.transitions = _counter("kubetune_job_transitions_total", r)
+        self.restarts = _counter("kubetune_job_restarts_total", r)
+        self.failures = _counter("kubetune_job_failures_total", r)
+        self.reconcile_duration = _histogram("kubetune_reconcile_duration_seconds", r)
+        self.reconcile_errors = _counter("kubetune_reconcile_errors_total", r)
+        self.time_to_running = _histogram("kubetune_job_time_to_running_seconds", r)
+        self.scheduling_latency = _histogram("kubetune_job_scheduling_latency_seconds", r)
+        self.time_to_first_step = _histogram("kubetune_job_time_to_first_step_seconds", r)
+        self.gpu_allocated = _counter("kubetune_gpu_allocated_seconds_total", r)
+        self.gpu_productive = _counter("kubetune_gpu_productive_seconds_total", r)
+        self.job_gpu_allocated = _gauge("kubetune_job_gpu_allocated_seconds", r)
+        self.job_gpu_productive = _gauge("kubetune_job_gpu_productive_seconds", r)
+        self.job_gpu_budget = _gauge("kubetune_job_gpu_budget_seconds", r)
+        self.api_requests = _counter("kubetune_operator_api_requests_total", r)
+        self.api_latency = _histogram("kubetune_operator_api_request_duration_seconds", r)
+        self.leader = _gauge("kubetune_operator_leader", r)
+        self.queue_depth = _gauge("kubetune_operator_queue_depth", r)
+        self.progress_scrape_failures = _counter("kubetune_progress_scrape_failures_total", r)
+        self.status_write_failures = _counter("kubetune_status_write_failures_total", r)
         self._jobs: _JobsByPhase | None = None
+        self._gpu_seen: dict[tuple[str, str], _GpuSeen] = {}
 
-    def watch_jobs(self, source: Callable[[], Iterable[str]]) -> None:
-        """Serve ``kubetune_jobs`` from ``source`` (phases of all known jobs)."""
+    def watch_jobs(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """Serve ``kubetune_jobs`` from ``source``: (namespace, phase) of every known job."""
         if self._jobs is None:
             self._jobs = _JobsByPhase(source)
             self.registry.register(self._jobs)
         else:
             self._jobs._source = source
 
-    def record(self, events: Iterable[MetricEvent]) -> None:
+    def record(self, events: Iterable[MetricEvent], namespace: str = "") -> None:
+        """Count what one reconcile of a job in ``namespace`` decided."""
         for event in events:
             if event.kind == "transition":
                 self.transitions.labels(phase=event.label).inc()
             elif event.kind == "restart":
-                self.restarts.labels(reason=event.label).inc()
+                self.restarts.labels(namespace=namespace, reason=event.label).inc()
             elif event.kind == "failure":
                 self.failures.labels(reason=event.label).inc()
             elif event.kind == "time_to_running":
                 self.time_to_running.observe(max(0.0, event.value))
+            elif event.kind == "scheduling_latency":
+                self.scheduling_latency.observe(max(0.0, event.value))
+            elif event.kind == "time_to_first_step":
+                self.time_to_first_step.observe(max(0.0, event.value))
 
     def count_request(self, verb: str, resource: str, code: int, seconds: float = 0.0) -> None:
         self.api_requests.labels(verb=verb, resource=resource, code=str(code)).inc()
         self.api_latency.labels(verb=verb).observe(seconds)
+
+    # -- GPU time --------------------------------------------------------------------------------
+    def record_gpu_time(
+        self,
+        namespace: str,
+        queue: str,
+        job: str,
+        allocated_s: float,
+        productive_s: float,
+        budget_s: float | None,
+    ) -> None:
+        """Report a job's cumulative GPU time (seconds, all attempts so far).
+
+        Sets the per-job gauges and adds the growth since the previous report of the same
+        job to the ``{namespace, queue}`` counters. The first report of a job in this
+        process only sets the baseline: a freshly elected leader must not add every
+        running job's whole history to its counters at once (``increase()`` would show it
+        as spent in that minute); at most one reporting interval per job is left out.
+        An allocated total that went down (the status was reset) counts from zero again,
+        the way Prometheus treats a counter reset. Productive time goes down by design
+        when a restarted gang rolls back to its checkpoint (the redone steps are taken
+        off), so its counter only grows above the job's highest productive total so far:
+        redone steps are never counted twice.
+        """
+        allocated_s, productive_s = max(0.0, allocated_s), max(0.0, productive_s)
+        labels = {"namespace": namespace, "queue": queue}
+        seen = self._gpu_seen.get((namespace, job))
+        if seen is None:
+            high = productive_s
+        else:
+            grown = allocated_s - seen.allocated if allocated_s >= seen.allocated else allocated_s
+            if grown > 0:
+                self.gpu_allocated.labels(**labels).inc(grown)
+            high = max(seen.productive, productive_s)
+            if productive_s > seen.productive:
+                self.gpu_productive.labels(**labels).inc(productive_s - seen.productive)
+        self._gpu_seen[(namespace, job)] = _GpuSeen(allocated_s, high)
+        self.job_gpu_allocated.labels(namespace=namespace, finetunejob=job).set(allocated_s)
+        self.job_gpu_productive.labels(namespace=namespace, finetunejob=job).set(productive_s)
+        if budget_s is None:
+            self.job_gpu_budget.remove(namespace, job)
+        else:
+            self.job_gpu_budget.labels(namespace=namespace, finetunejob=job).set(budget_s)
+
+    def forget_job(self, namespace: str, job: str) -> None:
+        """Drop a deleted job's per-job series (and its baseline); the namespace/queue
+        counters keep what it used."""
+        self._gpu_seen.pop((namespace, job), None)
+        for gauge in (self.job_gpu_allocated, self.job_gpu_productive, self.job_gpu_budget):
+            gauge.remove(namespace, job)  # a no-op for series never set

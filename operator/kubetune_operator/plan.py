@@ -85,9 +85,17 @@ class Event:
 
 @dataclass(frozen=True)
 class MetricEvent:
-    """Something the metrics module counts: transition/restart/failure/time_to_running."""
+    """Something the metrics module counts (see kubetune.contract.metrics): a transition,
+    restart or failure (``label``: phase or reason), or a duration in seconds (``value``)."""
 
-    kind: Literal["transition", "restart", "failure", "time_to_running"]
+    kind: Literal[
+        "transition",
+        "restart",
+        "failure",
+        "time_to_running",
+        "scheduling_latency",
+        "time_to_first_step",
+    ]
     label: str = ""
     value: float = 1.0
 

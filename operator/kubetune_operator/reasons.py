@@ -56,6 +56,10 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     RESTART_REQUESTED = "RestartRequested"
+    # spec.runPolicy.gpuHourBudget: spent (the job is Suspended until it is raised), and the
+    # Warning Event when 90% of it is spent.
+    GPU_HOUR_BUDGET_EXHAUSTED = "GPUHourBudgetExhausted"
+    GPU_HOUR_BUDGET_NEARLY_SPENT = "GPUHourBudgetNearlySpent"
     # Configuration and the API.
     NOT_RECOMMENDED = "NotRecommended"
     CONFIG_WARNING = "ConfigWarning"

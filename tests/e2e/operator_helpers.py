@@ -228,8 +228,20 @@ def install(cluster: Cluster, workdir: Path) -> Path:
     """Install the CRD and the operator's RBAC; return a kubeconfig holding a token of the
     operator's ServiceAccount (bound to rbac.yaml, not cluster-admin)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s"
+    # kubectl wait errors out (instead of waiting) while a new CRD has no conditions yet.
+    wait_until(
+        lambda: (
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "crd/finetunejobs.kubetune.io",
+                "--timeout=60s",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        timeout=90,
+        what="the FineTuneJob CRD to be established",
     )
     if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode:
         cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)

@@ -355,7 +355,7 @@ def test_metrics_follow_a_job_lifecycle(cluster: Cluster, ns: str, operator: Ope
     """Values only a job's life produces (the names alone exist from start-up)."""
     running = ("kubetune_job_transitions_total", (("phase", "Running"),))
     to_running = ("kubetune_job_time_to_running_seconds_count", ())
-    gpu_seconds = ("kubetune_gpu_seconds_total", ())
+    gpu_seconds = ("kubetune_gpu_allocated_seconds_total", (("namespace", ns), ("queue", "")))
     before = _samples(operator.leader.metrics())
     start_running(cluster, ns, "metered")
 
@@ -366,7 +366,7 @@ def test_metrics_follow_a_job_lifecycle(cluster: Cluster, ns: str, operator: Ope
 
     after = wait_until(grown, timeout=60, what="lifecycle metrics to grow")
     assert after[running] >= before.get(running, 0.0) + 1
-    assert after[("kubetune_jobs", (("phase", "Running"),))] >= 1
+    assert after[("kubetune_jobs", (("namespace", ns), ("phase", "Running")))] >= 1
     requests = [
         v for (name, _), v in after.items() if name == "kubetune_operator_api_requests_total"
     ]

@@ -83,6 +83,27 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
         "description": "Estimated seconds left.",
     },
+    {
+        "name": "GPU-Hours",
+        "type": "number",
+        "jsonPath": ".status.gpuHours.allocated",
+        "priority": 1,
+        "description": "GPU-hours held by the job's pods, over all attempts.",
+    },
+    {
+        "name": "Goodput",
+        "type": "number",
+        "jsonPath": ".status.gpuHours.goodput",
+        "priority": 1,
+        "description": "Share (0-1) of the GPU-hours that produced training steps kept.",
+    },
+    {
+        "name": "Budget",
+        "type": "number",
+        "jsonPath": ".spec.runPolicy.gpuHourBudget",
+        "priority": 1,
+        "description": "GPU-hour budget (spec.runPolicy.gpuHourBudget), if any.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -222,3 +222,13 @@ class RunPolicy(ApiModel):
         description="Kueue LocalQueue that admits the gang. It becomes the pods' "
         "kueue.x-k8s.io/queue-name label, so it must be a valid label value.",
     )
+    gpu_hour_budget: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e9,
+        description="Most GPU-hours the job may hold (status.gpuHours.allocated, over all "
+        "attempts). When they are spent the gang is stopped gracefully (the trainer "
+        "checkpoints on SIGTERM) and the job is Suspended with reason "
+        "GPUHourBudgetExhausted; raising the budget, or removing it, resumes the job from "
+        "its newest checkpoint. A Warning Event is posted when 90% is spent.",
+    )

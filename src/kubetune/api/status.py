@@ -74,6 +74,58 @@ class CheckpointStatus(ApiModel):
     time: datetime | None = Field(default=None, description="When it was completed.")
 
 
+class GPUHours(ApiModel):
+    """GPU time the job was given, and how much of it produced training steps that were kept.
+
+    ``allocated`` counts GPUs requested by the job's pods x the time each pod held a node
+    (bound to it and not terminated: image pulls, start-up and a graceful stop included),
+    summed over every attempt. ``productive`` counts the gang's GPUs x the time between two
+    progress samples of one gang in which the step advanced, less what a restart threw away:
+    when a new gang resumes, it falls back to the value at the step it resumed from (see
+    ``checkpointStep``). Not productive: scheduling waits, start-up and model loading,
+    evaluation and checkpoint pauses, stalls, backoffs, and steps redone after a restart.
+    The other fields are the operator's bookkeeping, kept here so that an operator restart
+    or a failover continues the sums instead of counting anything twice.
+    """
+
+    allocated: float = Field(
+        default=0.0, ge=0.0, description="GPU-hours held by the job's pods, over all attempts."
+    )
+    productive: float = Field(
+        default=0.0, ge=0.0, description="GPU-hours of training steps that were kept."
+    )
+    goodput: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="productive / allocated (0-1); absent while nothing was allocated.",
+    )
+    observed_time: datetime | None = Field(
+        default=None, description="allocated covers the job's pods up to this time."
+    )
+    sample_time: datetime | None = Field(
+        default=None, description="When the last progress sample counted was fetched."
+    )
+    sample_step: int | None = Field(
+        default=None, ge=0, description="The optimizer step that sample reported."
+    )
+    sampled_pod_uid: str | None = Field(
+        default=None,
+        max_length=128,
+        description="UID of the rank-0 pod that sample came from: a new one means a new "
+        "gang, which resumes from a checkpoint.",
+    )
+    checkpoint_step: int | None = Field(
+        default=None, ge=0, description="Step of the newest checkpoint the trainer reported."
+    )
+    productive_at_checkpoint: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="productive when that checkpoint was taken: what a gang resuming from "
+        "it keeps.",
+    )
+
+
 class Lineage(ApiModel):
     """What went into the tuned model, for reproducibility and audits."""
 
@@ -125,3 +177,8 @@ class FineTuneJobStatus(ApiModel):
         default=None, max_length=1024, description="Where the results were written."
     )
     lineage: Lineage | None = Field(default=None, description="Inputs of the tuned model.")
+    gpu_hours: GPUHours | None = Field(
+        default=None,
+        description="GPU-hours allocated and productive, and their ratio (goodput); absent "
+        "until a pod of the job held a GPU.",
+    )

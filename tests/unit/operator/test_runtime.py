@@ -342,25 +342,28 @@ def test_lost_lease_signals_stop() -> None:
 # -- metrics -----------------------------------------------------------------------------------
 def test_metrics_names_and_values() -> None:
     m = OperatorMetrics()
-    m.watch_jobs(lambda: ["Running", "Running", "Queued"])
+    m.watch_jobs(lambda: [("ns", "Running"), ("ns", "Running"), ("ns", "Queued")])
     m.record(
         [
             MetricEvent("transition", "Running"),
             MetricEvent("restart", "NodeLost"),
             MetricEvent("failure", "InvalidData"),
             MetricEvent("time_to_running", value=12.0),
-        ]
+        ],
+        namespace="ns",
     )
-    m.gpu_seconds.inc(16)
+    m.record_gpu_time("ns", "", "job", 0.0, 0.0, None)  # the baseline
+    m.record_gpu_time("ns", "", "job", 16.0, 8.0, None)
     text = generate_latest(m.registry).decode()
     for line in (
-        'kubetune_jobs{phase="Running"} 2.0',
-        'kubetune_jobs{phase="Queued"} 1.0',
+        'kubetune_jobs{namespace="ns",phase="Running"} 2.0',
+        'kubetune_jobs{namespace="ns",phase="Queued"} 1.0',
         'kubetune_job_transitions_total{phase="Running"} 1.0',
-        'kubetune_job_restarts_total{reason="NodeLost"} 1.0',
+        'kubetune_job_restarts_total{namespace="ns",reason="NodeLost"} 1.0',
         'kubetune_job_failures_total{reason="InvalidData"} 1.0',
         "kubetune_job_time_to_running_seconds_count 1.0",
-        "kubetune_gpu_seconds_total 16.0",
+        'kubetune_gpu_allocated_seconds_total{namespace="ns",queue=""} 16.0',
+        'kubetune_gpu_productive_seconds_total{namespace="ns",queue=""} 8.0',
         "kubetune_reconcile_duration_seconds_bucket",
     ):
         assert line in text
