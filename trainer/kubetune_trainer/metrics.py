@@ -1,9 +1,10 @@
 """Prometheus metrics and the /progress endpoint, served by rank 0.
 
-Names carry base units (seconds, bytes) and counters end in ``_total``, per the
-Prometheus conventions. One small threaded HTTP server on ``KUBETUNE_METRICS_PORT``
-serves ``/metrics``, ``/progress`` (the progress document) and ``/healthz``; a
-dedicated registry keeps process-global collectors of other libraries out.
+Every collector is built from its entry in :mod:`kubetune.contract.metrics` (name, help,
+labels, buckets), which holds the names to the Prometheus conventions. One small
+threaded HTTP server on ``KUBETUNE_METRICS_PORT`` serves ``/metrics``, ``/progress`` (the
+progress document) and ``/healthz``; a dedicated registry keeps process-global collectors
+of other libraries out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import resource
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,81 +24,153 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from kubetune.contract.metrics import MetricSpec, metric
 from kubetune.contract.paths import PROGRESS_PORT_PATH
 from kubetune_trainer.progress import ProgressReporter
 
-STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# The *_created series add one series per counter and histogram for no use on dashboards.
+disable_created_metrics()
+
+#: Dense (no sparsity) bf16 tensor-core peak FLOP/s, by a substring of the CUDA device name
+#: (first match wins, so the more specific names come first). Unlisted GPUs get no MFU.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12),  # GH200 too
+    ("H100 PCIE", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM ("H100 80GB HBM3")
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The device's dense bf16 peak FLOP/s, or None when it is not in the table."""
+    upper = device_name.upper()
+    for needle, flops in PEAK_BF16_FLOPS:
+        if needle in upper:
+            return flops
+    return None
+
+
+class OptionalGauge(Collector):
+    """An unlabelled gauge that is absent until first set: a metric that cannot be
+    computed here (no GPU, unknown peak) must not read as a real 0."""
+
+    def __init__(self, spec: MetricSpec, registry: CollectorRegistry) -> None:
+        self.spec = spec
+        self.value: float | None = None
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.spec.name, self.spec.help)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.value is not None:
+            yield GaugeMetricFamily(self.spec.name, self.spec.help, value=self.value)
+
+
+def _spec(name: str, kind: str) -> MetricSpec:
+    spec = metric(name)
+    if spec.type != kind or spec.component != "trainer":
+        raise ValueError(f"{name} is a {spec.component} {spec.type} in the contract, not {kind}")
+    return spec
 
 
 class TrainerMetrics:
-    """All trainer metrics in one registry."""
+    """All trainer metrics in one registry, each built from its contract entry."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+
+        def counter(name: str) -> Counter:
+            spec = _spec(name, "counter")
+            return Counter(spec.collector_name, spec.help, spec.label_names, registry=r)
+
+        def gauge(name: str) -> Gauge:
+            spec = _spec(name, "gauge")
+            return Gauge(spec.collector_name, spec.help, spec.label_names, registry=r)
+
+        def histogram(name: str) -> Histogram:
+            spec = _spec(name, "histogram")
+            assert spec.buckets is not None
+            return Histogram(
+                spec.collector_name, spec.help, spec.label_names, buckets=spec.buckets, registry=r
+            )
+
+        self._info_spec = info = _spec("kubetune_trainer_job_info", "info")
+        self.info = Info(info.collector_name, info.help, registry=r)
         p = "kubetune_trainer"
-        self.info = Info(f"{p}_job", "Job, method and model of this trainer.", registry=r)
-        self.loss = Gauge(f"{p}_loss", "Training loss of the last optimizer step.", registry=r)
-        self.eval_loss = Gauge(
-            f"{p}_eval_loss", "Loss on the evaluation set.", ["model"], registry=r
+        self.loss = gauge(f"{p}_loss")
+        self.eval_loss = gauge(f"{p}_eval_loss")
+        self.learning_rate = gauge(f"{p}_learning_rate")
+        self.grad_norm = gauge(f"{p}_grad_norm")
+        self.tokens_per_second = gauge(f"{p}_tokens_per_second")
+        self.samples_per_second = gauge(f"{p}_samples_per_second")
+        self.step_duration = histogram(f"{p}_step_duration_seconds")
+        self.data_wait = counter(f"{p}_data_wait_seconds_total")
+        self.memory = gauge(f"{p}_memory_bytes")
+        self.accelerator_memory_peak = OptionalGauge(
+            _spec(f"{p}_accelerator_memory_peak_bytes", "gauge"), r
         )
-        self.learning_rate = Gauge(f"{p}_learning_rate", "Current learning rate.", registry=r)
-        self.grad_norm = Gauge(
-            f"{p}_grad_norm", "Global gradient norm before clipping.", registry=r
-        )
-        self.tokens_per_second = Gauge(
-            f"{p}_tokens_per_second", "Non-padding tokens per second (all ranks).", registry=r
-        )
-        self.samples_per_second = Gauge(
-            f"{p}_samples_per_second", "Samples per second (all ranks).", registry=r
-        )
-        self.step_duration = Histogram(
-            f"{p}_step_duration_seconds",
-            "Wall time of one optimizer step.",
-            buckets=STEP_BUCKETS,
-            registry=r,
-        )
-        self.memory = Gauge(f"{p}_memory_bytes", "Memory of rank 0.", ["kind"], registry=r)
-        self.steps = Counter(f"{p}_steps", "Optimizer steps done.", registry=r)
-        self.tokens = Counter(
-            f"{p}_tokens", "Non-padding tokens processed (all ranks).", registry=r
-        )
-        self.samples = Counter(f"{p}_samples", "Samples processed (all ranks).", registry=r)
-        self.skipped_rows = Counter(
-            f"{p}_skipped_rows",
-            "Invalid dataset rows skipped (skipInvalidRows).",
-            ["split"],
-            registry=r,
-        )
-        self.truncated_rows = Counter(
-            f"{p}_truncated_rows", "Rows truncated to maxSeqLength.", ["split"], registry=r
-        )
-        self.skipped_steps = Counter(
-            f"{p}_skipped_steps", "Updates skipped for a tolerated non-finite loss.", registry=r
-        )
-        self.checkpoints = Counter(f"{p}_checkpoints", "Checkpoints written.", registry=r)
-        self.checkpoint_duration = Histogram(
-            f"{p}_checkpoint_duration_seconds",
-            "Time to write a checkpoint.",
-            buckets=STEP_BUCKETS,
-            registry=r,
-        )
-        self.last_checkpoint_step = Gauge(
-            f"{p}_last_checkpoint_step", "Step of the newest complete checkpoint.", registry=r
-        )
-        self.step = Gauge(f"{p}_step", "Current optimizer step.", registry=r)
-        self.total_steps = Gauge(f"{p}_total_steps", "Planned optimizer steps.", registry=r)
-        self.epoch = Gauge(f"{p}_epoch", "Fractional epoch.", registry=r)
-        self.eta = Gauge(
-            f"{p}_eta_seconds", "Estimated seconds to the end of training.", registry=r
-        )
-        self.world_size = Gauge(f"{p}_world_size", "Processes in the gang.", registry=r)
-        self.trainable_parameters = Gauge(
-            f"{p}_trainable_parameters", "Parameters being trained.", registry=r
-        )
-        self.parameters = Gauge(f"{p}_parameters", "All parameters of the model.", registry=r)
+        self.mfu = OptionalGauge(_spec(f"{p}_model_flops_utilization_ratio", "gauge"), r)
+        self.steps = counter(f"{p}_steps_total")
+        self.tokens = counter(f"{p}_tokens_total")
+        self.samples = counter(f"{p}_samples_total")
+        self.skipped_rows = counter(f"{p}_skipped_rows_total")
+        self.truncated_rows = counter(f"{p}_truncated_rows_total")
+        self.skipped_steps = counter(f"{p}_skipped_steps_total")
+        self.checkpoints = counter(f"{p}_checkpoints_total")
+        self.checkpoint_duration = histogram(f"{p}_checkpoint_duration_seconds")
+        self.last_checkpoint_step = gauge(f"{p}_last_checkpoint_step")
+        self.step = gauge(f"{p}_step")
+        self.total_steps = gauge(f"{p}_total_steps")
+        self.epoch = gauge(f"{p}_epoch")
+        self.eta = gauge(f"{p}_eta_seconds")
+        self.world_size = gauge(f"{p}_world_size")
+        self.trainable_parameters = gauge(f"{p}_trainable_parameters")
+        self.parameters = gauge(f"{p}_parameters")
+        # 6 x parameters / (world size x peak): FLOP/s per GPU over its peak, per token/s.
+        self._mfu_per_token_per_second: float | None = None
+
+    def set_info(self, values: dict[str, str]) -> None:
+        """``kubetune_trainer_job_info``: exactly the labels the contract lists."""
+        if set(values) != set(self._info_spec.label_names):
+            raise ValueError(f"job info {sorted(values)} != {self._info_spec.label_names}")
+        self.info.info(values)
+
+    def set_flops_model(self, parameters: int, device: Any, world_size: int) -> None:
+        """Enable MFU: ``parameters`` of the model, on ``device`` (a torch.device), in a gang
+        of ``world_size``. Only CUDA devices whose peak is known get an MFU series; the
+        6N FLOPs per token estimate (forward + backward) ignores attention's own FLOPs."""
+        if getattr(device, "type", None) != "cuda" or parameters <= 0 or world_size <= 0:
+            return
+        import torch
+
+        peak = peak_flops(torch.cuda.get_device_name(device))
+        if peak is not None:
+            self.configure_mfu(parameters, world_size, peak)
+
+    def configure_mfu(self, parameters: int, world_size: int, peak: float) -> None:
+        """MFU = 6 x ``parameters`` x tokens/s / (``world_size`` x ``peak`` FLOP/s)."""
+        self._mfu_per_token_per_second = 6.0 * parameters / (world_size * peak)
+
+    def record_mfu(self, tokens_per_second: float) -> None:
+        """Model FLOPs utilisation of a step that processed ``tokens_per_second`` (all ranks)."""
+        if self._mfu_per_token_per_second is not None and tokens_per_second >= 0:
+            self.mfu.set(min(1.0, tokens_per_second * self._mfu_per_token_per_second))
 
     def record_memory(self, device_type: str) -> None:
         rss = _rss_bytes()
@@ -108,7 +182,7 @@ class TrainerMetrics:
             import torch
 
             self.memory.labels(kind="cuda_allocated").set(torch.cuda.memory_allocated())
-            self.memory.labels(kind="cuda_peak_allocated").set(torch.cuda.max_memory_allocated())
+            self.accelerator_memory_peak.set(torch.cuda.max_memory_allocated())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -33,6 +33,7 @@ from kubetune.api.resolve import ResolvedJob
 from kubetune.contract import TrainerPaths
 from kubetune_trainer.checkpoint import atomic
 from kubetune_trainer.checkpoint.state import TrainerState, load_rng, save_rng
+from kubetune_trainer.curves import CurveRecorder, write_curves
 from kubetune_trainer.data.batching import Batch, BatchPlan, collate, eval_micro_batches
 from kubetune_trainer.data.encode import Encoded
 from kubetune_trainer.data.validate import PreparedData, prepare_data, write_issues
@@ -51,6 +52,7 @@ from kubetune_trainer.health import HealthMonitor
 from kubetune_trainer.methods.base import Method
 from kubetune_trainer.methods.registry import get_method
 from kubetune_trainer.metrics import MetricsServer, TrainerMetrics
+from kubetune_trainer.metrics_switch import Absorb, NullMetrics, metrics_enabled
 from kubetune_trainer.models.load import load_dtype, load_tokenizer, resolve_model_dir
 from kubetune_trainer.models.varlen_attention import padding_free_attention
 from kubetune_trainer.outputs.export import RunSummary, write_outputs
@@ -101,8 +103,17 @@ class Trainer:
         self.env = env = init_distributed(spec.distributed.strategy, job.derived.world_size)
         self.output_dir = paths.output_dir
         self.ckpt_root = paths.checkpoints_dir
-        self.progress = ProgressReporter(paths.progress_file, enabled=env.is_main)
-        self.metrics = TrainerMetrics()
+        # KUBETUNE_METRICS=off (benchmarks, debugging): no metrics, progress or curves
+        self.observe = metrics_enabled()
+        self.progress: ProgressReporter = (
+            ProgressReporter(paths.progress_file, enabled=env.is_main)
+            if self.observe
+            else cast(ProgressReporter, Absorb())
+        )
+        self.metrics: TrainerMetrics = (
+            TrainerMetrics() if self.observe else cast(TrainerMetrics, NullMetrics())
+        )
+        self.curves = CurveRecorder(enabled=env.is_main and self.observe)
         self.server: MetricsServer | None = None
         self.stop = StopRequest()
         self.health = HealthMonitor(spec.health)
@@ -130,6 +141,8 @@ class Trainer:
     ) -> None:
         if isinstance(exc, TrainerError):
             self.progress.update(state="failed", message=exc.message[:1000])
+            if not isinstance(exc, PreemptedError):  # a failed run's curves show why
+                write_curves(self.curves, self.output_dir, f"{self.job.name} (failed)")
         if self.server is not None:
             self.server.stop()
         self.progress.stop()
@@ -142,6 +155,8 @@ class Trainer:
         if not self.env.is_main:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if not self.observe:
+            return
         self.progress.update(state="validating")
         self.progress.start_heartbeat()
         try:
@@ -155,12 +170,10 @@ class Trainer:
         except OSError as exc:
             log.warning("metrics server not started on port %s: %s", self.paths.metrics_port, exc)
             self.server = None
-        self.metrics.info.info(
+        self.metrics.set_info(
             {
-                "job": self.job.name,
-                "namespace": self.job.namespace,
                 "method": self.job.spec.method,
-                "model": self.job.spec.model.uri,
+                "base_model": self.job.spec.model.uri,
                 "strategy": self.job.spec.distributed.strategy,
             }
         )
@@ -249,6 +262,7 @@ class Trainer:
         if self.env.is_main:
             self.state.step = step
             self.state.save(staging)
+            self.curves.save(staging)
             self.method.save_state(staging)
             write_engine_info(engine, staging)
         barrier(self.env)
@@ -309,6 +323,7 @@ class Trainer:
         if not load_rng(latest, self.env.rank):
             seed_all(self.hp.seed + 7919 * self.env.rank + saved.step)
         self.method.load_state(latest)
+        self.curves.load(latest, saved.step)
         self.state = saved
         self.state.world_size = self.env.world_size
         self.health.nonfinite_streak = saved.nonfinite_streak
@@ -339,6 +354,7 @@ class Trainer:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.metrics.parameters.set(n_params)
         self.metrics.trainable_parameters.set(n_train)
+        self.metrics.set_flops_model(n_params, env.device, env.world_size)
         log.info(
             "method %s: %d trainable of %d parameters (%.3f%%), precision %s, %s batches",
             spec.method,
@@ -371,6 +387,7 @@ class Trainer:
                 self.state.base_eval = self.evaluate(engine, data.eval.examples)
             if env.is_main:
                 self.metrics.eval_loss.labels(model="base").set(self.state.base_eval["loss"])
+                self.curves.record_eval(self.state.step, self.state.base_eval["loss"], "base")
                 log.info("base model eval: %s", _short(self.state.base_eval))
 
         self.progress.update(state="training", total_steps=total_steps, step=self.state.step)
@@ -385,6 +402,7 @@ class Trainer:
             eval_results.update(base=self.state.base_eval, tuned=tuned)
             if env.is_main:
                 self.metrics.eval_loss.labels(model="tuned").set(tuned["loss"])
+                self.curves.record_eval(self.state.step, tuned["loss"], "tuned")
                 self.progress.update(eval_loss=tuned["loss"])
                 log.info("tuned model eval: %s", _short(tuned))
 
@@ -409,6 +427,7 @@ class Trainer:
                 resumed_from=self.resumed_from,
                 skipped_steps=self.health.skipped_steps,
                 eval_results=eval_results,
+                curves=self.curves,
             )
             write_outputs(
                 summary,
@@ -449,6 +468,7 @@ class Trainer:
             batches = [
                 self.batch(examples, ids, "train") for ids in plan.micro_batches(step, env.rank)
             ]
+            self.metrics.data_wait.inc(time.perf_counter() - t0)
             local_count = sum(method.count(b) for b in batches)
             (global_count,) = all_reduce_sum([local_count], env)
             scale = env.world_size / global_count if global_count > 0 else 0.0
@@ -549,6 +569,7 @@ class Trainer:
         if grad_norm is not None:
             m.grad_norm.set(grad_norm)
         m.tokens_per_second.set(tps)
+        m.record_mfu(tps)
         m.samples_per_second.set(sps)
         m.step_duration.observe(elapsed)
         m.steps.inc()
@@ -570,6 +591,7 @@ class Trainer:
             grad_norm=grad_norm if grad_norm is not None and math.isfinite(grad_norm) else None,
             eta_seconds=eta,
         )
+        self.curves.record_step(step, loss=loss, learning_rate=lr, tokens_per_second=tps)
         record = {
             "step": step,
             "loss": loss,

@@ -8,6 +8,7 @@ Output directory layout::
     merged/                  base + LoRA folded in (output.mergeAdapter)
     eval_results.json        eval loss/perplexity of tuned vs. base model
     lineage.json, README.md  lineage record and model card
+    training_curves.png/.json loss, eval loss, learning rate, tokens/s (curves.py)
     data_report.json         row counts (and data_issues.jsonl with every bad row)
     train_log.jsonl, progress.json, checkpoints/
 """
@@ -24,6 +25,7 @@ import torch
 
 from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.checkpoint.atomic import write_atomic
+from kubetune_trainer.curves import CurveRecorder, write_curves
 from kubetune_trainer.outputs.lineage import build_lineage, sha256_path
 from kubetune_trainer.outputs.model_card import render_model_card
 
@@ -54,6 +56,8 @@ class RunSummary:
     resumed_from: int | None
     skipped_steps: int
     eval_results: dict[str, Any]
+    #: the run's curves (rank 0), drawn into the outputs and embedded in the card
+    curves: CurveRecorder | None = None
 
 
 def write_outputs(
@@ -140,6 +144,10 @@ def write_outputs(
             "writtenAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+    title = f"{job.name}: {spec.method}, {run.steps} steps"
+    curves = write_curves(run.curves, out, title)
+    if curves is not None:
+        lineage["curves"] = curves
     write_atomic(out / "lineage.json", json.dumps(lineage, indent=2, default=_nan_safe))
     write_atomic(out / "README.md", render_model_card(lineage))
 

@@ -1,7 +1,8 @@
 """The model card (README.md) written next to the weights, from the lineage record.
 
 Hugging Face front matter (base model, library, tags) so hubs and registries index it,
-then what a reviewer needs: method and hyperparameters, data counts (including skipped
+then what a reviewer needs: method and hyperparameters, the training curves (a picture and
+the final/best figures), data counts (including skipped
 and truncated rows), evaluation of tuned vs. base model, digests, versions, and how to
 load the result.
 """
@@ -32,6 +33,52 @@ def _eval_table(evaluation: dict[str, Any]) -> str:
     lines = ["| metric | base model | tuned model |", "| --- | --- | --- |"]
     for key in keys:
         lines.append(f"| {key} | {_fmt(base.get(key, 'n/a'))} | {_fmt(tuned[key])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _at(point: dict[str, Any] | None) -> str:
+    return f"{_fmt(point['value'])} (step {point['step']})" if point else "n/a"
+
+
+def _curves_section(curves: dict[str, Any] | None) -> str:
+    """The picture of the run (``training_curves.png``) and its final/best figures."""
+    if not curves:
+        return "No training curves were recorded.\n"
+    s = curves.get("summary") or {}
+    lines = []
+    if curves.get("image"):
+        lines += [f"![Training curves]({curves['image']})", ""]
+    else:
+        lines += ["(The picture could not be drawn; the series are in the JSON file.)", ""]
+    tps = s.get("medianTokensPerSecond")
+    peak = s.get("peakTokensPerSecond")
+    base_eval, final_eval = s.get("baseEvalLoss"), s.get("finalEvalLoss")
+    lines += [
+        "| figure | value |",
+        "| --- | --- |",
+        f"| final training loss | {_at(s.get('finalLoss'))} |",
+        f"| best training loss | {_at(s.get('bestLoss'))} |",
+        "| eval loss, base → tuned | "
+        + (f"{_fmt(base_eval)} → {_fmt(final_eval)}" if final_eval is not None else "n/a")
+        + " |",
+        f"| best eval loss | {_at(s.get('bestEvalLoss'))} |",
+        "| final learning rate | "
+        + (f"{lr:.3g}" if isinstance(lr := s.get("finalLearningRate"), float) else "n/a")
+        + " |",
+        "| throughput, median (peak) | "
+        + (f"{tps:,.0f} ({peak:,.0f}) tokens/s" if tps is not None and peak else "n/a")
+        + " |",
+    ]
+    restarts = s.get("restarts") or []
+    if restarts:
+        lines.append(
+            "| resumed from checkpoints at steps | " + ", ".join(map(str, restarts)) + " |"
+        )
+    lines += [
+        "",
+        f"Every recorded point is in `{curves.get('data')}` (at most "
+        "2000 per series, evenly spread, the last step always included).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +163,9 @@ Fine-tuned by kubetune with method **{method}** from `{base["uri"]}`{revision}.
 | --- | --- |
 {hp_rows}
 
+## Training curves
+
+{_curves_section(lineage.get("curves"))}
 ## Data
 
 | split | location | rows | used | skipped (invalid) | truncated | sha256 |
