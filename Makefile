@@ -65,9 +65,13 @@ lint: $(STAMP)
 
 crd: $(STAMP)
 	$(BIN)/kubetune crd
+	$(BIN)/kubetune docs metrics
+	$(BIN)/kubetune dashboards
 
 crd-check: $(STAMP)
 	$(BIN)/kubetune crd --check
+	$(BIN)/kubetune docs metrics --check
+	$(BIN)/kubetune dashboards --check
 
 ci: lint crd-check test
 

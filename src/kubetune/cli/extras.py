@@ -17,6 +17,8 @@ from rich.markup import escape
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "operator": ("kopf", "kubernetes", "prometheus_client", "aiohttp"),
     "trainer": ("torch", "transformers", "peft", "trl", "datasets", "safetensors"),
+    # Only what a dev command needs beyond the base (`kubetune dashboards`).
+    "dev": ("grafana_foundation_sdk",),
 }
 
 # Exit code for "this install cannot run that command" (sysexits EX_UNAVAILABLE).

@@ -11,7 +11,9 @@ from rich.markup import escape
 
 from kubetune.api.crd import CRD_FILENAME, render_crd_yaml
 from kubetune.api.validation import load_documents, validate_manifest
+from kubetune.cli.dashboards import dashboards as dashboards_command
 from kubetune.cli.dev import app as dev_app
+from kubetune.cli.docs import app as docs_app
 from kubetune.cli.operator import app as operator_app
 from kubetune.cli.run import run as run_command
 
@@ -105,7 +107,9 @@ def validate(
 
 
 app.command(name="run")(run_command)
+app.command(name="dashboards")(dashboards_command)
 app.add_typer(dev_app, name="dev")
+app.add_typer(docs_app, name="docs")
 app.add_typer(operator_app, name="operator")
 
 

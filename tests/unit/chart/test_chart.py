@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from kubetune.api.crd import CRD_FILENAME, render_crd_yaml
+from kubetune.contract.metrics import ALL_METRICS
 from kubetune.contract.paths import DEFAULT_METRICS_PORT
-from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings
 from tests.unit.chart.chart_helpers import (
     CHART,
@@ -258,6 +258,8 @@ def test_monitoring_resources_only_when_enabled() -> None:
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # the operator's job-level series keep their own namespace label (docs/metrics.md)
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     # the job label the alert rules select on
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == OPERATOR
     pod_monitor = one(docs, "PodMonitor")
@@ -266,7 +268,13 @@ def test_monitoring_resources_only_when_enabled() -> None:
     assert pod_monitor["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "kubetune-trainer",
         "kubetune.io/role": "worker",
+        "kubetune.io/rank": "0",  # only rank 0 serves /metrics: no always-down targets
     }
+    relabel = pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_kubetune_io_job_name"],
+        "targetLabel": "finetunejob",
+    } in relabel
     rules_files = sorted((CHART / "files" / "rules").glob("*.yaml"))
     rules = find(docs, "PrometheusRule")
     assert len(rules) == len(rules_files) >= 1
@@ -309,20 +317,51 @@ def test_pod_monitor_selects_the_operators_training_pods() -> None:
     assert OperatorSettings().progress_port == DEFAULT_METRICS_PORT
 
 
-def test_alert_rules_use_the_operators_metric_names() -> None:
-    registry = OperatorMetrics().registry
-    known = {s.name for m in registry.collect() for s in m.samples} | {"kubetune_jobs"}
-    known |= {m.name for m in registry.collect()}
+def test_alert_rules_use_the_contracts_metric_names() -> None:
+    """Every metric a rule reads is one the trainer or the operator exports (the metrics
+    contract, histograms with their _bucket/_sum/_count series), or a series the rules
+    themselves record (level:metric:operations)."""
+    known = {m.name for m in ALL_METRICS}
+    known |= {
+        f"{m.name}{suffix}"
+        for m in ALL_METRICS
+        if m.type == "histogram"
+        for suffix in ("_bucket", "_sum", "_count")
+    }
+    all_exprs: list[str] = []
     for path in (CHART / "files" / "rules").glob("*.yaml"):
-        groups = yaml.safe_load(path.read_text())["groups"]
-        exprs = [rule["expr"] for group in groups for rule in group["rules"]]
-        names = {n for expr in exprs for n in re.findall(r"\b(kubetune_[a-z_]+)", expr)}
+        rules = [r for group in yaml.safe_load(path.read_text())["groups"] for r in group["rules"]]
+        recorded = {r["record"] for r in rules if "record" in r}
+        exprs = [rule["expr"] for rule in rules]
+        all_exprs += exprs
+        names = {
+            n
+            for expr in exprs
+            for n in re.findall(r"\b(?:[a-z_]+:)?kubetune_[a-z_]+(?::[a-z0-9_]+)?", expr)
+        }
         assert names, path
-        unknown = {n for n in names if n not in known and not n.endswith("_total")}
-        unknown |= {n for n in names if n.endswith("_total") and n[: -len("_total")] not in known}
-        assert not unknown, f"{path.name}: metrics the operator does not export: {unknown}"
-        assert any("absent(up{" in e for e in exprs), "an operator-down alert"
-        assert any("kubetune_operator_leader" in e for e in exprs), "a no-leader alert"
+        unknown = names - known - recorded
+        assert not unknown, f"{path.name}: metrics neither exported nor recorded: {unknown}"
+    assert any("absent(up{" in e for e in all_exprs), "an operator-down alert"
+    assert any("kubetune_operator_leader" in e for e in all_exprs), "a no-leader alert"
+
+
+def test_prometheus_rule_runbook_urls_follow_the_base_value() -> None:
+    """The rules ship as they are (promtool tests exactly them) except each alert's
+    runbook_url, rebuilt from prometheusRule.runbookBaseURL."""
+    base = "https://git.example.com/mirror/kubetune/-/blob/main/docs/runbooks/"
+    docs = render({"prometheusRule": {"enabled": True, "runbookBaseURL": base}})
+    rendered = [r["spec"]["groups"] for r in find(docs, "PrometheusRule")]
+    alerts = 0
+    for path in sorted((CHART / "files" / "rules").glob("*.yaml")):
+        groups = yaml.safe_load(path.read_text())["groups"]
+        for group in groups:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    alerts += 1
+                    rule["annotations"]["runbook_url"] = f"{base}{rule['alert']}.md"
+        assert groups in rendered, path.name
+    assert alerts >= 15
 
 
 def _chart_copy(tmp_path: Path) -> Path:
@@ -337,8 +376,7 @@ def test_dashboards_become_labelled_configmaps(tmp_path: Path) -> None:
     (chart / "files" / "dashboards" / "kubetune_jobs.json").write_text(json.dumps(board))
     assert not find(render(chart=chart), "ConfigMap")
     docs = render({"grafanaDashboards": {"enabled": True}}, chart=chart)
-    cm = one(docs, "ConfigMap")
-    assert cm["metadata"]["name"] == "kubetune-dashboard-kubetune-jobs"
+    cm = one(docs, "ConfigMap", "kubetune-dashboard-kubetune-jobs")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["kubetune_jobs.json"]) == board
 

@@ -1,0 +1,304 @@
+"""The per-job view: one FineTuneJob's training, throughput, memory and cost.
+
+Selected by the ``namespace`` and ``finetunejob`` variables. Trainer series are
+aggregated ``by`` nothing but the job (``max(...)``, ``sum(...)``), so the curves carry on
+across gang restarts, when rank 0 comes back as a new pod (a new ``instance``).
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models import dashboard as dashboard_model
+
+from kubetune.dashboards.common import (
+    BYTES,
+    COUNT,
+    EVENT_WINDOW,
+    GOODPUT_THRESHOLDS,
+    HOURS,
+    RATIO,
+    SCIENTIFIC,
+    SECONDS,
+    PanelBuilder,
+    Query,
+    histogram_quantiles,
+    leader_only,
+    new_dashboard,
+    query_variable,
+    stat,
+    timeseries,
+    with_sections,
+)
+
+UID = "kubetune-job"
+FILENAME = "kubetune-job.json"
+
+SEL = 'namespace="$namespace", finetunejob="$finetunejob"'
+JOB_ALLOCATED = f"kubetune_job_gpu_allocated_seconds{{{SEL}}}"
+JOB_PRODUCTIVE = f"kubetune_job_gpu_productive_seconds{{{SEL}}}"
+JOB_BUDGET = f"kubetune_job_gpu_budget_seconds{{{SEL}}}"
+#: Series that name a job: the trainer's (scrape-time labels) and the operator's per-job
+#: GPU gauges (so a job that has not stepped yet can be picked too).
+JOB_METRICS = "kubetune_trainer_step|kubetune_job_gpu_allocated_seconds"
+NAMESPACES_QUERY = f'label_values({{__name__=~"{JOB_METRICS}"}}, namespace)'
+JOBS_QUERY = f'label_values({{__name__=~"{JOB_METRICS}", namespace="$namespace"}}, finetunejob)'
+
+
+def _m(metric: str) -> str:
+    """``metric`` restricted to the selected job."""
+    return f"{metric}{{{SEL}}}"
+
+
+def _progress() -> list[PanelBuilder]:
+    step, total = _m("kubetune_trainer_step"), _m("kubetune_trainer_total_steps")
+    return [
+        stat(
+            "Progress",
+            "Optimizer steps done over the steps planned.",
+            RATIO,
+            [Query(f"max({step}) / max({total})")],
+        ),
+        stat(
+            "Step",
+            "Current optimizer step (counts on across resumes).",
+            COUNT,
+            [Query(f"max({step})")],
+        ),
+        stat(
+            "ETA",
+            "The trainer's estimate of the time left, from its recent step rate.",
+            SECONDS,
+            [Query(f"min({_m('kubetune_trainer_eta_seconds')})")],
+        ),
+        stat(
+            "Epoch",
+            "Fractional epoch: passes over the training set so far.",
+            COUNT,
+            [Query(f"max({_m('kubetune_trainer_epoch')})")],
+            decimals=2,
+        ),
+        stat(
+            "World size",
+            "Processes in the gang (nnodes x nproc_per_node).",
+            COUNT,
+            [Query(f"max({_m('kubetune_trainer_world_size')})")],
+        ),
+        stat(
+            "Goodput",
+            "GPU-seconds spent on steps that were kept over GPU-seconds allocated, for the "
+            "job's whole life (from the operator).",
+            RATIO,
+            [Query(f"max({leader_only(f'{JOB_PRODUCTIVE} / {JOB_ALLOCATED}')})")],
+            thresholds=GOODPUT_THRESHOLDS,
+        ),
+    ]
+
+
+def _loss() -> list[PanelBuilder]:
+    return [
+        timeseries(
+            "Training loss",
+            "Loss of the last optimizer step (rank 0).",
+            COUNT,
+            [Query(f"max({_m('kubetune_trainer_loss')})", "loss")],
+        ),
+        timeseries(
+            "Eval loss",
+            "Loss on the evaluation set: of the base model (before training) and of the "
+            "tuned model (after).",
+            COUNT,
+            [Query(f"max by (model) ({_m('kubetune_trainer_eval_loss')})", "{{model}}")],
+        ),
+        timeseries(
+            "Learning rate",
+            "Learning rate of the optimizer (after warm-up and decay).",
+            SCIENTIFIC,
+            [Query(f"max({_m('kubetune_trainer_learning_rate')})", "learning rate")],
+        ),
+        timeseries(
+            "Gradient norm",
+            "Global gradient norm before clipping; spikes precede divergence.",
+            COUNT,
+            [Query(f"max({_m('kubetune_trainer_grad_norm')})", "grad norm")],
+        ),
+    ]
+
+
+def _throughput() -> list[PanelBuilder]:
+    return [
+        timeseries(
+            "Tokens per second",
+            "Training tokens per second, all ranks: as the trainer reports it, and from "
+            "its tokens counter.",
+            COUNT,
+            [
+                Query(f"max({_m('kubetune_trainer_tokens_per_second')})", "reported"),
+                Query(
+                    f"sum(rate({_m('kubetune_trainer_tokens_total')}[$__rate_interval]))",
+                    "counter rate",
+                ),
+            ],
+        ),
+        timeseries(
+            "Samples per second",
+            "Training samples per second, all ranks: reported, and from the samples counter.",
+            COUNT,
+            [
+                Query(f"max({_m('kubetune_trainer_samples_per_second')})", "reported"),
+                Query(
+                    f"sum(rate({_m('kubetune_trainer_samples_total')}[$__rate_interval]))",
+                    "counter rate",
+                ),
+            ],
+        ),
+        timeseries(
+            "Step duration p50/p95",
+            "Wall time of one optimizer step (data, forward, backward, update).",
+            SECONDS,
+            histogram_quantiles(
+                "kubetune_trainer_step_duration_seconds", "$__rate_interval", selector=SEL
+            ),
+        ),
+        timeseries(
+            "Data-wait share",
+            "Share of step time the training loop spent waiting for its next batches "
+            "(collation, transfer to the device). High: the input pipeline starves the "
+            "accelerators.",
+            RATIO,
+            [
+                Query(
+                    f"sum(rate({_m('kubetune_trainer_data_wait_seconds_total')}"
+                    "[$__rate_interval])) / "
+                    f"sum(rate({_m('kubetune_trainer_step_duration_seconds_sum')}"
+                    "[$__rate_interval]))",
+                    "data wait",
+                )
+            ],
+            min_value=0,
+            max_value=1,
+        ),
+        timeseries(
+            "Model FLOPs utilisation",
+            "Achieved model FLOPs over the accelerators' peak (MFU), where the trainer can "
+            "compute it (known model and accelerator).",
+            RATIO,
+            [Query(f"max({_m('kubetune_trainer_model_flops_utilization_ratio')})", "MFU")],
+            min_value=0,
+        ),
+        timeseries(
+            "Skipped steps",
+            "Optimizer steps skipped because the loss was not finite (NaN/inf), per rate interval.",
+            COUNT,
+            [
+                Query(
+                    f"sum(increase({_m('kubetune_trainer_skipped_steps_total')}"
+                    "[$__rate_interval]))",
+                    "skipped",
+                )
+            ],
+            bars=True,
+        ),
+    ]
+
+
+def _memory() -> list[PanelBuilder]:
+    return [
+        timeseries(
+            "Memory by kind",
+            "Memory of rank 0's process: rss (resident now), peak_rss (resident peak), "
+            "cuda_allocated (tensors on the GPU now; CUDA only).",
+            BYTES,
+            [Query(f"max by (kind) ({_m('kubetune_trainer_memory_bytes')})", "{{kind}}")],
+        ),
+        timeseries(
+            "Accelerator memory peak",
+            "Peak accelerator memory allocated by rank 0 (GPU; absent on CPU runs).",
+            BYTES,
+            [Query(f"max({_m('kubetune_trainer_accelerator_memory_peak_bytes')})", "peak")],
+        ),
+    ]
+
+
+def _checkpoints_and_restarts() -> list[PanelBuilder]:
+    return [
+        timeseries(
+            "Checkpoint duration p50/p95",
+            f"Time to write one checkpoint atomically, over a {EVENT_WINDOW} sliding window.",
+            SECONDS,
+            histogram_quantiles(
+                "kubetune_trainer_checkpoint_duration_seconds", EVENT_WINDOW, selector=SEL
+            ),
+        ),
+        timeseries(
+            "Step vs last checkpoint",
+            "Current step and the step of the newest complete checkpoint: the gap is the "
+            "work a restart would redo.",
+            COUNT,
+            [
+                Query(f"max({_m('kubetune_trainer_step')})", "step"),
+                Query(f"max({_m('kubetune_trainer_last_checkpoint_step')})", "last checkpoint"),
+            ],
+        ),
+        timeseries(
+            "Gang restarts in the namespace (per hour)",
+            "Gang restarts after retryable failures in the job's namespace in a sliding "
+            "hour, by reason (the operator counts restarts per namespace, not per job).",
+            COUNT,
+            [
+                Query(
+                    "sum by (reason) "
+                    '(increase(kubetune_job_restarts_total{namespace="$namespace"}[1h]))',
+                    "{{reason}}",
+                )
+            ],
+        ),
+        timeseries(
+            "GPU-hours allocated vs productive",
+            "GPU-hours the job's gangs held, the part spent on kept steps, and the job's "
+            "GPU-hour budget (if it sets one).",
+            HOURS,
+            [
+                Query(f"max({leader_only(JOB_ALLOCATED)}) / 3600", "allocated"),
+                Query(f"max({leader_only(JOB_PRODUCTIVE)}) / 3600", "productive"),
+                Query(f"max({leader_only(JOB_BUDGET)}) / 3600", "budget"),
+            ],
+        ),
+    ]
+
+
+def build() -> dashboard_model.Dashboard:
+    """The per-job dashboard."""
+    dashboard = (
+        new_dashboard(
+            UID,
+            "kubetune / FineTuneJob",
+            "One FineTuneJob: progress, loss, learning rate, throughput, step time, "
+            "memory, checkpoints, restarts, GPU-hours and goodput.",
+            tags=["job"],
+        )
+        .with_variable(
+            query_variable(
+                "namespace",
+                "Namespace",
+                NAMESPACES_QUERY,
+                "Namespace of the FineTuneJob (local for `kubetune run --local`).",
+            )
+        )
+        .with_variable(
+            query_variable(
+                "finetunejob",
+                "FineTuneJob",
+                JOBS_QUERY,
+                "The FineTuneJob's name.",
+            )
+        )
+    )
+    return with_sections(
+        dashboard,
+        [
+            ("Progress", _progress()),
+            ("Loss", _loss()),
+            ("Throughput and step time", _throughput()),
+            ("Memory", _memory()),
+            ("Checkpoints, restarts and GPU-hours", _checkpoints_and_restarts()),
+        ],
+    )
