@@ -214,17 +214,19 @@ class Controller:
                 self.queue.forget(key)
                 if requeue is not None:
                     self.queue.add_after(key, requeue)
-                self._record_gpu_time(key)
+                self._record_job_series(key)
             finally:
                 self.metrics.reconcile_duration.observe(time.perf_counter() - started)
                 self.queue.done(key)
 
-    def _record_gpu_time(self, key: JobKey) -> None:
-        """Feed the job's GPU-hour sums as stored (status.gpuHours, after this reconcile's
-        write, if any) to the GPU-time metrics: only what the status holds, so a value
-        computed but not written (coalesced, refused) is never reported."""
+    def _record_job_series(self, key: JobKey) -> None:
+        """Feed the job's per-job series from its status as stored (after this reconcile's
+        write, if any): attempts, and the GPU-hour sums -- only what the status holds, so a
+        value computed but not written (coalesced, refused) is never reported."""
         body = self.cache.job(key)
-        hours = ((body or {}).get("status") or {}).get("gpuHours")
+        status = (body or {}).get("status") or {}
+        self.metrics.record_attempts(key[0], key[1], int(status.get("attempts") or 0))
+        hours = status.get("gpuHours")
         if body is None or not isinstance(hours, Mapping):
             return
         policy = (body.get("spec") or {}).get("runPolicy") or {}
@@ -646,7 +648,7 @@ class Controller:
 
     async def poll_once(self) -> None:
         # GPU time is not counted here: each reconcile reports the job's status.gpuHours
-        # (_record_gpu_time), which counts every pod that holds GPUs, not just running gangs.
+        # (_record_job_series), which counts every pod that holds GPUs, not just running gangs.
         targets: list[tuple[JobKey, str, int]] = []
         for key, body in self.cache.iter_jobs():
             status = body.get("status") or {}

@@ -102,6 +102,7 @@ class OperatorMetrics:
         self.job_gpu_allocated = _gauge("kubetune_job_gpu_allocated_seconds", r)
         self.job_gpu_productive = _gauge("kubetune_job_gpu_productive_seconds", r)
         self.job_gpu_budget = _gauge("kubetune_job_gpu_budget_seconds", r)
+        self.job_attempts = _gauge("kubetune_job_attempts", r)
         self.api_requests = _counter("kubetune_operator_api_requests_total", r)
         self.api_latency = _histogram("kubetune_operator_api_request_duration_seconds", r)
         self.leader = _gauge("kubetune_operator_leader", r)
@@ -182,9 +183,15 @@ class OperatorMetrics:
         else:
             self.job_gpu_budget.labels(namespace=namespace, finetunejob=job).set(budget_s)
 
+    def record_attempts(self, namespace: str, job: str, attempts: int) -> None:
+        """A job's gang attempts so far (``status.attempts``), once it has started one."""
+        if attempts > 0:
+            self.job_attempts.labels(namespace=namespace, finetunejob=job).set(attempts)
+
     def forget_job(self, namespace: str, job: str) -> None:
         """Drop a deleted job's per-job series (and its baseline); the namespace/queue
         counters keep what it used."""
         self._gpu_seen.pop((namespace, job), None)
-        for gauge in (self.job_gpu_allocated, self.job_gpu_productive, self.job_gpu_budget):
+        per_job = (self.job_gpu_allocated, self.job_gpu_productive, self.job_gpu_budget)
+        for gauge in (*per_job, self.job_attempts):
             gauge.remove(namespace, job)  # a no-op for series never set

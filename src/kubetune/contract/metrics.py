@@ -378,6 +378,15 @@ OPERATOR_METRICS: Final[tuple[MetricSpec, ...]] = (
         _FINETUNEJOB,
     ),
     _o(
+        "kubetune_job_attempts",
+        "gauge",
+        "",
+        "Gang attempts of a FineTuneJob so far (status.attempts: 1 + its restarts); a "
+        "per-job restart count that exists from the first attempt, so increases show at once.",
+        _NAMESPACE,
+        _FINETUNEJOB,
+    ),
+    _o(
         "kubetune_operator_leader",
         "gauge",
         "",

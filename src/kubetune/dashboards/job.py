@@ -36,6 +36,7 @@ SEL = 'namespace="$namespace", finetunejob="$finetunejob"'
 JOB_ALLOCATED = f"kubetune_job_gpu_allocated_seconds{{{SEL}}}"
 JOB_PRODUCTIVE = f"kubetune_job_gpu_productive_seconds{{{SEL}}}"
 JOB_BUDGET = f"kubetune_job_gpu_budget_seconds{{{SEL}}}"
+JOB_ATTEMPTS = f"kubetune_job_attempts{{{SEL}}}"
 #: Series that name a job: the trainer's (scrape-time labels) and the operator's per-job
 #: GPU gauges (so a job that has not stepped yet can be picked too).
 JOB_METRICS = "kubetune_trainer_step|kubetune_job_gpu_allocated_seconds"
@@ -239,17 +240,11 @@ def _checkpoints_and_restarts() -> list[PanelBuilder]:
             ],
         ),
         timeseries(
-            "Gang restarts in the namespace (per hour)",
-            "Gang restarts after retryable failures in the job's namespace in a sliding "
-            "hour, by reason (the operator counts restarts per namespace, not per job).",
+            "Gang restarts",
+            "Gang restarts of this job so far (attempts after the first): each one redoes "
+            "the steps since its checkpoint. Restarts by reason are on the fleet dashboard.",
             COUNT,
-            [
-                Query(
-                    "sum by (reason) "
-                    '(increase(kubetune_job_restarts_total{namespace="$namespace"}[1h]))',
-                    "{{reason}}",
-                )
-            ],
+            [Query(f"max({leader_only(JOB_ATTEMPTS)}) - 1", "restarts")],
         ),
         timeseries(
             "GPU-hours allocated vs productive",

@@ -187,6 +187,7 @@ def test_operator_registry_is_the_contract() -> None:
     m.reconcile_errors.inc()
     m.record_gpu_time("ns", "q", "job", 10.0, 5.0, 100.0)
     m.record_gpu_time("ns", "q", "job", 20.0, 9.0, 100.0)
+    m.record_attempts("ns", "job", 2)
     m.count_request("get", "pods", 200, 0.01)
     m.leader.set(1)
     m.queue_depth.set(0)

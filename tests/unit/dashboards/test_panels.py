@@ -179,7 +179,7 @@ def test_the_dashboards_cover_what_the_issue_asks() -> None:
             "kubetune_trainer_skipped_steps_total",
             "kubetune_trainer_checkpoint_duration_seconds_bucket",
             "kubetune_trainer_eta_seconds",
-            "kubetune_job_restarts_total",
+            "kubetune_job_attempts",  # the job's own restarts
             "kubetune_job_gpu_productive_seconds",
         ],
         "kubetune-operator.json": [

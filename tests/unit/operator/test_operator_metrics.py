@@ -176,12 +176,12 @@ def test_reconciles_report_status_gpu_hours_by_namespace_and_queue() -> None:
         put("b", 1.0, 0.5, spec="from-spec")
         put("c", 1.0, 0.5)
         for name in "abc":
-            c._record_gpu_time(("ns", name))  # baselines
+            c._record_job_series(("ns", name))  # baselines
         put("a", 1.5, 0.75, label="gpu-queue")
         put("b", 1.25, 0.5, spec="from-spec")
         put("c", 2.0, 1.0)
         for name in "abc":
-            c._record_gpu_time(("ns", name))
+            c._record_job_series(("ns", name))
         await c.poll_once()
         s = samples(c.metrics)
         assert s[gpu("allocated", queue="gpu-queue")] == 0.5 * 3600
@@ -258,3 +258,18 @@ def test_time_to_first_step_once_per_attempt_past_the_resume_point(make_cluster:
     c.advance(5)
     progress(c, 42, attempt=2)
     assert events(c.step(), "time_to_first_step") == []
+
+
+def exposition(m: OperatorMetrics) -> str:
+    return generate_latest(m.registry).decode()
+
+
+def test_attempts_per_job_exist_from_the_first_attempt_and_go_with_the_job() -> None:
+    m = OperatorMetrics()
+    m.record_attempts("ns", "j", 0)  # not started: no series yet
+    assert 'kubetune_job_attempts{finetunejob="j",namespace="ns"}' not in exposition(m)
+    m.record_attempts("ns", "j", 1)
+    m.record_attempts("ns", "j", 3)
+    assert 'kubetune_job_attempts{finetunejob="j",namespace="ns"} 3.0' in exposition(m)
+    m.forget_job("ns", "j")
+    assert "kubetune_job_attempts{" not in exposition(m)
