@@ -20,11 +20,68 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kubetune.api.status import PHASES
+from kubetune.contract.exit_codes import ExitCode, exit_reason
 from kubetune.contract.metrics import MetricSpec, metric
 from kubetune_operator.plan import MetricEvent
+from kubetune_operator.progress import ProgressError
+from kubetune_operator.reasons import INFRASTRUCTURE, Reason
 
 # The *_created series double the output for no use on dashboards or alerts.
 disable_created_metrics()
+
+# Label values whose counter series exist at 0 before their first event (Prometheus'
+# "initialise your metrics"): a series that first appears at 1 is invisible to increase()
+# and rate(), so the first restart or failure of a kind would show in no panel or alert.
+#: Why a gang is restarted: the infrastructure, the pod, the trainer's retryable exits.
+RESTART_REASONS: tuple[str, ...] = tuple(
+    sorted(
+        str(reason)
+        for reason in {
+            *INFRASTRUCTURE,
+            Reason.POD_FAILED,
+            Reason.OOM_KILLED,
+            Reason.STALLED,
+            Reason.STARTUP_TIMEOUT,
+            Reason.RESTART_REQUESTED,
+            exit_reason(ExitCode.RETRYABLE),
+            exit_reason(128 + 9),
+            exit_reason(128 + 15),
+            exit_reason(1),
+        }
+    )
+)
+#: Why a job fails: its verdicts and the trainer's permanent exits.
+FAILURE_REASONS: tuple[str, ...] = tuple(
+    sorted(
+        str(reason)
+        for reason in {
+            Reason.INVALID_SPEC,
+            Reason.FORBIDDEN_BY_POLICY,
+            Reason.INVALID_CONFIG,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            Reason.DEADLINE_EXCEEDED,
+            Reason.VALIDATION_TIMEOUT,
+            Reason.POD_CREATION_REFUSED,
+            Reason.RESOURCE_CONFLICT,
+            *(
+                exit_reason(code)
+                for code in (
+                    ExitCode.INVALID_DATA,
+                    ExitCode.MODEL_UNAVAILABLE,
+                    ExitCode.NUMERICAL_DIVERGENCE,
+                    ExitCode.UNSUPPORTED,
+                )
+            ),
+        }
+    )
+)
+SCRAPE_FAILURE_REASONS: tuple[str, ...] = (
+    ProgressError.UNREACHABLE,
+    ProgressError.HTTP,
+    ProgressError.REDIRECT,
+    ProgressError.TOO_LARGE,
+    ProgressError.INVALID,
+)
 
 
 def _counter(name: str, registry: CollectorRegistry) -> Counter:
@@ -111,6 +168,11 @@ class OperatorMetrics:
         self.status_write_failures = _counter("kubetune_status_write_failures_total", r)
         self._jobs: _JobsByPhase | None = None
         self._gpu_seen: dict[tuple[str, str], _GpuSeen] = {}
+        self._namespaces: set[str] = set()
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason=reason)
+        for reason in SCRAPE_FAILURE_REASONS:
+            self.progress_scrape_failures.labels(reason=reason)
 
     def watch_jobs(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Serve ``kubetune_jobs`` from ``source``: (namespace, phase) of every known job."""
@@ -122,6 +184,10 @@ class OperatorMetrics:
 
     def record(self, events: Iterable[MetricEvent], namespace: str = "") -> None:
         """Count what one reconcile of a job in ``namespace`` decided."""
+        if namespace not in self._namespaces:  # a namespace's restart series start at 0
+            self._namespaces.add(namespace)
+            for reason in RESTART_REASONS:
+                self.restarts.labels(namespace=namespace, reason=reason)
         for event in events:
             if event.kind == "transition":
                 self.transitions.labels(phase=event.label).inc()

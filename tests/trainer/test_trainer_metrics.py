@@ -77,3 +77,21 @@ def test_cuda_peak_memory_and_mfu_on_a_real_gpu() -> None:
     known = peak_flops(torch.cuda.get_device_name(device)) is not None
     mfu = _value(m, "kubetune_trainer_model_flops_utilization_ratio")
     assert (mfu is not None and 0 < mfu < 1) if known else mfu is None
+
+
+def test_loss_and_rates_are_absent_until_the_first_step() -> None:
+    """A gang still loading its model exports no loss, learning rate, grad norm or rate (a
+    0 would dip the panels at every restart and drag the loss averages the alerts use)."""
+    m = TrainerMetrics()
+    names = (
+        "kubetune_trainer_loss",
+        "kubetune_trainer_learning_rate",
+        "kubetune_trainer_grad_norm",
+        "kubetune_trainer_tokens_per_second",
+        "kubetune_trainer_samples_per_second",
+    )
+    assert all(_value(m, n) is None for n in names)
+    for gauge in (m.loss, m.learning_rate, m.grad_norm, m.tokens_per_second):
+        gauge.set(0.5)
+    m.samples_per_second.set(4.0)
+    assert [_value(m, n) for n in names] == [0.5, 0.5, 0.5, 0.5, 4.0]

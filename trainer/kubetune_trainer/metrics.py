@@ -113,12 +113,15 @@ class TrainerMetrics:
         self._info_spec = info = _spec("kubetune_trainer_job_info", "info")
         self.info = Info(info.collector_name, info.help, registry=r)
         p = "kubetune_trainer"
-        self.loss = gauge(f"{p}_loss")
+        # Absent until the attempt's first step: a gang still loading its model has no loss
+        # or rate, and a 0 would dip every panel at each restart and drag the loss averages
+        # that alerts compare against.
+        self.loss = OptionalGauge(_spec(f"{p}_loss", "gauge"), r)
         self.eval_loss = gauge(f"{p}_eval_loss")
-        self.learning_rate = gauge(f"{p}_learning_rate")
-        self.grad_norm = gauge(f"{p}_grad_norm")
-        self.tokens_per_second = gauge(f"{p}_tokens_per_second")
-        self.samples_per_second = gauge(f"{p}_samples_per_second")
+        self.learning_rate = OptionalGauge(_spec(f"{p}_learning_rate", "gauge"), r)
+        self.grad_norm = OptionalGauge(_spec(f"{p}_grad_norm", "gauge"), r)
+        self.tokens_per_second = OptionalGauge(_spec(f"{p}_tokens_per_second", "gauge"), r)
+        self.samples_per_second = OptionalGauge(_spec(f"{p}_samples_per_second", "gauge"), r)
         self.step_duration = histogram(f"{p}_step_duration_seconds")
         self.data_wait = counter(f"{p}_data_wait_seconds_total")
         self.memory = gauge(f"{p}_memory_bytes")

@@ -201,7 +201,7 @@ def test_trainer_registry_is_the_contract() -> None:
     m.set_info({"method": "lora", "base_model": "file:///m", "strategy": "ddp"})
     with pytest.raises(ValueError, match="job info"):
         m.set_info({"job": "j", "method": "lora"})
-    for gauge in (m.loss, m.learning_rate, m.grad_norm, m.tokens_per_second):
+    for gauge in (m.loss, m.learning_rate, m.grad_norm, m.tokens_per_second, m.samples_per_second):
         gauge.set(1.0)
     m.eval_loss.labels(model="base").set(2.0)
     m.step_duration.observe(0.5)

@@ -273,3 +273,21 @@ def test_attempts_per_job_exist_from_the_first_attempt_and_go_with_the_job() -> 
     assert 'kubetune_job_attempts{finetunejob="j",namespace="ns"} 3.0' in exposition(m)
     m.forget_job("ns", "j")
     assert "kubetune_job_attempts{" not in exposition(m)
+
+
+def test_labelled_counters_start_at_zero_so_the_first_event_shows_in_increase() -> None:
+    """A counter series that first appears at 1 is invisible to increase()/rate(): failure
+    and scrape-failure reasons exist from the start, a namespace's restart reasons from its
+    first reconcile."""
+    m = OperatorMetrics()
+    text = exposition(m)
+    assert 'kubetune_job_failures_total{reason="InvalidData"} 0.0' in text
+    assert 'kubetune_job_failures_total{reason="BackoffLimitExceeded"} 0.0' in text
+    assert 'kubetune_progress_scrape_failures_total{reason="unreachable"} 0.0' in text
+    assert 'kubetune_job_restarts_total{namespace="team-a"' not in text
+    m.record([], namespace="team-a")
+    text = exposition(m)
+    for reason in ("NodeLost", "OOMKilled", "Stalled", "Interrupted"):
+        assert f'kubetune_job_restarts_total{{namespace="team-a",reason="{reason}"}} 0.0' in text
+    m.record([MetricEvent("restart", "NodeLost")], namespace="team-a")
+    assert 'kubetune_job_restarts_total{namespace="team-a",reason="NodeLost"} 1.0' in exposition(m)
