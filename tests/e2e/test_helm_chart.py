@@ -312,6 +312,7 @@ def test_install_run_upgrade_crds_uninstall(
     assert can_i(cluster, release_ns, "create", "pods", ns)
     assert can_i(cluster, release_ns, "patch", "finetunejobs.kubetune.io/status", ns)
     assert can_i(cluster, release_ns, "list", "nodes", None)
+    assert can_i(cluster, release_ns, "patch", "events", ns)  # repeats aggregate
     assert can_i(cluster, release_ns, "update", "leases.coordination.k8s.io", release_ns)
     assert not can_i(cluster, release_ns, "create", "pods", "kube-system")
     assert not can_i(cluster, release_ns, "get", "secrets", ns)

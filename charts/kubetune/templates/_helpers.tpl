@@ -105,7 +105,7 @@ cluster-scoped ones (nodes), then the leader-election Lease rules.
   verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{- define "kubetune.rbac.clusterRules" -}}
