@@ -5,10 +5,10 @@ padding-free, fixed steps, seed 42, throughput.py's "uniform" chat data, no eval
 no periodic checkpoint):
 
 - ``on``  (every job's default): rank 0 updates the Prometheus registry every step,
-  serves ``/metrics`` and ``/progress``, rewrites the progress document every step (plus a
-  heartbeat every 5 s), records the training curves and draws them after training; while
-  it trains, this script scrapes ``/metrics`` and ``/progress`` every ``--scrape-interval``
-  seconds (5 s: six times as often as the chart's PodMonitor, 30 s);
+  serves ``/metrics`` and ``/progress``, rewrites the progress document (at most once a
+  second, plus a heartbeat every 5 s), records the training curves and draws them after
+  training; while it trains, this script scrapes ``/metrics`` and ``/progress`` every
+  ``--scrape-interval`` seconds (5 s: six times as often as the chart's PodMonitor, 30 s);
 - ``off`` (``KUBETUNE_METRICS=off``, the benchmark/debug switch): none of that. The run log
   (``train_log.jsonl``, one line per step) and the log lines stay in both.
 
