@@ -324,6 +324,7 @@ class ChaosRun:
         self.attempt_cause: dict[tuple[str, int], str] = {}
         self.polls = 0
         self.nudges = 0
+        self.unstarted: dict[str, float] = {}  # pod uid -> since when bound and not started
         self.failed_polls = 0
         self.stop = threading.Event()
         self.job_seq = 0
@@ -593,6 +594,36 @@ class ChaosRun:
             rec.finishing[uid] = now
             self.nudges += 1
 
+    def nudge_if_not_started(self, pod: dict[str, Any]) -> None:
+        """The other event KWOK was seen to miss across etcd restarts: a pod bound to a node
+        that it never starts (a validation pod stayed Pending on its node for the whole
+        drain). A bound, ungated pod with no container status yet gets a nudge annotation
+        after ``EXIT_NUDGE_SECONDS`` (and again after each further wait). Pods a
+        pod_never_ready fault holds carry container statuses (waiting) and are left alone;
+        KWOK's start stage would skip them anyway (their Ready condition is True)."""
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        status = pod.get("status") or {}
+        waiting = (
+            spec.get("nodeName")
+            and not spec.get("schedulingGates")
+            and status.get("phase") == "Pending"
+            and not status.get("containerStatuses")
+        )
+        if not waiting:
+            self.unstarted.pop(meta["uid"], None)
+            return
+        now = self.now()
+        since = self.unstarted.setdefault(meta["uid"], now)
+        if now - since > EXIT_NUDGE_SECONDS:
+            status_code, _ = self.api.call(
+                "PATCH",
+                f"/api/v1/namespaces/{self.ns}/pods/{meta['name']}",
+                {"metadata": {"annotations": {NUDGE_ANNOTATION: f"{now:.1f}"}}},
+            )
+            if status_code == 200:
+                self.unstarted[meta["uid"]] = now
+                self.nudges += 1
+
     def drive(self) -> None:
         with self.lock:
             pods = list(self.pods)
@@ -607,6 +638,7 @@ class ChaosRun:
             phase = (pod.get("status") or {}).get("phase")
             if labels.get(LABEL_ROLE) == "validation" and phase == "Running":
                 self.tell_exit(rec, pod)
+            self.nudge_if_not_started(pod)
         for rec in jobs:
             if rec.phase in TERMINAL:
                 if not rec.deleted and rec.terminal_at is not None and now - rec.terminal_at > 3:
@@ -1139,7 +1171,7 @@ def table(report: dict[str, Any]) -> str:
         f"({', '.join(f'{k}: {v}' for k, v in g['by_cause'].items()) or 'none'}) |",
         f"| jobs succeeded / failed | - | {report['jobs']['succeeded']} / "
         f"{len(report['jobs']['failed'])} |",
-        f"| exit annotations KWOK missed (re-sent) | - | "
+        f"| pod events KWOK missed (exit or start, re-sent) | - | "
         f"{report['monitor'].get('kubelet_nudges', 0)} |",
         "",
         "| fault | injected | recovered | recover p50 / p95 / max (s) | measured until |",

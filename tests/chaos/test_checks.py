@@ -125,3 +125,37 @@ def test_a_pod_that_ignores_its_exit_annotation_is_told_again() -> None:
     driver.clock = EXIT_NUDGE_SECONDS + 1
     driver.tell_exit(rec, p)
     assert driver.patches[-1] == ("j-a1-0", True) and driver.nudges == 1
+
+
+def test_a_bound_pod_kwok_never_starts_is_nudged() -> None:
+    """A pod bound to a node but never started (no container status) is nudged after the
+    wait; a gated pod, one with container statuses (a pod_never_ready fault) or a running
+    pod is not."""
+
+    class Driver(ChaosRun):
+        def __init__(self) -> None:  # no cluster: only what nudge_if_not_started uses
+            self.clock, self.nudges, self.ns = 0.0, 0, "ns"
+            self.unstarted: dict[str, float] = {}
+            self.patched: list[str] = []
+            self.api = self  # type: ignore[assignment]
+
+        def now(self) -> float:
+            return self.clock
+
+        def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            self.patched.append(path.rsplit("/", 1)[-1])
+            return 200, {}
+
+    driver = Driver()
+    bound = pod("v-1", "j", None, phase="Pending", role="validation")
+    gated = pod("g-1", "j", 1, phase="Pending")
+    gated["spec"]["schedulingGates"] = [{"name": "kubetune.io/gang"}]
+    stuck = pod("s-1", "j", 1, phase="Pending")
+    stuck["status"]["containerStatuses"] = [{"state": {"waiting": {"reason": "X"}}}]
+    running = pod("r-1", "j", 1)
+    for p in (bound, gated, stuck, running):
+        driver.nudge_if_not_started(p)
+    driver.clock = EXIT_NUDGE_SECONDS + 1
+    for p in (bound, gated, stuck, running):
+        driver.nudge_if_not_started(p)
+    assert driver.patched == ["v-1"] and driver.nudges == 1
