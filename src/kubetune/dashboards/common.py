@@ -29,9 +29,12 @@ from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import common as common_model
 from grafana_foundation_sdk.models import dashboard as dashboard_model
 
+from kubetune.contract.metrics import OPERATOR_SCRAPE_JOB, TRAINER_SCRAPE_JOB
+
 #: The Prometheus scrape job names (the ``job`` label), from the metrics contract.
-OPERATOR_JOB = "kubetune-operator"
-TRAINER_JOB = "kubetune-trainer"
+# the scrape job names (the metrics contract owns them)
+OPERATOR_JOB = OPERATOR_SCRAPE_JOB
+TRAINER_JOB = TRAINER_SCRAPE_JOB
 
 DATASOURCE_VARIABLE = "datasource"
 #: Every panel and every query points at the dashboard's datasource variable, so one

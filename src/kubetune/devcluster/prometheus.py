@@ -39,11 +39,13 @@ from typing import Any
 
 import yaml
 
+from kubetune.contract.metrics import OPERATOR_SCRAPE_JOB, TRAINER_SCRAPE_JOB
 from kubetune.devcluster.procs import ProcInfo, free_port, spawn, terminate
 from kubetune.devcluster.versions import Binaries, DevClusterError
 
-OPERATOR_JOB = "kubetune-operator"
-TRAINER_JOB = "kubetune-trainer"
+# the scrape job names every rule and dashboard selects on: the metrics contract owns them
+OPERATOR_JOB = OPERATOR_SCRAPE_JOB
+TRAINER_JOB = TRAINER_SCRAPE_JOB
 #: the scrape pool of local runs (file_sd); its targets are relabeled to ``job=TRAINER_JOB``
 TRAINER_LOCAL_POOL = "kubetune-trainer-local"
 #: namespace label of ``kubetune run --local`` targets
