@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
+from kubetune.contract.env import RESERVED_ENV_NAMES, RESERVED_ENV_PREFIXES
 
 # One path segment that is not ``..`` (RE2 has no look-ahead, so it is spelled out:
 # empty, ``.``, anything not starting with a dot, a dot then a non-dot, or ``..`` plus
@@ -142,8 +143,23 @@ SECRET_NAME_REGEX = (
 )
 
 
+def _reserved_env_rule() -> dict[str, str]:
+    """``spec.env`` never sets what the operator or torchrun sets (the names come from the
+    contract, so the operator's pods and this rule cannot drift apart)."""
+    prefixes = " || ".join(f"self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
+    names = ", ".join(f"'{n}'" for n in RESERVED_ENV_NAMES)
+    reserved = f"{', '.join(p + '*' for p in RESERVED_ENV_PREFIXES)}, {names.replace(chr(39), '')}"
+    why = f"is set by the operator or torchrun and spec.env may not override it ({reserved})"
+    return {
+        **cel(f"!({prefixes} || self.name in [{names}])", f"this name {why}", field_path=".name"),
+        "messageExpression": f'"\'" + self.name + "\' {why}"',
+    }
+
+
 class EnvVar(ApiModel):
-    """An extra environment variable for the trainer containers."""
+    """An extra environment variable for the trainer containers. Names the operator or
+    torchrun sets (``KUBETUNE_*``, ``PET_*``, ``TORCHELASTIC_*``, the rendezvous variables)
+    are refused."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
@@ -157,6 +173,7 @@ class EnvVar(ApiModel):
                 "valueFrom.secretKeyRef, never inline",
                 field_path=".value",
             ),
+            _reserved_env_rule(),
         )
     }
 

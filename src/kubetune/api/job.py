@@ -128,6 +128,12 @@ SPEC_RULES: list[dict[str, Any]] = [
     ),
     cel("self.output == oldSelf.output", f"output {_IMMUTABLE}", field_path=".output"),
     cel(
+        "has(self.profile) == has(oldSelf.profile) && "
+        "(!has(self.profile) || self.profile == oldSelf.profile)",
+        f"profile {_IMMUTABLE} (the profiles were applied when the job was first resolved)",
+        field_path=".profile",
+    ),
+    cel(
         "oldSelf.runPolicy.suspend || (self.resources == oldSelf.resources && "
         "self.distributed == oldSelf.distributed)",
         "resources and distributed can change only while the job is suspended "
@@ -174,6 +180,14 @@ class FineTuneJobSpec(ApiModel):
     health: HealthSpec = Field(default_factory=HealthSpec, description="Numerical health checks.")
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retries, deadlines, suspension, queueing."
+    )
+    profile: DNSSubdomain | None = Field(
+        default=None,
+        description="Name of a preset whose values fill what this spec leaves unset: the "
+        "FineTuneProfile of that name in the job's namespace, else the "
+        "ClusterFineTuneProfile of that name. Applied over the namespace's `default` "
+        "FineTuneProfile and the matching ClusterFineTuneProfiles; this spec wins over all "
+        "of them (see status.profiles).",
     )
     image: Image | None = Field(
         default=None, description="Trainer image; default: the operator's configured image."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -141,6 +141,25 @@ class Lineage(ApiModel):
     image: str | None = Field(default=None, max_length=1024, description="Trainer image used.")
 
 
+class AppliedProfile(ApiModel):
+    """One profile layer laid under the job's spec (see ``kubetune.api.profiles``)."""
+
+    kind: Literal["FineTuneProfile", "ClusterFineTuneProfile"] = Field(
+        description="Kind of the profile."
+    )
+    name: str = Field(max_length=253, description="Name of the profile.")
+    section: str = Field(
+        max_length=64,
+        description="Which part of it applied: defaults, or methods.<method> (the overlay "
+        "for the job's method).",
+    )
+    resource_version: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The profile's metadata.resourceVersion when it was applied.",
+    )
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob."""
 
@@ -177,6 +196,19 @@ class FineTuneJobStatus(ApiModel):
         default=None, max_length=1024, description="Where the results were written."
     )
     lineage: Lineage | None = Field(default=None, description="Inputs of the tuned model.")
+    profiles: list[AppliedProfile] | None = Field(
+        default=None,
+        max_length=64,
+        description="The profile layers laid under the spec, lowest precedence first, "
+        "recorded (and frozen) when the operator first resolved the job; an empty list: "
+        "resolved, no profile applied. Absent: not resolved yet.",
+    )
+    profile_defaults: dict[str, Any] | None = Field(
+        default=None,
+        description="What those profiles set, merged in order: the frozen defaults the "
+        "job's own spec is laid over from then on (later profile edits do not change it). "
+        "A partial spec (the CRD types it as one).",
+    )
     gpu_hours: GPUHours | None = Field(
         default=None,
         description="GPU-hours allocated and productive, and their ratio (goodput); absent "

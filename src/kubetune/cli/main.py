@@ -9,12 +9,20 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from kubetune.api.crd import CRD_FILENAME, render_crd_yaml
+from kubetune.api.crd import render_crds
 from kubetune.api.validation import load_documents, validate_manifest
 from kubetune.cli.dashboards import dashboards as dashboards_command
 from kubetune.cli.dev import app as dev_app
 from kubetune.cli.docs import app as docs_app
 from kubetune.cli.operator import app as operator_app
+from kubetune.cli.resolved import (
+    ClusterProfiles,
+    ProfileFiles,
+    ProfileSourceError,
+    read_profile_files,
+    render_resolved,
+    resolve_with_profiles,
+)
 from kubetune.cli.run import run as run_command
 
 app = typer.Typer(
@@ -35,28 +43,24 @@ CHART_CRD_DIR = Path("charts/kubetune/crds")
 def crd(
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Directory to write the CRD into; '-' for stdout."),
+        typer.Option("--output", "-o", help="Directory to write the CRDs into; '-' for stdout."),
     ] = None,
     check: Annotated[
-        bool, typer.Option("--check", help="Fail if the file differs from a fresh generation.")
+        bool, typer.Option("--check", help="Fail if a file differs from a fresh generation.")
     ] = False,
 ) -> None:
-    """Generate the FineTuneJob CRD from the API models."""
-    text = render_crd_yaml()
+    """Generate the CRDs (FineTuneJob, FineTuneProfile, ClusterFineTuneProfile) from the API
+    models."""
+    files = render_crds()
     if output is not None and str(output) == "-":
+        text = "".join(files.values())
         out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
         return
     # By default: crds/ and the chart's copy; with --output only that directory.
-    targets = (
-        [output / CRD_FILENAME]
-        if output
-        else [
-            DEFAULT_CRD_DIR / CRD_FILENAME,
-            CHART_CRD_DIR / CRD_FILENAME,
-        ]
-    )
+    dirs = [output] if output else [DEFAULT_CRD_DIR, CHART_CRD_DIR]
+    targets = [(d / name, text) for d in dirs for name, text in files.items()]
     if check:
-        stale = [t for t in targets if (t.read_text() if t.exists() else "") != text]
+        stale = [t for t, text in targets if (t.read_text() if t.exists() else "") != text]
         for target in stale:
             console.print(
                 f"[red]{escape(str(target))} is stale[/red]: run `kubetune crd` and commit "
@@ -64,10 +68,10 @@ def crd(
             )
         if stale:
             raise typer.Exit(1)
-        for target in targets:
+        for target, _ in targets:
             console.print(f"[green]{escape(str(target))} is up to date[/green]")
         return
-    for target in targets:
+    for target, text in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         console.print(f"wrote {escape(str(target))}")
@@ -75,7 +79,40 @@ def crd(
 
 @app.command()
 def validate(
-    paths: Annotated[list[Path], typer.Argument(help="Manifest files or directories.")],
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Manifest files or directories.")
+    ] = None,
+    filename: Annotated[
+        list[Path] | None,
+        typer.Option("--filename", "-f", help="Manifest file or directory (as kubectl -f)."),
+    ] = None,
+    resolved: Annotated[
+        bool,
+        typer.Option(
+            "--resolved",
+            help="Print each job fully resolved with its team defaults (FineTuneProfile, "
+            "ClusterFineTuneProfile), every value commented with the layer that set it.",
+        ),
+    ] = False,
+    profiles: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--profiles",
+            help="With --resolved: read profiles (and Namespaces, for their labels) from "
+            "these YAML files instead of the cluster of the current kubeconfig.",
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="With --resolved: the namespace of jobs that name none (default: default).",
+        ),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="With --resolved: kubeconfig for reading profiles.")
+    ] = None,
 ) -> None:
     """Validate FineTuneJob manifests as the API server would, and show warnings.
 
@@ -84,11 +121,25 @@ def validate(
     """
     failed = 0
     checked = 0
-    for path in paths:
+    all_paths = [*(paths or []), *(filename or [])]
+    if not all_paths:
+        console.print("[red]name manifests to validate (paths or -f FILE)[/red]")
+        raise typer.Exit(2)
+    source: ProfileFiles | ClusterProfiles | None = None
+    if resolved:
+        try:
+            source = read_profile_files(profiles) if profiles else ClusterProfiles(kubeconfig)
+        except ProfileSourceError as exc:
+            console.print(f"[red]error[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+    for path in all_paths:
         for name, doc in load_documents(path):
             if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
                 continue
             checked += 1
+            if source is not None:
+                failed += not _print_resolved(name, doc, source, namespace)
+                continue
             report = validate_manifest(doc)
             if report.ok:
                 out.print(f"[green]✓[/green] {escape(name)}", highlight=False)
@@ -104,6 +155,31 @@ def validate(
         raise typer.Exit(2)
     if failed:
         raise typer.Exit(1)
+
+
+def _print_resolved(
+    name: str,
+    doc: dict[str, object],
+    source: ProfileFiles | ClusterProfiles,
+    namespace: str | None,
+) -> bool:
+    """Resolve one job with its profiles and print it; False if it does not resolve."""
+    meta = doc.get("metadata")
+    ns = str((meta.get("namespace") if isinstance(meta, dict) else None) or namespace or "default")
+    try:
+        result = resolve_with_profiles(doc, source.for_namespace(ns), ns)
+    except ProfileSourceError as exc:
+        console.print(f"[red]✗[/red] {escape(name)}: {escape(str(exc))}")
+        return False
+    if not result.ok:
+        out.print(f"[red]✗[/red] {escape(name)} (resolved in namespace {escape(ns)})")
+        for problem in result.errors:
+            out.print(f"    [red]error[/red]  {escape(str(problem))}", highlight=False)
+        return False
+    out.print(render_resolved(name, result), end="", markup=False, highlight=False)
+    for problem in result.report.warnings:
+        console.print(f"[yellow]warning[/yellow] {escape(str(problem))}", highlight=False)
+    return True
 
 
 app.command(name="run")(run_command)

@@ -41,3 +41,33 @@ S3_CREDENTIAL_ENV: tuple[tuple[str, bool], ...] = (
     (AWS_ENDPOINT_URL_ENV, True),
     ("AWS_DEFAULT_REGION", True),
 )
+
+# -- names a job's spec.env may not set ----------------------------------------------------------
+#: Prefixes of variables only the operator (or torchrun) sets: the contract's own variables,
+#: torchrun's ``PET_*`` (each torchrun flag can be given as ``PET_<FLAG>``, so a user's
+#: ``PET_NNODES`` or ``PET_MASTER_ADDR`` would redirect the rendezvous) and torchelastic's.
+RESERVED_ENV_PREFIXES: tuple[str, ...] = ("KUBETUNE_", "PET_", "TORCHELASTIC_")
+#: Variables torchrun sets for every rank from the operator's static rendezvous, plus the
+#: non-prefixed ones the operator sets itself (set last, so they win anyway; refusing them
+#: says so at apply time instead of silently ignoring the user's value).
+RESERVED_ENV_NAMES: tuple[str, ...] = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    RANK_ENV,
+    WORLD_SIZE_ENV,
+    LOCAL_RANK_ENV,
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_NAME",
+    "ROLE_WORLD_SIZE",
+    HF_OFFLINE_ENV,
+    UNBUFFERED_ENV,
+)
+
+
+def reserved_env_name(name: str) -> bool:
+    """May ``spec.env`` not set ``name`` (the operator or torchrun sets it)?"""
+    return name.startswith(RESERVED_ENV_PREFIXES) or name in RESERVED_ENV_NAMES
