@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from kubetune_operator.observed import NodeView, PodView
+from kubetune_operator.queueing import FlavorView, WorkloadView
 
 JobKey = tuple[str, str]
 OVERLAY_TTL_SECONDS = 120.0
@@ -88,6 +89,10 @@ class Snapshot:
         self.jobs: Mapping[JobKey, Iterable[dict[str, Any]]] = {}
         self.pods: Mapping[JobKey, Iterable[PodView]] = {}
         self.nodes: Mapping[str, Iterable[NodeView]] | None = None
+        # Kueue (only indexed when its API is served): the jobs' Workloads, the flavors.
+        self.workloads: Mapping[JobKey, Iterable[WorkloadView]] = {}
+        self.flavors: Mapping[str, Iterable[FlavorView]] = {}
+        self._workload_overlay: _Overlay[WorkloadView] = _Overlay()
         self._job_overlay: _Overlay[dict[str, Any]] = _Overlay()
         self._pod_overlay: _Overlay[PodView] = _Overlay()
         # (namespace, name, uid or "" for any uid) -> the list resourceVersion it was absent from
@@ -251,6 +256,37 @@ class Snapshot:
     def pod_deleted(self, namespace: str, name: str) -> None:
         """A DELETED watch event: whatever we wrote about the pod is moot."""
         self._pod_overlay.drop((namespace, name))
+
+    # -- Kueue -----------------------------------------------------------------------------------
+    def workloads_of(self, key: JobKey) -> tuple[WorkloadView, ...]:
+        """The job's Workloads, with our own recent creates (the watch may lag behind them:
+        without them a second reconcile would create the Workload again)."""
+        merged = {w.name: w for w in self.workloads.get(key, ())}
+        for okey, view in self._workload_overlay.items():
+            if okey[:2] != key:
+                continue
+            indexed = merged.get(view.name)
+            resolved = self._workload_overlay.resolve(
+                okey, indexed.resource_version if indexed else None
+            )
+            if resolved is not None:
+                merged[view.name] = resolved
+        return tuple(merged[n] for n in sorted(merged))
+
+    def wrote_workload(self, key: JobKey, body: Mapping[str, Any]) -> None:
+        view = WorkloadView.from_body(body)
+        self._workload_overlay.put((*key, view.name), view.resource_version, view)
+
+    def workload_deleted(self, key: JobKey, name: str) -> None:
+        self._workload_overlay.drop((*key, name))
+
+    def flavor_map(self) -> dict[str, FlavorView]:
+        out: dict[str, FlavorView] = {}
+        for name, store in self.flavors.items():
+            view = next(iter(store), None)
+            if view is not None:
+                out[name] = view
+        return out
 
     # -- nodes -----------------------------------------------------------------------------------
     def node_map(self) -> dict[str, NodeView] | None:

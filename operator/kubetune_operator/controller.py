@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,8 @@ import aiohttp
 
 from kubetune.api.status import TERMINAL_PHASES
 from kubetune.api.validation import ValidationReport, validate_manifest
-from kubetune_operator import naming, resync
+from kubetune_operator import naming, queueing, resync
+from kubetune_operator import profiles as job_profiles
 from kubetune_operator.admission import Capacity
 from kubetune_operator.cache import JobKey, Snapshot
 from kubetune_operator.events import EventRecorder
@@ -45,10 +47,14 @@ from kubetune_operator.plan import (
     CreatePod,
     DeleteJob,
     DeletePod,
+    DeleteWorkload,
     EnsureNetworkPolicy,
     EnsureService,
+    EnsureWorkload,
     Event,
+    FinishWorkload,
     Plan,
+    ReleaseWorkload,
     UngatePod,
 )
 from kubetune_operator.progress import describe_error, fetch_document, new_session, progress_url
@@ -56,6 +62,7 @@ from kubetune_operator.reasons import Reason
 from kubetune_operator.reports import ReportCache, job_version
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import CONDITION_ADMITTED, CONDITION_PROGRESS_KNOWN, merge_patch
+from kubetune_operator.tenancy import TenantPolicies
 from kubetune_operator.workqueue import WorkQueue
 
 logger = logging.getLogger("kubetune.operator")
@@ -128,6 +135,14 @@ class Controller:
         self._fetch_slots = asyncio.Semaphore(PROGRESS_FETCH_CONCURRENCY)
         self._resync_now = asyncio.Event()
         self._admission = asyncio.Lock()
+        # Tenant guardrail tiers (ConfigMaps in the operator's namespace) and namespace labels.
+        self.tenants = TenantPolicies(client, settings.operator_namespace)
+        # Team defaults: profiles read for jobs not resolved yet (profiles.py).
+        self.profile_reader = job_profiles.ProfileReader(client)
+        self._profile_sets: dict[JobKey, job_profiles.ProfileSet] = {}
+        #: Kueue's Workload API is served and watched (set by the runner before kopf starts).
+        self.kueue = False
+        self._priorities: dict[str, int | None] = {}  # PriorityClass name -> value
         metrics.watch_jobs(self._phases)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -175,6 +190,7 @@ class Controller:
             self.queue.discard(key)
             self._progress.pop(key, None)
             self._last_status_write.pop(key, None)
+            self._profile_sets.pop(key, None)
             self.metrics.forget_job(*key)
             return
         self.queue.add(key)
@@ -258,13 +274,24 @@ class Controller:
         raw = self.cache.job(key)
         if raw is None:
             return None
+        # The job as decide sees it: its own spec laid over its (frozen) profiles.
+        raw, resolution = job_profiles.resolve_job(raw, self._profile_sets.get(key))
         obs = Observed(
             raw=raw,
+            profiles=resolution,
             pods=self.cache.pods_of(key),
             nodes=self.cache.node_map(),
             progress=self._progress.get(key),
             now=now or datetime.now(UTC),
+            tenant_tiers=self.tenants.for_namespace(key[0]),
         )
+        if self.kueue:
+            obs = dataclasses.replace(
+                obs,
+                kueue=True,
+                workloads=self.cache.workloads_of(key),
+                flavors=self.cache.flavor_map(),
+            )
         conflicts = self._conflicts.get(obs.uid)
         if conflicts:
             obs = dataclasses.replace(obs, conflicts=tuple(conflicts.values()))
@@ -301,6 +328,12 @@ class Controller:
         if str((obs.raw.get("status") or {}).get("phase")) not in TERMINAL_PHASES:
             # Finished jobs need no verdict: a restarted operator must not re-validate
             # thousands of old jobs before serving the live ones.
+            await self.tenants.refresh(key[0])
+            if job_profiles.is_frozen(obs.raw):
+                self._profile_sets.pop(key, None)
+            else:
+                self._profile_sets[key] = await self.profile_reader.read(key[0])
+                obs = self.observe(key) or obs
             report = await self._report(obs.raw)
             obs = self.observe(key) or obs  # the world may have moved while validating
         plan = decide(obs, self.settings, report)
@@ -344,7 +377,10 @@ class Controller:
         (their attempt label wins over an older status). Then the remaining actions in order,
         runs of one kind in parallel (a gang's pods together, then their gates).
         """
-        destructive = any(isinstance(a, DeletePod | DeleteJob) for a in plan.actions)
+        destructive = any(
+            isinstance(a, DeletePod | DeleteJob | DeleteWorkload | ReleaseWorkload)
+            for a in plan.actions
+        )
         prelude: list[Any] = []
         rest = list(plan.actions)
         if not destructive:
@@ -535,6 +571,123 @@ class Controller:
                 if not (exc.not_found or exc.conflict):
                     raise
             logger.info("deleted %s/%s: ttlSecondsAfterFinished expired", ns, obs.name)
+        elif isinstance(action, EnsureWorkload | DeleteWorkload | ReleaseWorkload | FinishWorkload):
+            await self._act_workload(obs, action)
+
+    # -- Kueue Workloads (queueing.py) ---------------------------------------------------------
+    def _workload_path(self, namespace: str, name: str | None = None, status: bool = False) -> str:
+        return self.client.path(
+            queueing.WORKLOADS,
+            namespace,
+            name,
+            group=queueing.KUEUE_GROUP,
+            version=queueing.KUEUE_VERSION,
+            subresource="status" if status else None,
+        )
+
+    async def _priority(self, name: str) -> int | None:
+        """A PriorityClass's value (cached: they are rarely edited, and Kueue copies the
+        value into the Workload once, at creation, just as the API server does for pods)."""
+        if name not in self._priorities:
+            path = self.client.path("priorityclasses", None, name, group="scheduling.k8s.io")
+            try:
+                body = await self.client.get(path)
+            except ApiError as exc:
+                if not exc.not_found:
+                    raise
+                return None  # the pods' create names it; the API server says what is wrong
+            self._priorities[name] = int(body.get("value") or 0)
+        return self._priorities[name]
+
+    async def _act_workload(
+        self,
+        obs: Observed,
+        action: EnsureWorkload | DeleteWorkload | ReleaseWorkload | FinishWorkload,
+    ) -> None:
+        ns = obs.namespace
+        key = (ns, obs.name)
+        if isinstance(action, EnsureWorkload):
+            body = copy.deepcopy(action.body)
+            ref = body["spec"].get("priorityClassRef")
+            if ref:
+                value = await self._priority(str(ref["name"]))
+                if value is None:
+                    body["spec"].pop("priorityClassRef")
+                else:
+                    body["spec"]["priority"] = value
+            try:
+                created = await self.client.create(self._workload_path(ns), body)
+            except ApiError as exc:
+                if not exc.already_exists:
+                    raise
+                created = await self._claim(obs, "Workload", self._workload_path(ns, action.name))
+            self.cache.wrote_workload(key, created)
+            return
+        if isinstance(action, DeleteWorkload):
+            try:
+                await self.client.delete(self._workload_path(ns, action.name), uid=action.uid)
+            except ApiError as exc:
+                if not (exc.not_found or exc.conflict):
+                    raise
+            self.cache.workload_deleted(key, action.name)
+            return
+        await self._patch_workload_status(obs, action)
+
+    async def _patch_workload_status(
+        self, obs: Observed, action: ReleaseWorkload | FinishWorkload
+    ) -> None:
+        """Read-modify-write of the Workload's status (fenced by its resourceVersion: Kueue
+        writes it too). Conditions are a list, so a merge patch carries all of them."""
+        path = self._workload_path(obs.namespace, action.name)
+        try:
+            current = await self.client.get(path)
+        except ApiError as exc:
+            if exc.not_found:
+                return
+            raise
+        meta = current.get("metadata") or {}
+        if str(meta.get("uid")) != action.uid:
+            return
+        status = current.get("status") or {}
+        conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions") or []]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        generation = meta.get("generation")
+
+        def put(kind: str, state: str, reason: str, message: str) -> None:
+            old = next((c for c in conditions if c.get("type") == kind), None)
+            new = queueing.condition(kind, state, reason, message, now, generation)
+            if old is not None and old.get("status") == state:
+                new["lastTransitionTime"] = old.get("lastTransitionTime", now)
+            conditions[:] = [c for c in conditions if c.get("type") != kind] + [new]
+
+        patch: dict[str, Any]
+        if isinstance(action, ReleaseWorkload):
+            if not status.get("admission"):
+                return  # already released
+            put(queueing.QUOTA_RESERVED, "False", "Pending", action.message)
+            put(queueing.ADMITTED, "False", "NoReservation", "The workload has no reservation")
+            put(
+                queueing.REQUEUED,
+                "True" if action.requeue else "False",
+                action.reason,
+                action.message,
+            )
+            patch = {"admission": None, "conditions": conditions}
+        else:
+            if any(
+                c.get("type") == queueing.FINISHED and c.get("status") == "True" for c in conditions
+            ):
+                return
+            put(
+                queueing.FINISHED,
+                "True",
+                "Succeeded" if action.succeeded else "Failed",
+                action.message,
+            )
+            patch = {"conditions": conditions}
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch}
+        updated = await self.client.patch(path + "/status", body)
+        self.cache.wrote_workload((obs.namespace, obs.name), updated)
 
     async def _apply_config_map(self, obs: Observed, body: dict[str, Any]) -> None:
         digest = hashlib.sha256(json.dumps(body["data"], sort_keys=True).encode()).hexdigest()

@@ -18,7 +18,8 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import naming
+from kubetune.api.intent import slim_managed_fields
+from kubetune_operator import naming, queueing
 from kubetune_operator.controller import Controller
 from kubetune_operator.kube import Credentials
 from kubetune_operator.observed import NodeView, PodView
@@ -29,7 +30,11 @@ POD_SELECTOR = naming.LABEL_JOB  # server-side: the operator never receives unre
 def _slim(body: kopf.Body) -> dict[str, Any]:
     data = copy.deepcopy(dict(body))
     meta = data.get("metadata") or {}
+    # Only what tells the author's spec fields from the server's defaults (team defaults).
+    managed = slim_managed_fields(meta)
     meta.pop("managedFields", None)
+    if managed:
+        meta["managedFields"] = managed
     return data
 
 
@@ -102,12 +107,17 @@ def build_registry(controller: Controller, credentials: Credentials) -> kopf.Ope
             (namespace or "", naming.job_of(body.get("metadata") or {})): PodView.from_body(body)
         }
 
+    kueue = controller.kueue
+
     def bind(kwargs: dict[str, Any]) -> None:
         cache = controller.cache
         cache.jobs = kwargs["ftj_index"]
         cache.pods = kwargs["pod_index"]
         if watch_nodes:
             cache.nodes = kwargs["node_index"]
+        if kueue:
+            cache.workloads = kwargs["workload_index"]
+            cache.flavors = kwargs["flavor_index"]
 
     @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL, id="ftj_event", registry=registry)
     async def ftj_event(type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
@@ -123,6 +133,42 @@ def build_registry(controller: Controller, credentials: Credentials) -> kopf.Ope
         bind(kwargs)
         job = naming.job_of({"labels": labels, "annotations": kwargs.get("annotations") or {}})
         controller.pod_event(type, namespace or "", name, job)
+
+    if kueue:
+        # Only where Kueue's API is served (the runner checks): an index of a resource the
+        # API server lacks would never finish its initial list, and no handler would start.
+        wl_args = (queueing.KUEUE_GROUP, queueing.KUEUE_VERSION, queueing.WORKLOADS)
+
+        @kopf.index(
+            *wl_args,
+            labels={naming.LABEL_JOB: kopf.PRESENT},
+            id="workload_index",
+            registry=registry,
+        )
+        def workload_index(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+            job = naming.job_of(body.get("metadata") or {})
+            return {(namespace or "", job): queueing.WorkloadView.from_body(body)}
+
+        @kopf.on.event(
+            *wl_args,
+            labels={naming.LABEL_JOB: kopf.PRESENT},
+            id="workload_event",
+            registry=registry,
+        )
+        async def workload_event(
+            type: str, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+        ) -> None:
+            bind(kwargs)
+            key = (namespace or "", naming.job_of(body.get("metadata") or {}))
+            if type == "DELETED":
+                controller.cache.workload_deleted(key, name)
+            controller.queue.add(key)
+
+        fl_args = (queueing.KUEUE_GROUP, queueing.KUEUE_VERSION, queueing.RESOURCE_FLAVORS)
+
+        @kopf.index(*fl_args, id="flavor_index", registry=registry)
+        def flavor_index(name: str, body: kopf.Body, **_: Any) -> Any:
+            return {name: queueing.FlavorView.from_body(body)}
 
     if watch_nodes:
         last_ready: dict[str, bool] = {}

@@ -47,10 +47,16 @@ from pydantic import ValidationError
 from kubetune.api import FineTuneJob
 from kubetune.api.infra import RunPolicy
 from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
-from kubetune.api.status import TERMINAL_PHASES, FineTuneJobStatus, Lineage, Progress
+from kubetune.api.status import (
+    TERMINAL_PHASES,
+    AppliedProfile,
+    FineTuneJobStatus,
+    Lineage,
+    Progress,
+)
 from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune.contract.exit_codes import exit_reason
-from kubetune_operator import goodput, naming, policy
+from kubetune_operator import goodput, naming, policy, queueing, tenancy
 from kubetune_operator.admission import Verdict, admit
 from kubetune_operator.failures import (
     Failure,
@@ -68,12 +74,17 @@ from kubetune_operator.plan import (
     CreatePod,
     DeleteJob,
     DeletePod,
+    DeleteWorkload,
     EnsureNetworkPolicy,
     EnsureService,
+    EnsureWorkload,
+    FinishWorkload,
     MetricEvent,
     Plan,
+    ReleaseWorkload,
     UngatePod,
 )
+from kubetune_operator.profiles import PROFILE_RETRY_SECONDS, PROFILE_WAIT_SECONDS
 from kubetune_operator.progress import (
     INVALID_PREFIX,
     clip_summary,
@@ -175,8 +186,10 @@ class _Decision:
         self.holds: list[goodput.Holding] = []  # GPUs the job's pods hold (or held)
         self.gpu_resource = "nvidia.com/gpu"
         self.gpu_hours_due = False  # write status.gpuHours even if nothing else changed
+        self.placement: queueing.Placement | None = None  # Kueue's flavor for the gang
         uid = obs.uid
         self.owned = [p for p in obs.pods if p.owner_uid == uid]
+        self.workloads = [w for w in obs.workloads if w.owner_uid == uid]
         self.foreign = [p for p in obs.pods if p.owner_uid is not None and p.owner_uid != uid]
         self.workers = [p for p in self.owned if p.role == naming.ROLE_WORKER]
         self.validators = [p for p in self.owned if p.role == naming.ROLE_VALIDATION]
@@ -201,6 +214,8 @@ class _Decision:
             self.summary = "waiting for pods of a deleted job with the same name to go"
             self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
             return self._finish()
+        if not self._profiles_resolved():
+            return self._finish()
         if self.report is None:
             self.report = validate_manifest(
                 {k: v for k, v in self.obs.raw.items() if k != "status"}
@@ -220,7 +235,9 @@ class _Decision:
             return self._finish()
         self.job = self.report.job
         self.st.observed_generation = self.generation
-        forbidden = policy.violations(self.job.spec, self.cfg)
+        forbidden = policy.violations(self.job.spec, self.cfg) + tenancy.violations(
+            self.job.spec, self.obs.tenant_tiers
+        )
         if forbidden:
             # Before any pod exists: the operator never creates what its policy forbids.
             problems = "; ".join(forbidden)
@@ -373,6 +390,16 @@ class _Decision:
     def _terminal(self) -> None:
         # Whatever still runs after the verdict holds resources for nothing.
         self._delete(p for p in self.owned if not p.terminated)
+        succeeded = self.st.phase == "Succeeded"
+        for wl in self.workloads:
+            if not wl.deleting and not wl.is_finished:
+                failed = get_condition(self.st, CONDITION_FAILED)
+                message = (
+                    "the FineTuneJob succeeded"
+                    if succeeded
+                    else f"the FineTuneJob failed ({failed.reason if failed else 'Failed'})"
+                )
+                self.plan.actions.append(FinishWorkload(wl.name, wl.uid, succeeded, message))
         ttl = _run_policy(self.obs).ttl_seconds_after_finished
         done = self.st.completion_time
         if ttl is not None and done is not None:
@@ -556,6 +583,9 @@ class _Decision:
         # Every gang pod goes (their names are reused on resume) -- gracefully: the trainer
         # checkpoints on SIGTERM; finished validation pods hold nothing and keep their logs.
         self._delete([*self.workers, *(p for p in self.validators if not p.terminated)])
+        for wl in self.workloads:  # a suspended job holds no quota either
+            if not wl.deleting:
+                self.plan.actions.append(DeleteWorkload(wl.name, wl.uid))
         self.st.phase = "Suspended"
         self.phase_message = (
             message or "runPolicy.suspend is true: pods removed, status and checkpoints kept"
@@ -597,6 +627,32 @@ class _Decision:
                 Reason.RESUMED,
                 "waiting for the pods of the suspended gang to terminate",
             )
+
+    # -- team defaults (profiles.py) --------------------------------------------------------------
+    def _profiles_resolved(self) -> bool:
+        """Record the profiles the job was resolved with (freezing them); False while
+        ``spec.profile`` names a profile that does not exist (it waits, then fails)."""
+        res = self.obs.profiles
+        if res is None or not res.fresh:
+            return True
+        if res.missing is None:
+            self.st.profiles = [AppliedProfile.model_validate(a) for a in res.applied]
+            self.st.profile_defaults = dict(res.defaults) or None
+            return True
+        created = parse_time((self.obs.raw.get("metadata") or {}).get("creationTimestamp"))
+        deadline = (created or self.now) + timedelta(seconds=PROFILE_WAIT_SECONDS)
+        if self.now >= deadline:
+            self._fail_validation(Reason.PROFILE_NOT_FOUND, res.missing)
+            return False
+        self._set(
+            CONDITION_VALIDATED,
+            "Unknown",
+            Reason.PROFILE_NOT_FOUND,
+            f"{res.missing}; waiting up to {PROFILE_WAIT_SECONDS:g}s for it",
+        )
+        self.summary = "waiting for its profile"
+        self.plan.requeue(min(PROFILE_RETRY_SECONDS, self._seconds_until(deadline)))
+        return False
 
     # -- validation -------------------------------------------------------------------------------
     def _validate(self) -> bool:
@@ -741,6 +797,8 @@ class _Decision:
         attempt = self.obs.attempt
         if self.st.attempts != attempt and self.st.attempts:
             self.st.attempts = attempt  # pods of a newer attempt exist: status catches up
+        if not self._queue_admits(attempt):
+            return
         restarting = get_condition(self.st, CONDITION_RESTARTING)
         if restarting is not None and restarting.status == "True":
             self._replace_gang(attempt, restarting.reason, restarting.last_transition_time)
@@ -757,6 +815,133 @@ class _Decision:
             self._create_gang(attempt)
             return
         self._follow_gang(attempt, GangState.of(current, size))
+
+    # -- Kueue (queueing.py) ----------------------------------------------------------------------
+    def _queue_admits(self, attempt: int) -> bool:
+        """Behind a Kueue queue (``runPolicy.queueName``): True once the job's Workload is
+        admitted, so the gang may exist; until then the job is Queued with no pod at all.
+
+        An evicted Workload (preempted by a higher-priority job, reclaimed by a cohort,
+        deactivated) stops the gang gracefully -- the trainer checkpoints on SIGTERM -- and,
+        once no pod is left, its admission is cleared so Kueue queues it again. It is not a
+        failure: it uses no retry, and the gang comes back as the same attempt, resuming
+        from its newest checkpoint. A retry after a failure keeps the quota (like a pod
+        restart in a Kueue-managed Job)."""
+        job = self.spec_job
+        queue = job.spec.run_policy.queue_name
+        if not queue:
+            return True
+        if not self.obs.kueue:
+            self._delete(self.workers)
+            self._wait_in_queue(
+                Reason.KUEUE_UNAVAILABLE,
+                f"runPolicy.queueName is {queue!r} but Kueue's Workload API "
+                f"({queueing.KUEUE_API_VERSION}) is not served here (or the operator was "
+                "started without it): install Kueue and restart the operator, or remove "
+                "runPolicy.queueName",
+                f"queued in {queue}: Kueue not installed",
+            )
+            self.plan.requeue(self.cfg.capacity_recheck_seconds)
+            return False
+        body = queueing.render_workload(job, render_worker_pod(job, attempt, 0, self.cfg))
+        name = str(body["metadata"]["name"])
+        for wl in self.workloads:  # an older shape (resources edited while suspended)
+            if wl.name != name and not wl.deleting:
+                self.plan.actions.append(DeleteWorkload(wl.name, wl.uid))
+        current = next((w for w in self.workloads if w.name == name), None)
+        if current is None or current.deleting:
+            if current is None:
+                self.plan.actions.append(EnsureWorkload(body))
+            self._delete(self.workers)  # pods of another Workload's admission
+            self._wait_in_queue(
+                Reason.WAITING_FOR_QUEUE,
+                f"waiting for Kueue LocalQueue {queue} to admit Workload {name} "
+                f"({job.spec.resources.nodes} pods, {self.st.gpus} GPUs)",
+                f"queued in {queue}",
+            )
+            return False
+        if current.is_evicted:
+            self._evicted(attempt, current)
+            return False
+        if not current.is_admitted:
+            # Admission withdrawn without an eviction (Kueue lost the ClusterQueue): stop.
+            self._delete(self.workers)
+            reason = current.pending_reason()
+            self._wait_in_queue(
+                Reason.WAITING_FOR_QUEUE,
+                f"Workload {name} is pending in Kueue LocalQueue {queue}: {reason}",
+                f"queued in {queue}: {reason}",
+            )
+            return False
+        placement = current.placement(self.obs.flavors)
+        if placement is None:
+            flavors = ", ".join(sorted({f for _, f in current.flavors}))
+            self._wait_in_queue(
+                Reason.WAITING_FOR_FLAVOR,
+                f"Workload {name} was admitted on ResourceFlavor {flavors}, not known to the "
+                "operator yet",
+                f"admitted in {queue}: reading flavor {flavors}",
+            )
+            self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+            return False
+        self.placement = placement
+        return True
+
+    def _wait_in_queue(self, reason: Reason, message: str, summary: str) -> None:
+        self.st.phase = "Queued"
+        self.summary = clip_summary(summary)
+        before = get_condition(self.old, CONDITION_ADMITTED)
+        self._set(
+            CONDITION_ADMITTED,
+            "Unknown" if reason != Reason.KUEUE_UNAVAILABLE else "False",
+            reason,
+            message,
+        )
+        self._set(CONDITION_RUNNING, "False", reason, "waiting for admission by Kueue")
+        if reason == Reason.KUEUE_UNAVAILABLE and (before is None or before.reason != reason):
+            self.plan.event("Warning", reason, message)
+
+    def _evicted(self, attempt: int, wl: queueing.WorkloadView) -> None:
+        assert wl.evicted is not None
+        kueue_reason = wl.evicted.reason or "Evicted"
+        reason = Reason.PREEMPTED if kueue_reason == "Preempted" else Reason.EVICTED
+        checkpoint = self.st.last_checkpoint
+        resume = (
+            f"resumes from checkpoint step {checkpoint.step}"
+            if checkpoint
+            else "no checkpoint yet: it starts from the beginning"
+        )
+        message = (
+            f"Kueue evicted Workload {wl.name} ({kueue_reason}): {wl.evicted.message or ''}; "
+            f"the gang was stopped (the trainer checkpoints on SIGTERM) and the job waits in "
+            f"queue {self.spec_job.spec.run_policy.queue_name} again; attempt {attempt} {resume}"
+        )
+        self.st.phase = "Queued"
+        self.phase_message = message
+        before = get_condition(self.old, CONDITION_ADMITTED)
+        self._set(CONDITION_ADMITTED, "False", reason, message)
+        self._set(CONDITION_RUNNING, "False", reason, "the gang was evicted by Kueue")
+        if before is None or before.reason != reason or before.status != "False":
+            self.plan.event("Warning", reason, message)
+            if any(p.live for p in self.workers):
+                self.plan.metrics.append(MetricEvent("restart", reason))
+        self._delete(self.workers)
+        self.summary = clip_summary(
+            f"{reason.lower()}: requeued in {self.spec_job.spec.run_policy.queue_name}"
+        )
+        if self._blocking(attempt):
+            self.plan.requeue(WAIT_FOR_DELETION_SECONDS)
+            return
+        if wl.has_quota:
+            self.plan.actions.append(
+                ReleaseWorkload(
+                    wl.name,
+                    wl.uid,
+                    kueue_reason,
+                    wl.evicted.message or kueue_reason,
+                    requeue=kueue_reason in queueing.REQUEUE_REASONS,
+                )
+            )
 
     def _replace_gang(self, attempt: int, reason: str, anchor: datetime) -> None:
         """The gang is being replaced: every existing worker pod belongs to the old one."""
@@ -844,6 +1029,8 @@ class _Decision:
         job = self.spec_job
         for rank in ranks:
             body = render_worker_pod(job, attempt, rank, self.cfg, config_hash=config_hash)
+            if self.placement is not None:
+                body = self.placement.apply(body)
             self.plan.actions.append(CreatePod(body))
         names = [naming.pod_name(str(job.metadata.name), attempt, rank) for rank in ranks]
         verdict = self._admission(attempt)

@@ -55,11 +55,9 @@ ANNOTATION_GPUS: Final = "kubetune.io/gang-gpus"
 #: Scheduling gate held on every pod of a gang until the whole gang exists.
 GANG_GATE: Final = "kubetune.io/gang"
 
-# Kueue's plain-pod group integration (https://kueue.sigs.k8s.io/docs/tasks/run/plain_pods/).
+#: Kueue's queue label (on a FineTuneJob it names the queue, like runPolicy.queueName; the
+#: pods never carry it: the job's Workload is what Kueue queues, see queueing.py).
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL: Final = "kueue.x-k8s.io/pod-group-name"
-KUEUE_TOTAL_COUNT_ANNOTATION: Final = "kueue.x-k8s.io/pod-group-total-count"
-KUEUE_RETRIABLE_ANNOTATION: Final = "kueue.x-k8s.io/retriable-in-group"
 
 TRAINER_CONTAINER: Final = "trainer"
 VALIDATION_CONTAINER: Final = "validate"
@@ -125,11 +123,6 @@ def service_name(job: str) -> str:
 def pod_hostname(job: str, rank: int) -> str:
     """Hostname of the rank's pod; stable across attempts so DNS names do not change."""
     return f"{short_name(job)}-{rank}"
-
-
-def kueue_group_name(job: str, attempt: int) -> str:
-    """One Kueue pod group per attempt: a new gang is a new workload (a label value)."""
-    return f"{short_name(job)}-a{attempt}"
 
 
 def job_label_value(job: str) -> str:

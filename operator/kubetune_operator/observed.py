@@ -19,6 +19,9 @@ from kubetune_operator.quantities import pod_requests
 
 if TYPE_CHECKING:
     from kubetune_operator.admission import Capacity
+    from kubetune_operator.profiles import ProfileResolution
+    from kubetune_operator.queueing import FlavorView, WorkloadView
+    from kubetune_operator.tenancy import TenantTier
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -331,6 +334,16 @@ class Observed:
     refusal: CreateRefusal | None = None
     #: What other kubetune jobs hold, when the job's gang may be released (else None).
     capacity: Capacity | None = None
+    #: The tenant policy tiers governing the job's namespace (see tenancy.py).
+    tenant_tiers: tuple[TenantTier, ...] = ()
+    #: Whether Kueue's Workload API is served and watched (queueing.py).
+    kueue: bool = False
+    #: The job's Kueue Workloads (normally one) and the ResourceFlavors Kueue knows.
+    workloads: tuple[WorkloadView, ...] = ()
+    flavors: Mapping[str, FlavorView] = field(default_factory=dict)
+    #: How the job's profiles resolved (``raw`` already holds the merged spec); None: no
+    #: profiles were read for it (see profiles.py).
+    profiles: ProfileResolution | None = None
 
     @property
     def name(self) -> str:

@@ -65,6 +65,48 @@ class DeleteJob:
     uid: str
 
 
+@dataclass(frozen=True)
+class EnsureWorkload:
+    """Create the job's Kueue Workload unless it exists (queueing.py renders it)."""
+
+    body: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class DeleteWorkload:
+    """Delete one of the job's Workloads (uid precondition): a suspended job holds no
+    quota, a Workload of an older gang shape is replaced."""
+
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class ReleaseWorkload:
+    """After Kueue evicted the Workload and the gang is gone: clear its admission (and say
+    whether it goes straight back to its queue), as Kueue's job integrations do."""
+
+    name: str
+    uid: str
+    reason: str
+    message: str
+    requeue: bool
+
+
+@dataclass(frozen=True)
+class FinishWorkload:
+    """The job ended: mark its Workload Finished, so Kueue frees the quota."""
+
+    name: str
+    uid: str
+    succeeded: bool
+    message: str
+
+
 Action = (
     CreatePod
     | ApplyConfigMap
@@ -73,6 +115,10 @@ Action = (
     | UngatePod
     | DeletePod
     | DeleteJob
+    | EnsureWorkload
+    | DeleteWorkload
+    | ReleaseWorkload
+    | FinishWorkload
 )
 
 

@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 
 #: Resources in rbac.yaml's ClusterRole that are not namespaced.
-CLUSTER_SCOPED = frozenset({"nodes"})
+CLUSTER_SCOPED = frozenset(
+    {"nodes", "resourceflavors", "priorityclasses", "clusterfinetuneprofiles", "namespaces"}
+)
 
 
 def manifest_text() -> str:

@@ -35,6 +35,9 @@ class Reason(StrEnum):
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     VALIDATION_TIMEOUT = "ValidationTimeout"
+    # spec.profile names no FineTuneProfile/ClusterFineTuneProfile (waiting for it, then a
+    # verdict).
+    PROFILE_NOT_FOUND = "ProfileNotFound"
     # Validation.
     VALIDATING = "Validating"
     VALIDATION_PENDING = "ValidationPending"
@@ -44,6 +47,9 @@ class Reason(StrEnum):
     GANG_CREATED = "GangCreated"
     GANG_PENDING = "GangPending"
     WAITING_FOR_QUEUE = "WaitingForQueue"
+    # Kueue (queueing.py): the Workload API is not served; the admitted flavor is not known yet.
+    KUEUE_UNAVAILABLE = "KueueUnavailable"
+    WAITING_FOR_FLAVOR = "WaitingForFlavor"
     GANG_SCHEDULED = "GangScheduled"
     CONTAINERS_STARTING = "ContainersStarting"
     GANG_RUNNING = "GangRunning"

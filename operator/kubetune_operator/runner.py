@@ -12,9 +12,10 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubetune_operator import queueing
 from kubetune_operator.controller import Controller
 from kubetune_operator.handlers import build_registry
-from kubetune_operator.kube import Credentials, KubeClient
+from kubetune_operator.kube import ApiError, Credentials, KubeClient
 from kubetune_operator.leader import LeaderElector
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.settings import OperatorSettings
@@ -48,6 +49,25 @@ async def start_http(
     return runner
 
 
+async def kueue_served(client: KubeClient, settings: OperatorSettings) -> bool:
+    """Whether to integrate with Kueue: as configured, or (auto) when the API server serves
+    its Workload API. Checked once: installing Kueue later needs an operator restart."""
+    if settings.kueue != "auto":
+        return settings.kueue == "enabled"
+    path = f"/apis/{queueing.KUEUE_GROUP}/{queueing.KUEUE_VERSION}"
+    try:
+        resources = await client.get(path)
+    except ApiError as exc:
+        if exc.status in (403, 404, 503):
+            logger.info("Kueue integration off: %s is not served (%s)", path, exc.status)
+            return False
+        raise
+    names = {r.get("name") for r in resources.get("resources") or []}
+    served = queueing.WORKLOADS in names and queueing.RESOURCE_FLAVORS in names
+    logger.info("Kueue integration %s", "on" if served else "off")
+    return served
+
+
 async def run(settings: OperatorSettings) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or until the lease is lost (exit 1)."""
     credentials = Credentials.load(settings.kubeconfig, settings.context)
@@ -73,6 +93,7 @@ async def run(settings: OperatorSettings) -> int:
         role["state"] = "leader"
         metrics.leader.set(1)
         controller = Controller(client, settings, metrics)
+        controller.kueue = await kueue_served(client, settings)
         registry = build_registry(controller, credentials)
         if not stop.is_set():
             await kopf.operator(

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,6 +45,11 @@ class OperatorSettings(BaseModel):
     workers: int = Field(default=32, ge=1, description="Jobs reconciled in parallel.")
     watch_nodes: bool = Field(
         default=True, description="Watch Nodes to detect lost nodes (needs nodes list/watch)."
+    )
+    kueue: Literal["auto", "enabled", "disabled"] = Field(
+        default="auto",
+        description="Kueue integration (a Workload per job with runPolicy.queueName): auto = "
+        "on when the API server serves kueue.x-k8s.io/v1beta2 workloads at startup.",
     )
 
     # -- trainer pods -------------------------------------------------------------------------

@@ -91,6 +91,9 @@ cluster-scoped ones (nodes), then the leader-election Lease rules.
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
+- apiGroups: ["kubetune.io"]
+  resources: ["finetuneprofiles"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
@@ -106,12 +109,38 @@ cluster-scoped ones (nodes), then the leader-election Lease rules.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
 {{- end }}
 
 {{- define "kubetune.rbac.clusterRules" -}}
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list", "watch"]
+- apiGroups: ["kubetune.io"]
+  resources: ["clusterfinetuneprofiles"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["resourceflavors"]
+  verbs: ["list", "watch"]
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["priorityclasses"]
+  verbs: ["get"]
+{{- end }}
+
+{{/* The tenant policy tiers (ConfigMaps labelled kubetune.io/tenant-policy), in the release
+namespace only. */}}
+{{- define "kubetune.rbac.tenantPolicyRules" -}}
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list"]
 {{- end }}
 
 {{- define "kubetune.rbac.leaseRules" -}}

@@ -135,12 +135,6 @@ def render_worker_pod(
     annotations[naming.ANNOTATION_SPEC_SECTIONS] = json.dumps(
         spec_sections(job), sort_keys=True, separators=(",", ":")
     )
-    if spec.run_policy.queue_name:
-        labels[naming.KUEUE_QUEUE_LABEL] = spec.run_policy.queue_name
-        labels[naming.KUEUE_GROUP_LABEL] = naming.kueue_group_name(name, attempt)
-        annotations[naming.KUEUE_TOTAL_COUNT_ANNOTATION] = str(res.nodes)
-        # A failed pod ends the group: the operator replaces the WHOLE gang as a new group.
-        annotations[naming.KUEUE_RETRIABLE_ANNOTATION] = "false"
 
     store = common.storage(spec, settings, with_output=True)
     container = common.trainer_container(

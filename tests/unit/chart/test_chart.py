@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.api.crd import CRD_FILENAME, render_crd_yaml
+from kubetune.api.crd import CRD_FILENAME, render_crd_yaml, render_crds
 from kubetune.contract.metrics import ALL_METRICS
 from kubetune.contract.paths import DEFAULT_METRICS_PORT
 from kubetune_operator.settings import OperatorSettings
@@ -81,7 +81,10 @@ def test_helm_lint_passes_strict() -> None:
 
 def test_chart_crd_is_the_generated_crd() -> None:
     assert (CHART / "crds" / CRD_FILENAME).read_text() == render_crd_yaml()
-    assert list((CHART / "crds").iterdir()) == [CHART / "crds" / CRD_FILENAME]
+    files = render_crds()
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(files)
+    for name, text in files.items():
+        assert (CHART / "crds" / name).read_text() == text, name
 
 
 # -- default render ---------------------------------------------------------------------------
@@ -93,7 +96,9 @@ def test_default_render_objects() -> None:
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
-            "Role",
+            "Role",  # the leader-election Lease
+            "RoleBinding",
+            "Role",  # list the tenant policy tiers' ConfigMaps
             "RoleBinding",
             "Deployment",
             "Service",

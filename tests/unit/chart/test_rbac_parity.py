@@ -60,8 +60,15 @@ def test_chart_rbac_is_exactly_the_operators(namespaces: list[str]) -> None:
 def test_watched_namespaces_leave_only_nodes_cluster_wide() -> None:
     docs = render({"watchNamespaces": ["team-a"]})
     cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"nodes"}
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "nodes",
+        "resourceflavors",
+        "priorityclasses",
+        "clusterfinetuneprofiles",  # team defaults (read-only)
+        "namespaces",  # their namespaceSelector (get only)
+    }
     assert {rule_verb for rule in cluster_role["rules"] for rule_verb in rule["verbs"]} == {
+        "get",  # priorityclasses and namespaces only
         "list",
         "watch",
     }

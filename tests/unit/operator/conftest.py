@@ -28,10 +28,15 @@ from kubetune_operator.plan import (
     CreatePod,
     DeleteJob,
     DeletePod,
+    DeleteWorkload,
     EnsureService,
+    EnsureWorkload,
+    FinishWorkload,
     Plan,
+    ReleaseWorkload,
     UngatePod,
 )
+from kubetune_operator.queueing import FlavorView, WorkloadView
 from kubetune_operator.settings import OperatorSettings
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -101,6 +106,10 @@ class FakeCluster:
         self.refusal: CreateRefusal | None = None  # the executor's last refused pod create
         self.capacity: Capacity | None = None  # what other jobs hold (None: no admission)
         self.graceful_delete = False
+        # Kueue (queueing.py): whether its API is served, the job's Workloads, the flavors
+        self.kueue = False
+        self.workloads: dict[str, dict[str, Any]] = {}
+        self.flavors: dict[str, FlavorView] = {}
         self._uids = itertools.count(1)
         self._rv = itertools.count(10)
 
@@ -127,6 +136,9 @@ class FakeCluster:
             ungated_since=ungated_since,
             refusal=self.refusal,
             capacity=self.capacity,
+            kueue=self.kueue,
+            workloads=tuple(WorkloadView.from_body(b) for b in self.workloads.values()),
+            flavors=dict(self.flavors),
         )
 
     def workers(self, attempt: int | None = None) -> list[dict[str, Any]]:
@@ -210,10 +222,86 @@ class FakeCluster:
                 self.config_maps[action.body["metadata"]["name"]] = copy.deepcopy(action.body)
             elif isinstance(action, EnsureService):
                 self.services.setdefault(action.body["metadata"]["name"], action.body)
+            elif isinstance(action, EnsureWorkload):
+                if action.name not in self.workloads:
+                    body = copy.deepcopy(action.body)
+                    body["metadata"]["uid"] = f"wl-{next(self._uids)}"
+                    body["metadata"]["creationTimestamp"] = format_time(self.now)
+                    self.workloads[action.name] = body
+            elif isinstance(action, DeleteWorkload):
+                self.workloads.pop(action.name, None)
+            elif isinstance(action, ReleaseWorkload | FinishWorkload):
+                self._workload_status(action)
             elif isinstance(action, DeleteJob):
                 self.job = None
                 return
         self.events += [(e.type, e.reason, e.message) for e in plan.events]
+
+    # -- Kueue simulation -------------------------------------------------------------------------
+    def _set_workload_condition(self, name: str, kind: str, status: str, reason: str) -> None:
+        wl = self.workloads[name]
+        conditions = [
+            c for c in wl.setdefault("status", {}).get("conditions", []) if c["type"] != kind
+        ]
+        conditions.append(
+            {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": f"{kind} {reason}",
+                "lastTransitionTime": format_time(self.now),
+            }
+        )
+        wl["status"]["conditions"] = conditions
+
+    def _workload_status(self, action: ReleaseWorkload | FinishWorkload) -> None:
+        wl = self.workloads.get(action.name)
+        if wl is None or wl["metadata"]["uid"] != action.uid:
+            return
+        if isinstance(action, ReleaseWorkload):
+            wl["status"].pop("admission", None)
+            self._set_workload_condition(action.name, "QuotaReserved", "False", "Pending")
+            self._set_workload_condition(action.name, "Admitted", "False", "NoReservation")
+            self._set_workload_condition(
+                action.name, "Requeued", "True" if action.requeue else "False", action.reason
+            )
+        else:
+            self._set_workload_condition(
+                action.name, "Finished", "True", "Succeeded" if action.succeeded else "Failed"
+            )
+
+    def workload(self) -> dict[str, Any]:
+        (only,) = self.workloads.values()
+        return only
+
+    def pend_workload(self, message: str) -> None:
+        wl = self.workload()
+        wl.setdefault("status", {})["conditions"] = [
+            {
+                "type": "QuotaReserved",
+                "status": "False",
+                "reason": "Pending",
+                "message": message,
+                "lastTransitionTime": format_time(self.now),
+            }
+        ]
+
+    def admit_workload(self, flavor: str = "gpu", cluster_queue: str = "cq") -> None:
+        wl = self.workload()
+        name = wl["metadata"]["name"]
+        wl.setdefault("status", {})["admission"] = {
+            "clusterQueue": cluster_queue,
+            "podSetAssignments": [
+                {"name": "workers", "flavors": {"nvidia.com/gpu": flavor, "cpu": flavor}}
+            ],
+        }
+        self._set_workload_condition(name, "QuotaReserved", "True", "QuotaReserved")
+        self._set_workload_condition(name, "Admitted", "True", "Admitted")
+        if any(c["type"] == "Evicted" for c in wl["status"]["conditions"]):
+            self._set_workload_condition(name, "Evicted", "False", "QuotaReserved")
+
+    def evict_workload(self, reason: str = "Preempted") -> None:
+        self._set_workload_condition(self.workload()["metadata"]["name"], "Evicted", "True", reason)
 
     # -- kubelet / scheduler simulation --------------------------------------------------------
     def finish_gone_deletions(self) -> None:

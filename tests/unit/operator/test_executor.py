@@ -28,8 +28,16 @@ from kubetune_operator.kube import MERGE_PATCH, STRATEGIC_MERGE_PATCH, Credentia
 from kubetune_operator.lifecycle import decide
 from kubetune_operator.metrics import OperatorMetrics
 from kubetune_operator.observed import NodeView, PodView, format_time
-from kubetune_operator.plan import ApplyConfigMap, DeleteJob, DeletePod, Plan, UngatePod
+from kubetune_operator.plan import (
+    ApplyConfigMap,
+    DeleteJob,
+    DeletePod,
+    EnsureWorkload,
+    Plan,
+    UngatePod,
+)
 from kubetune_operator.progress import SUMMARY_MAX, step_summary
+from kubetune_operator.queueing import FlavorView, WorkloadView
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status import MAX_MESSAGE as STATUS_MAX
 
@@ -478,21 +486,20 @@ def test_config_map_is_written_when_its_data_changes_and_only_then() -> None:
     on_wire(scenario)
 
 
-# -- Kueue: the placement clock starts at the queue's release ------------------------------------
-def test_kueue_placement_timeout_counts_from_the_release_not_pod_creation() -> None:
+# -- Kueue: the controller feeds the job's Workload and the flavors to the decision -------------
+def test_controller_feeds_workloads_and_flavors_and_remembers_its_own_create() -> None:
     settings = fast_settings()
-    cluster = FakeCluster(
-        job_manifest(runPolicy={"queueName": "gpu-queue", "schedulingTimeoutSeconds": 60}),
-        settings,
-    )
+    cluster = FakeCluster(job_manifest(runPolicy={"queueName": "gpu-queue"}), settings)
     controller = Controller(None, settings, OperatorMetrics())  # type: ignore[arg-type]
+    controller.kueue = True
+    controller.cache.flavors = {"gpu": [FlavorView("gpu", node_labels=(("pool", "a100"),))]}
 
-    def step() -> Plan:
-        """decide() on the controller's view (it remembers when the gang was released)."""
+    def step(indexed: bool = True) -> Plan:
         assert cluster.job is not None
         controller.cache.jobs = {KEY: [copy.deepcopy(cluster.job)]}
         controller.cache.pods = {KEY: [PodView.from_body(b) for b in cluster.pods.values()]}
-        controller.cache.nodes = {n: [v] for n, v in cluster.nodes.items()}
+        views = [WorkloadView.from_body(b) for b in cluster.workloads.values()]
+        controller.cache.workloads = {KEY: views if indexed else []}
         obs = controller.observe(KEY, now=cluster.now)
         assert obs is not None
         plan = decide(obs, settings)
@@ -501,27 +508,24 @@ def test_kueue_placement_timeout_counts_from_the_release_not_pod_creation() -> N
 
     step()
     cluster.pass_validation()
-    step()  # the gang is created
-    for body in cluster.workers():  # Kueue's webhook gates the pods too
-        body["spec"]["schedulingGates"].append({"name": "kueue.x-k8s.io/admission"})
-    step()  # our gate is lifted; Kueue's stays
-    for _ in range(6):  # an hour in the queue
-        cluster.advance(600)
-        assert not step().pods_to_delete()
-    assert condition(cluster, "Admitted")["reason"] == "WaitingForQueue"
-    # Kueue admits the workload: its gate goes; the scheduler has not placed the pods yet.
-    for body in cluster.workers():
-        body["spec"]["schedulingGates"] = []
-    released = cluster.now
     plan = step()
-    assert not plan.pods_to_delete(), "an hour in the queue is not placement time"
-    cluster.advance(59)
-    assert not step().pods_to_delete(), "59 s after the release: still within the timeout"
-    cluster.advance(2)
-    plan = step()
-    assert sorted(plan.pods_to_delete()) == ["tune-a1-0", "tune-a1-1"], "61 s: released"
-    assert condition(cluster, "Admitted")["reason"] == "GangUnschedulable"
-    assert cluster.now - released == timedelta(seconds=61)
+    (ensure,) = [a for a in plan.actions if isinstance(a, EnsureWorkload)]
+    # The executor records its create; the watch has not delivered the Workload yet.
+    controller.cache.wrote_workload(
+        KEY,
+        {
+            **cluster.workload(),
+            "metadata": {**cluster.workload()["metadata"], "resourceVersion": "5"},
+        },
+    )
+    plan = step(indexed=False)
+    assert not [a for a in plan.actions if isinstance(a, EnsureWorkload)], "created once"
+    assert cluster.workers() == []
+    cluster.admit_workload("gpu")
+    cluster.workload()["metadata"]["resourceVersion"] = "6"
+    step()
+    assert [p["spec"]["nodeSelector"]["pool"] for p in cluster.workers()] == ["a100", "a100"]
+    assert ensure.name == cluster.workload()["metadata"]["name"]
 
 
 # -- the validation pod is not re-run without limit ------------------------------------------------

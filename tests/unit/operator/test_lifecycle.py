@@ -557,26 +557,6 @@ def test_selector_and_taints_that_exclude_every_node(make_cluster: Any) -> None:
     assert c.condition("Admitted")["reason"] == "GangPending"
 
 
-def test_kueue_pod_group_waits_for_admission_without_timeout(make_cluster: Any) -> None:
-    c = make_cluster(runPolicy={"queueName": "gpu-queue"})
-    c.step()
-    c.pass_validation()
-    c.step()
-    pod = c.workers()[0]
-    labels = pod["metadata"]["labels"]
-    assert labels[naming.KUEUE_QUEUE_LABEL] == "gpu-queue"
-    assert labels[naming.KUEUE_GROUP_LABEL] == "tune-a1"
-    assert pod["metadata"]["annotations"][naming.KUEUE_TOTAL_COUNT_ANNOTATION] == "2"
-    for body in c.workers():  # Kueue's webhook gates the pods too
-        body["spec"]["schedulingGates"].append({"name": "kueue.x-k8s.io/admission"})
-    c.step()
-    c.advance(3600)
-    plan = c.step()
-    assert not plan.pods_to_delete()
-    assert c.condition("Admitted")["reason"] == "WaitingForQueue"
-    assert c.status["progress"]["summary"] == "queued in gpu-queue"
-
-
 def test_gang_that_cannot_start_says_why_and_releases_its_gpus(make_cluster: Any) -> None:
     c = make_cluster()
     c.step()

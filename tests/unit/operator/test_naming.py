@@ -10,7 +10,7 @@ import pytest
 from kubetune.api import FineTuneJob
 from kubetune.api.resolve import ResolvedJob, resolve
 from kubetune.api.validation import validate_manifest
-from kubetune_operator import naming
+from kubetune_operator import naming, queueing
 from kubetune_operator.observed import PodView
 from kubetune_operator.render import (
     render_config_map,
@@ -65,8 +65,8 @@ def test_every_derived_name_is_valid(job: str) -> None:
     assert naming.service_name(job) == naming.short_name(job)
     assert is_subdomain(naming.config_map_name(job))
     assert is_label(naming.job_label_value(job), LABEL_VALUE)
+    assert is_label(queueing.workload_name(job, "f" * 64), LABEL_VALUE)  # a Workload name
     for attempt in (1, 2, 101, 999_999_999):
-        assert is_label(naming.kueue_group_name(job, attempt), LABEL_VALUE)
         for rank in (0, 1, 511):
             assert is_subdomain(naming.pod_name(job, attempt, rank))
     for rank in (0, 1, 511):
@@ -82,8 +82,6 @@ def test_derived_names_are_unique_per_attempt_and_rank(job: str) -> None:
     assert len(set(pods)) == len(pods)
     hosts = [naming.pod_hostname(job, r) for r in range(0, 512)]
     assert len(set(hosts)) == len(hosts)
-    groups = [naming.kueue_group_name(job, a) for a in range(1, 200)]
-    assert len(set(groups)) == len(groups)
 
 
 def test_short_names_are_kept_and_long_ones_hashed_stably() -> None:
@@ -113,7 +111,7 @@ def test_jobs_never_share_derived_names(a: str, b: str) -> None:
         naming.config_map_name,
         lambda j: naming.pod_name(j, 1, 0),
         lambda j: naming.pod_hostname(j, 0),
-        lambda j: naming.kueue_group_name(j, 1),
+        lambda j: queueing.workload_name(j, "0" * 64),
         lambda j: naming.validation_pod_name(j, 1),
     ):
         assert derive(a) != derive(b)

@@ -34,8 +34,24 @@ EXPECTED = {
     "/services": {"get", "create", "delete"},
     "networking.k8s.io/networkpolicies": {"get", "create", "delete"},
     "/events": {"create", "patch"},  # patch: a repeat within the window bumps its count
+    "kueue.x-k8s.io/workloads": {"get", "list", "watch", "create", "delete"},
+    "kueue.x-k8s.io/workloads/status": {"patch"},  # release an evicted one, finish it
     "/nodes": {"list", "watch"},
+    "kueue.x-k8s.io/resourceflavors": {"list", "watch"},  # the admitted flavor's placement
+    "scheduling.k8s.io/priorityclasses": {"get"},  # the Workload's priority value
+    # Team defaults, read when a job is first resolved (profiles.py).
+    "kubetune.io/finetuneprofiles": {"list"},
+    "kubetune.io/clusterfinetuneprofiles": {"list"},
+    "/namespaces": {"get"},  # their namespaceSelector
 }
+#: The read-only cluster-scoped grants (the rest may be per watched namespace).
+CLUSTER_WIDE = (
+    "/nodes",
+    "kueue.x-k8s.io/resourceflavors",
+    "scheduling.k8s.io/priorityclasses",
+    "kubetune.io/clusterfinetuneprofiles",
+    "/namespaces",
+)
 
 
 def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
@@ -48,11 +64,11 @@ def test_cluster_role_grants_exactly_what_the_operator_uses() -> None:
 def test_watched_namespace_mode_uses_roles() -> None:
     out = docs(render_rbac(["team-a", "team-b"]))
     (cluster_role,) = [d for d in out if d["kind"] == "ClusterRole"]
-    assert grants(cluster_role["rules"]) == {"/nodes": {"list", "watch"}}
+    assert grants(cluster_role["rules"]) == {k: EXPECTED[k] for k in CLUSTER_WIDE}
     roles = {d["metadata"]["namespace"]: d for d in out if d["kind"] == "Role"}
     assert set(roles) == {"team-a", "team-b", "kubetune-system"}  # + the leader Lease Role
     for ns in ("team-a", "team-b"):
-        expected = {k: v for k, v in EXPECTED.items() if k != "/nodes"}
+        expected = {k: v for k, v in EXPECTED.items() if k not in CLUSTER_WIDE}
         assert grants(roles[ns]["rules"]) == expected
     bindings = {d["metadata"]["namespace"]: d for d in out if d["kind"] == "RoleBinding"}
     for ns in ("team-a", "team-b"):
