@@ -10,6 +10,9 @@ Progress goes to stderr; ``up`` and ``env`` print shell lines on stdout, so
 ``kubetune dev prometheus up|down|status`` runs a real Prometheus scraping the cluster's trainer
 pods, the operator and local runs (kubetune/cli/dev_prometheus.py).
 
+``kubetune dev kueue up|down|status`` starts Kueue on the running cluster (never with the cluster
+itself; kubetune/cli/dev_kueue.py).
+
 ``kubetune dev seed -f JOB.yaml`` prepares a FineTuneJob's inputs for the real-pod nodes
 (``up --real-nodes N``): the well-known example locations it names (the tiny chat model and
 tokenizer, the sample datasets; what ``kubetune run --local`` creates) written into the node
@@ -33,9 +36,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from kubetune.cli.dev_kueue import app as kueue_app
 from kubetune.cli.dev_prometheus import app as prometheus_app
 from kubetune.devcluster import DevCluster, DevClusterError
 from kubetune.devcluster.build import build as build_binaries
+from kubetune.devcluster.kueue import KueueRunner
 from kubetune.devcluster.versions import COMPONENT_BINARIES, Binaries
 
 app = typer.Typer(help="Developer tooling for kubetune.", no_args_is_help=True)
@@ -46,6 +51,7 @@ cluster_app = typer.Typer(
 )
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(prometheus_app, name="prometheus")
+app.add_typer(kueue_app, name="kueue")
 
 err = Console(stderr=True, log_path=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -168,6 +174,10 @@ def down_cmd(state_dir: StateDirOpt = None) -> None:
         err.print(f"no cluster in {cluster.state_dir}")
         return
     try:
+        kueue = KueueRunner(cluster)
+        if kueue.load_state() is not None:  # it would retry a vanished API server forever
+            with err.status("stopping kueue"):
+                kueue.down()
         with err.status("stopping the dev cluster"):
             stuck = cluster.down()
     except DevClusterError as exc:

@@ -808,6 +808,10 @@ class _Boot:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={pki.client_crt('front-proxy-client')}",
                 f"--proxy-client-key-file={pki.client_key('front-proxy-client')}",
+                # dial webhook (and aggregated API) Services at their EndpointSlice address, not
+                # the ClusterIP (no kube-proxy here): how Kueue's webhooks, a local process on a
+                # host address, are reached (kubetune/devcluster/kueue.py)
+                "--enable-aggregator-routing=true",
                 # the only advertise address is 127.0.0.1, which Endpoints may not hold; no pod
                 # runs for real, so nothing needs the kubernetes Service's endpoints
                 "--endpoint-reconciler-type=none",

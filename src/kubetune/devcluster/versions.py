@@ -3,7 +3,11 @@
 The ONE place versions live is ``data/versions.env`` in this package (shipped with it, and read
 by ``data/build.sh`` too). Binaries are cached per version outside the repository::
 
-    ${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/bin/<component>-<version>/<binary>
+    ${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/bin/<component>-<cache key>/<binary>
+
+The cache key is the component's version, except for ``kubernetes``, whose one ``go build`` also
+builds Kueue (``data/versions.env`` says why): ``kubernetes-v1.36.3+kueue-v0.19.2``, so a cache
+built without Kueue, or with another Kueue, is rebuilt.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ VERSIONS_ENV = DATA_DIR / "versions.env"
 #: component -> binaries it provides
 COMPONENT_BINARIES: dict[str, tuple[str, ...]] = {
     "etcd": ("etcd",),
-    "kubernetes": ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+    # kueue shares the kubernetes module graph and `go build` (see :meth:`Versions.cache_key`)
+    "kubernetes": (
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+        "kueue",
+    ),
     "kwok": ("kwok",),
     "helm": ("helm",),
     # scrapes the dev cluster and local runs; promtool tests the alert rules (own module graph)
@@ -66,6 +77,8 @@ class Versions:
     go_min: str
     #: the Go module version (v0.3MM.P is Prometheus 3.MM.P; see :attr:`prometheus_release`)
     prometheus: str
+    #: Kueue (module sigs.k8s.io/kueue), built with the kubernetes component
+    kueue: str
 
     @property
     def prometheus_release(self) -> str:
@@ -84,12 +97,20 @@ class Versions:
                 helm=env["HELM_VERSION"],
                 go_min=env.get("GO_MIN_VERSION", "1.26.0"),
                 prometheus=env["PROMETHEUS_VERSION"],
+                kueue=env["KUEUE_VERSION"],
             )
         except KeyError as exc:
             raise DevClusterError(f"{VERSIONS_ENV} lacks {exc.args[0]}") from exc
 
     def of(self, component: str) -> str:
         return str(getattr(self, component))
+
+    def cache_key(self, component: str) -> str:
+        """What names ``component``'s cache directory (``<component>-<key>``): its version, and
+        for ``kubernetes`` Kueue's too (both come out of one ``go build``; build.sh agrees)."""
+        if component == "kubernetes":
+            return f"{self.kubernetes}+kueue-{self.kueue}"
+        return self.of(component)
 
 
 @dataclass(frozen=True)
@@ -104,7 +125,7 @@ class Binaries:
         return cls(Versions.load(), cache_dir() / "bin")
 
     def component_dir(self, component: str) -> Path:
-        return self.root / f"{component}-{self.versions.of(component)}"
+        return self.root / f"{component}-{self.versions.cache_key(component)}"
 
     def path(self, binary: str) -> Path:
         for component, names in COMPONENT_BINARIES.items():

@@ -3,7 +3,8 @@
 # versions.env (next to this script) and caches them per version OUTSIDE the repository:
 #
 #   ${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/bin/etcd-<v>/etcd
-#   .../bin/kubernetes-<v>/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}
+#   .../bin/kubernetes-<v>+kueue-<kv>/{kube-apiserver,kube-controller-manager,kube-scheduler,
+#                                       kubectl,kueue}
 #   .../bin/kwok-<v>/kwok
 #   .../bin/helm-<v>/helm
 #   .../bin/prometheus-<v>/{prometheus,promtool}
@@ -30,7 +31,7 @@ for arg in "$@"; do
   case "$arg" in
     --force) FORCE=1 ;;
     -h | --help)
-      sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     etcd | kubernetes | kwok | helm | prometheus) COMPONENTS+=("$arg") ;;
@@ -129,9 +130,10 @@ build_etcd() {
 }
 
 build_kubernetes() {
-  local ver=$1 staging=$2
-  log "kubernetes $ver: generating wrapper go.mod"
-  bash "$HERE/gen-kubernetes-gomod.sh" "$ver" .
+  # $1 is the cache key (kubernetes-<v>+kueue-<kv>); the versions come from versions.env.
+  local ver=$KUBERNETES_VERSION staging=$2
+  log "kubernetes $ver + kueue $KUEUE_VERSION: generating wrapper go.mod"
+  bash "$HERE/gen-kubernetes-gomod.sh" "$ver" . "sigs.k8s.io/kueue@${KUEUE_VERSION}"
   local major=${ver#v} minor=${ver#v*.}
   major=${major%%.*}
   minor=${minor%%.*}
@@ -140,10 +142,19 @@ build_kubernetes() {
     ld+=" -X ${pkg}.gitVersion=${ver} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor}"
     ld+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${BUILD_DATE}"
   done
-  # one go build, so the packages the four binaries share compile once
+  # Kueue's version variables, as its Makefile sets them (the commit: the module's origin).
+  local kueue_commit
+  kueue_commit=$("$GO" mod download -json "sigs.k8s.io/kueue@${KUEUE_VERSION}" |
+    sed -n 's/^[[:space:]]*"Hash": "\(.*\)",\{0,1\}$/\1/p')
+  pkg=sigs.k8s.io/kueue/pkg/version
+  ld+=" -X ${pkg}.GitVersion=${KUEUE_VERSION} -X ${pkg}.GitCommit=${kueue_commit:-unknown}"
+  ld+=" -X ${pkg}.BuildDate=${BUILD_DATE}"
+  # one go build, so the packages the five binaries share (client-go, apimachinery, ...)
+  # compile once
   for pkg in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     targets+=("k8s.io/kubernetes/cmd/$pkg")
   done
+  targets+=(sigs.k8s.io/kueue/cmd/kueue)
   "$GO" build -trimpath -ldflags "$ld" -o "$staging/" "${targets[@]}"
 }
 
@@ -203,8 +214,10 @@ for c in "${COMPONENTS[@]}"; do
   case "$c" in
     etcd) component etcd "$ETCD_VERSION" etcd ;;
     kubernetes)
-      component kubernetes "$KUBERNETES_VERSION" \
-        kube-apiserver kube-controller-manager kube-scheduler kubectl
+      # Kueue is built in the same `go build` (versions.env says why): its version is part of
+      # the cache key, so a cache built without it (or with another Kueue) is rebuilt
+      component kubernetes "${KUBERNETES_VERSION}+kueue-${KUEUE_VERSION}" \
+        kube-apiserver kube-controller-manager kube-scheduler kubectl kueue
       ;;
     kwok) component kwok "$KWOK_VERSION" kwok ;;
     helm) component helm "$HELM_VERSION" helm ;;

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Writes a wrapper go.mod that builds k8s.io/kubernetes/cmd/... at a pinned version.
 #
-#   gen-kubernetes-gomod.sh KUBERNETES_VERSION OUTPUT_DIR
+#   gen-kubernetes-gomod.sh KUBERNETES_VERSION OUTPUT_DIR [MODULE@VERSION ...]
+#
+# Each extra MODULE@VERSION is required too, so its commands build in the same module graph
+# (and the same `go build`) as the cluster binaries: Kueue requires older k8s.io/* modules
+# than ours, and minimal version selection lifts them to KUBERNETES_VERSION's.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod requires its staging
 # modules (k8s.io/api, k8s.io/client-go, ...) at v0.0.0 and replaces them with
@@ -14,8 +18,17 @@
 # local stub module so the module graph still loads.
 set -euo pipefail
 
-KVER=${1:?usage: gen-kubernetes-gomod.sh KUBERNETES_VERSION OUTPUT_DIR}
-OUT=${2:?usage: gen-kubernetes-gomod.sh KUBERNETES_VERSION OUTPUT_DIR}
+KVER=${1:?usage: gen-kubernetes-gomod.sh KUBERNETES_VERSION OUTPUT_DIR [MODULE@VERSION ...]}
+OUT=${2:?usage: gen-kubernetes-gomod.sh KUBERNETES_VERSION OUTPUT_DIR [MODULE@VERSION ...]}
+shift 2
+EXTRA_REQUIRES=()
+for req in "$@"; do
+  if [[ "$req" != *@* ]]; then
+    echo "gen-kubernetes-gomod: expected MODULE@VERSION, got: $req" >&2
+    exit 2
+  fi
+  EXTRA_REQUIRES+=("	${req%@*} ${req#*@}")
+done
 GO=${GO:-go}
 
 # v1.36.3 -> v0.36.3
@@ -78,7 +91,10 @@ done
     echo "$GODEBUG_LINES"
     echo
   fi
-  echo "require k8s.io/kubernetes ${KVER}"
+  echo "require ("
+  echo "	k8s.io/kubernetes ${KVER}"
+  if [[ ${#EXTRA_REQUIRES[@]} -gt 0 ]]; then printf '%s\n' "${EXTRA_REQUIRES[@]}"; fi
+  echo ")"
   echo
   echo "replace ("
   printf '%s\n' "${REPLACES[@]}"
