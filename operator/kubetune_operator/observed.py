@@ -64,10 +64,24 @@ class ContainerExit:
 
 @dataclass(frozen=True)
 class PodCondition:
+    """A status condition (of a pod, or of a Kueue Workload)."""
+
     status: str
     reason: str | None = None
     message: str | None = None
     last_transition_time: datetime | None = None
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any] | None) -> PodCondition | None:
+        """The condition as the API returns it; None when absent."""
+        if not raw:
+            return None
+        return cls(
+            status=str(raw.get("status")),
+            reason=raw.get("reason"),
+            message=raw.get("message"),
+            last_transition_time=parse_time(raw.get("lastTransitionTime")),
+        )
 
 
 @dataclass(frozen=True)
@@ -139,15 +153,7 @@ class PodView:
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
 
         def cond(kind: str) -> PodCondition | None:
-            c = conditions.get(kind)
-            if not c:
-                return None
-            return PodCondition(
-                status=str(c.get("status")),
-                reason=c.get("reason"),
-                message=c.get("message"),
-                last_transition_time=parse_time(c.get("lastTransitionTime")),
-            )
+            return PodCondition.of(conditions.get(kind))
 
         exit_info: ContainerExit | None = None
         waiting_reason = waiting_message = None

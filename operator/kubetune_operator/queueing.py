@@ -172,18 +172,6 @@ class FlavorView:
         )
 
 
-def _cond(conditions: Mapping[str, Mapping[str, Any]], kind: str) -> PodCondition | None:
-    c = conditions.get(kind)
-    if not c:
-        return None
-    return PodCondition(
-        status=str(c.get("status")),
-        reason=c.get("reason"),
-        message=c.get("message"),
-        last_transition_time=parse_time(c.get("lastTransitionTime")),
-    )
-
-
 @dataclass(frozen=True)
 class WorkloadView:
     """What the lifecycle reads from a job's Workload."""
@@ -287,10 +275,10 @@ class WorkloadView:
             deleting=bool(meta.get("deletionTimestamp")),
             cluster_queue=admission.get("clusterQueue") or None,
             flavors=tuple(sorted(flavors.items())),
-            quota_reserved=_cond(conditions, QUOTA_RESERVED),
-            admitted=_cond(conditions, ADMITTED),
-            evicted=_cond(conditions, EVICTED),
-            finished=_cond(conditions, FINISHED),
+            quota_reserved=PodCondition.of(conditions.get(QUOTA_RESERVED)),
+            admitted=PodCondition.of(conditions.get(ADMITTED)),
+            evicted=PodCondition.of(conditions.get(EVICTED)),
+            finished=PodCondition.of(conditions.get(FINISHED)),
             updates=Placement(
                 node_selector=tuple(sorted(selector.items())),
                 tolerations=tuple(tolerations),
