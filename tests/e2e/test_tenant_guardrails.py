@@ -1,13 +1,15 @@
 """Tenant guardrails on the real API server (issue 12, section 2): the chart's
 ValidatingAdmissionPolicy, its per-tier binding and parameters ConfigMap, rendered with the
 real helm, refuse a tenant's forbidden FineTuneJobs with the policy's message; the CRD's own
-rule refuses a reserved env name; an allowed job is accepted.
+rule refuses a reserved env name; an allowed job is accepted. The operator enforces the same
+tier on its own (a job admitted before its namespace joined the tier) and runs what it allows.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,21 @@ import pytest
 import yaml
 
 from kubetune.devcluster.testing import Cluster, wait_until
-from tests.e2e.operator_helpers import CRD, REPO, manifest
+from tests.e2e.operator_helpers import (  # noqa: F401  (fixtures)
+    CRD,
+    OPERATOR_NAMESPACE,
+    REPO,
+    TRAINER_IMAGE,
+    Operators,
+    condition,
+    finish_validation,
+    manifest,
+    ns_fixture,
+    operator_fixture,
+    operators_fixture,
+    wait_phase,
+    worker_pods,
+)
 
 CHART = REPO / "charts" / "kubetune"
 TIER_KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap"}
@@ -188,3 +204,53 @@ def test_other_namespaces_are_not_governed(
         assert proc.returncode == 0, proc.stderr
     finally:
         cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_the_operator_enforces_the_tier_and_an_allowed_job_runs(
+    cluster: Cluster, operator: Operators, ns: str, tmp_path: Path
+) -> None:
+    """Defence in depth: with only the tier's parameters installed (no admission policy, as
+    for a job the API server admitted before its namespace joined the tier), the operator
+    refuses what the tier forbids before any pod exists, and runs what it allows."""
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    values = {
+        "tenantPolicies": [
+            {
+                "name": name,
+                "namespaceSelector": {"matchLabels": {"e2e.kubetune.io/tier": name}},
+                "allowedImages": [TRAINER_IMAGE.split("/")[0] + "/"],
+                "maxGPUsPerJob": 8,
+                "maxGPUHoursPerJob": 50,
+            }
+        ]
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    rendered = cluster.helm(
+        "template", "tiers", str(CHART), "--namespace", OPERATOR_NAMESPACE, "-f", str(path)
+    ).stdout
+    (params,) = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d and d["kind"] == "ConfigMap" and "tenant" in d["metadata"]["name"]
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(params))
+    cluster.kubectl("label", "namespace", ns, f"e2e.kubetune.io/tier={name}")
+    try:
+        time.sleep(11)  # the operator caches a namespace's tiers for 10 s
+        big = job(ns, "too-big", resources={"nodes": 2, "gpusPerNode": 8})
+        allowed = job(ns, "within-tier")
+        for doc in (big, allowed):
+            _apply(cluster, doc, check=True)
+        status = wait_phase(cluster, ns, "too-big", "Failed", timeout=60)
+        failed = condition(status, "Failed")
+        assert failed["reason"] == "ForbiddenByPolicy", failed
+        assert f"tier '{name}'" in failed["message"] and "16 GPUs" in failed["message"]
+        assert worker_pods(cluster, ns, "too-big") == [], "refused before any pod exists"
+        finish_validation(cluster, ns, "within-tier")
+        wait_phase(cluster, ns, "within-tier", "Running", timeout=60)
+    finally:
+        cluster.kubectl(
+            "delete", "configmap", params["metadata"]["name"], "--ignore-not-found",
+            namespace=OPERATOR_NAMESPACE, check=False,
+        )  # fmt: skip
