@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+import aiohttp
 import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -49,23 +50,43 @@ async def start_http(
     return runner
 
 
-async def kueue_served(client: KubeClient, settings: OperatorSettings) -> bool:
+async def kueue_served(
+    client: KubeClient, settings: OperatorSettings, stop: asyncio.Event
+) -> bool | None:
     """Whether to integrate with Kueue: as configured, or (auto) when the API server serves
-    its Workload API. Checked once: installing Kueue later needs an operator restart."""
+    its Workload API. Checked once: installing Kueue later needs an operator restart.
+
+    An API server that cannot be reached (yet) is asked again with backoff -- never read as
+    "no Kueue", which would silently queue nothing; None when stopped meanwhile."""
     if settings.kueue != "auto":
         return settings.kueue == "enabled"
     path = f"/apis/{queueing.KUEUE_GROUP}/{queueing.KUEUE_VERSION}"
-    try:
-        resources = await client.get(path)
-    except ApiError as exc:
-        if exc.status in (403, 404, 503):
-            logger.info("Kueue integration off: %s is not served (%s)", path, exc.status)
-            return False
-        raise
-    names = {r.get("name") for r in resources.get("resources") or []}
-    served = queueing.WORKLOADS in names and queueing.RESOURCE_FLAVORS in names
-    logger.info("Kueue integration %s", "on" if served else "off")
-    return served
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            resources = await client.get(path)
+        except ApiError as exc:
+            if exc.status in (403, 404, 503):
+                logger.info("Kueue integration off: %s is not served (%s)", path, exc.status)
+                return False
+            problem = f"{exc.status} {exc.message}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            names = {r.get("name") for r in resources.get("resources") or []}
+            served = queueing.WORKLOADS in names and queueing.RESOURCE_FLAVORS in names
+            logger.info("Kueue integration %s", "on" if served else "off")
+            return served
+        logger.warning(
+            "cannot tell whether Kueue is installed (GET %s: %s); retrying in %.0fs",
+            path,
+            problem,
+            delay,
+        )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 30.0)
+    return None
 
 
 async def run(settings: OperatorSettings) -> int:
@@ -93,7 +114,10 @@ async def run(settings: OperatorSettings) -> int:
         role["state"] = "leader"
         metrics.leader.set(1)
         controller = Controller(client, settings, metrics)
-        controller.kueue = await kueue_served(client, settings)
+        kueue = await kueue_served(client, settings, stop)
+        if kueue is None:
+            return 0  # stopped before the API server answered
+        controller.kueue = kueue
         registry = build_registry(controller, credentials)
         if not stop.is_set():
             await kopf.operator(

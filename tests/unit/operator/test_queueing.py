@@ -199,3 +199,47 @@ def test_workload_name_follows_the_gang_shape() -> None:
     # hyperparameters are not part of the reservation
     other = workload(hyperparameters={"learningRate": 1e-4})
     assert other["metadata"]["name"] == base["metadata"]["name"]
+
+
+def test_kueue_detection_waits_for_the_api_server_instead_of_guessing() -> None:
+    import asyncio
+
+    from kubetune_operator.kube import ApiError
+    from kubetune_operator.runner import kueue_served
+    from tests.unit.operator.conftest import fast_settings
+
+    class Api:
+        def __init__(self, *answers: Any) -> None:
+            self.answers = list(answers)
+            self.calls = 0
+
+        async def get(self, path: str) -> dict[str, Any]:
+            assert path == "/apis/kueue.x-k8s.io/v1beta2"
+            self.calls += 1
+            answer = self.answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return dict(answer)
+
+    served = {"resources": [{"name": "workloads"}, {"name": "resourceflavors"}]}
+    settings = fast_settings()
+
+    async def ask(api: Api, stop: asyncio.Event | None = None) -> bool | None:
+        return await kueue_served(api, settings, stop or asyncio.Event())  # type: ignore[arg-type]
+
+    unreachable = Api(ConnectionRefusedError("127.0.0.1:9"), served)
+    assert asyncio.run(ask(unreachable)) is True, "an unreachable API is asked again"
+    assert unreachable.calls == 2
+    assert asyncio.run(ask(Api(ApiError(404, "NotFound", "not found")))) is False
+
+    async def stopped() -> bool | None:
+        stop = asyncio.Event()
+        api = Api(OSError("down"), OSError("down"), OSError("down"))
+        task = asyncio.create_task(ask(api, stop))
+        await asyncio.sleep(0.1)
+        stop.set()
+        return await task
+
+    assert asyncio.run(stopped()) is None
+    forced = fast_settings(kueue="disabled")
+    assert asyncio.run(kueue_served(Api(), forced, asyncio.Event())) is False  # type: ignore[arg-type]
