@@ -41,6 +41,7 @@ from kubetune_operator.observed import (
     PodView,
     ProgressSample,
     controller_owner,
+    parse_time,
 )
 from kubetune_operator.plan import (
     ApplyConfigMap,
@@ -140,6 +141,8 @@ class Controller:
         # Team defaults: profiles read for jobs not resolved yet (profiles.py).
         self.profile_reader = job_profiles.ProfileReader(client)
         self._profile_sets: dict[JobKey, job_profiles.ProfileSet] = {}
+        #: Jobs created after this are counted from zero in the GPU-time counters.
+        self._started_at = datetime.now(UTC).replace(microsecond=0)
         #: Kueue's Workload API is served and watched (set by the runner before kopf starts).
         self.kueue = False
         self._priorities: dict[str, int | None] = {}  # PriorityClass name -> value
@@ -249,6 +252,7 @@ class Controller:
         labels = (body.get("metadata") or {}).get("labels") or {}
         queue = labels.get(naming.KUEUE_QUEUE_LABEL) or policy.get("queueName") or ""
         budget = policy.get("gpuHourBudget")
+        born = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
         self.metrics.record_gpu_time(
             key[0],
             str(queue),
@@ -256,6 +260,7 @@ class Controller:
             float(hours.get("allocated") or 0.0) * SECONDS_PER_HOUR,
             float(hours.get("productive") or 0.0) * SECONDS_PER_HOUR,
             float(budget) * SECONDS_PER_HOUR if budget else None,
+            counted_from_zero=born is not None and born >= self._started_at,
         )
 
     async def _report(self, raw: Mapping[str, Any]) -> ValidationReport:

@@ -215,8 +215,14 @@ class OperatorMetrics:
         allocated_s: float,
         productive_s: float,
         budget_s: float | None,
+        *,
+        counted_from_zero: bool = False,
     ) -> None:
         """Report a job's cumulative GPU time (seconds, all attempts so far).
+
+        ``counted_from_zero``: the job was created after this process started, so all of its
+        time is new to these counters (no baseline: its first report may already carry
+        time, when status writes were coalesced under load).
 
         Sets the per-job gauges and adds the growth since the previous report of the same
         job to the ``{namespace, queue}`` counters. The first report of a job in this
@@ -232,6 +238,8 @@ class OperatorMetrics:
         allocated_s, productive_s = max(0.0, allocated_s), max(0.0, productive_s)
         labels = {"namespace": namespace, "queue": queue}
         seen = self._gpu_seen.get((namespace, job))
+        if seen is None and counted_from_zero:
+            seen = _GpuSeen(0.0, 0.0)
         if seen is None:
             high = productive_s
         else:

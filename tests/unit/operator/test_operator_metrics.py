@@ -36,6 +36,18 @@ def job(kind: str, name: str = "j", namespace: str = "ns") -> Sample:
 
 
 # -- record_gpu_time / forget_job --------------------------------------------------------------
+def test_a_job_created_after_the_operator_started_is_counted_from_zero() -> None:
+    # Under load the first status write may already carry GPU time (writes are coalesced):
+    # for a job born after this process started none of it was counted before.
+    m = OperatorMetrics()
+    m.record_gpu_time("ns", "q", "new", 100.0, 60.0, None, counted_from_zero=True)
+    s = samples(m)
+    assert s[gpu("allocated")] == 100.0 and s[gpu("productive")] == 60.0
+    m.record_gpu_time("ns", "q", "new", 130.0, 70.0, None, counted_from_zero=True)
+    s = samples(m)
+    assert s[gpu("allocated")] == 130.0 and s[gpu("productive")] == 70.0, "growth only"
+
+
 def test_gpu_time_counts_the_growth_of_cumulative_totals() -> None:
     m = OperatorMetrics()
     # First report: the baseline (a new leader must not add every job's history at once).
