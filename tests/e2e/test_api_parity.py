@@ -23,6 +23,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api import GROUP, PLURAL, VERSION
 from kubetune.api.validation import load_documents, validate_manifest
 from kubetune.devcluster.testing import Cluster
+from tests.e2e.operator_helpers import stop_shared_operator
 from tests.fixtures.manifests import CASES, Mutation, minimal_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def api(cluster: Cluster) -> Iterator[client.CustomObjectsApi]:
+    # The API server's own verdicts: a shared operator left running by an earlier module
+    # would write the jobs' status meanwhile, and a replace built on the object as read
+    # would meet a 409 instead of the rule under test.
+    stop_shared_operator()
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     cluster.kubectl(
         "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s"
