@@ -660,7 +660,12 @@ class ChaosRun:
             if rank0 is not None and (rank0.get("status") or {}).get("podIP"):
                 step = int(ran * 10)
                 self.progress.serve(rank0["status"]["podIP"], step, 100000)
-            if ran >= rec.run_for and rec.name not in busy and len(gang) == rec.nodes:
+            # Once told, the pods still running are told again (tell_exit waits between
+            # tries) even after some have exited: KWOK can miss one pod's annotation while it
+            # acts on another's (seen: rank 0 exited, ranks 1-2 kept running for the drain).
+            exiting = rec.exiting_attempt == rec.running_attempt
+            due = ran >= rec.run_for and rec.name not in busy and len(gang) == rec.nodes
+            if due or exiting:
                 rec.exiting_attempt = rec.running_attempt
                 for pod in gang:
                     self.tell_exit(rec, pod)
