@@ -1,5 +1,5 @@
 """Generate the CustomResourceDefinitions (FineTuneJob, FineTuneProfile,
-ClusterFineTuneProfile) from the pydantic models.
+ClusterFineTuneProfile, ModelRollout) from the pydantic models.
 
 The models are the single source of truth: types, enums, bounds, patterns, defaults,
 descriptions and CEL rules all come from them. pydantic emits JSON Schema 2020-12; the
@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from kubetune.api import rollout
 from kubetune.api.job import (
     CATEGORIES,
     GROUP,
@@ -449,4 +450,103 @@ def render_crds() -> dict[str, str]:
     for cluster in (False, True):
         crd = profile_definition(cluster)
         files[f"{GROUP}_{crd['spec']['names']['plural']}.yaml"] = _render(crd)
+    rollouts = rollout_definition()
+    files[f"{GROUP}_{rollouts['spec']['names']['plural']}.yaml"] = _render(rollouts)
     return files
+
+
+# -- ModelRollout ---------------------------------------------------------------------------
+_ROLLOUT_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase."},
+    {
+        "name": "Step",
+        "type": "integer",
+        "jsonPath": ".status.currentStep",
+        "description": "Index of the current step (from 0).",
+    },
+    {
+        "name": "Weight",
+        "type": "integer",
+        "jsonPath": ".status.candidateWeight",
+        "description": "Percent of the traffic sent to the candidate.",
+    },
+    {
+        "name": "Candidate",
+        "type": "string",
+        "jsonPath": ".spec.candidate.modelName",
+        "description": "The model rolled out.",
+    },
+    {
+        "name": "Baseline",
+        "type": "string",
+        "jsonPath": ".spec.baseline.modelName",
+        "description": "The model now serving.",
+    },
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": ".status.message",
+        "priority": 1,
+        "description": "The latest state in words.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def rollout_definition() -> dict[str, Any]:
+    """The ModelRollout CRD."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{rollout.PLURAL}.{GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "kubetune",
+                "app.kubernetes.io/part-of": "kubetune",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": rollout.KIND,
+                "listKind": f"{rollout.KIND}List",
+                "plural": rollout.PLURAL,
+                "singular": rollout.SINGULAR,
+                "shortNames": rollout.SHORT_NAMES,
+                "categories": rollout.CATEGORIES,
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _ROLLOUT_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "ModelRollout rolls a tuned model out beside the "
+                            "model it replaces through a weighted route, analyses both on "
+                            "Prometheus and promotes or rolls back the candidate.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "APIVersion defines the versioned schema "
+                                    "of this object.",
+                                },
+                                "kind": {
+                                    "type": "string",
+                                    "description": "Kind is the type of this object.",
+                                },
+                                "metadata": {"type": "object"},
+                                "spec": structural_schema(rollout.ModelRolloutSpec),
+                                "status": structural_schema(rollout.ModelRolloutStatus),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
