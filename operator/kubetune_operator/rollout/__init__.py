@@ -1,0 +1,1 @@
+"""The ModelRollout controller: canary steps on a weighted route, analysis on Prometheus."""
