@@ -24,6 +24,7 @@ from kubetune.cli.resolved import (
     resolve_with_profiles,
 )
 from kubetune.cli.run import run as run_command
+from kubetune.cli.serve import serve as serve_command
 
 app = typer.Typer(
     name="kubetune",
@@ -183,6 +184,7 @@ def _print_resolved(
 
 
 app.command(name="run")(run_command)
+app.command(name="serve")(serve_command)
 app.command(name="dashboards")(dashboards_command)
 app.add_typer(dev_app, name="dev")
 app.add_typer(docs_app, name="docs")
