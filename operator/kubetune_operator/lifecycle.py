@@ -48,6 +48,7 @@ from kubetune.api import FineTuneJob
 from kubetune.api.infra import RunPolicy
 from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
 from kubetune.api.status import (
+    CONDITION_PROMOTABLE,
     TERMINAL_PHASES,
     AppliedProfile,
     FineTuneJobStatus,
@@ -56,7 +57,7 @@ from kubetune.api.status import (
 )
 from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune.contract.exit_codes import exit_reason
-from kubetune_operator import goodput, naming, policy, queueing, tenancy
+from kubetune_operator import evaluation, goodput, naming, policy, queueing, tenancy
 from kubetune_operator.admission import Verdict, admit
 from kubetune_operator.failures import (
     Failure,
@@ -445,6 +446,16 @@ class _Decision:
         progress.eta_seconds = 0
         self.st.progress = progress
         self.summary = "done"
+        verdict = evaluation.outcome(job, gang.by_rank.get(0), self.now)
+        self.st.evaluation = verdict.status
+        self._set(
+            CONDITION_PROMOTABLE,
+            "True" if verdict.promotable else "False",
+            verdict.reason,
+            verdict.message,
+        )
+        if verdict.event is not None:
+            self.plan.event(*verdict.event)
 
     # -- warnings and deadlines -------------------------------------------------------------------
     def _warnings(self) -> None:

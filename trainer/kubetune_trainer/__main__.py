@@ -28,6 +28,7 @@ from kubetune.contract.env import (
     TERMINATION_LOG_ENV,
     VALIDATE_ONLY_ENV,
 )
+from kubetune.contract.evaluation import termination_message
 from kubetune.contract.paths import TERMINATION_LOG
 from kubetune_trainer.config import env_flag, load_job
 from kubetune_trainer.errors import TrainerError, UnsupportedError
@@ -138,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_training(job, paths)
         message = f"training finished: {result.steps} steps, outputs in {result.output_dir}"
+        if result.evaluation is not None:
+            message += f"; evaluation {result.evaluation.verdict}: {result.evaluation.message}"
         if rank == 0:
             print(message, flush=True)
-            write_termination_message(message)
+            # the operator reads the evaluation summary from the line after the first
+            write_termination_message(termination_message(message, result.evaluation))
         record_exit(ExitCode.SUCCESS, message)
         return int(ExitCode.SUCCESS)
     except TrainerError as exc:

@@ -31,6 +31,7 @@ import torch
 
 from kubetune.api.resolve import ResolvedJob
 from kubetune.contract import TrainerPaths
+from kubetune.contract.evaluation import EvaluationSummary
 from kubetune_trainer.checkpoint import atomic
 from kubetune_trainer.checkpoint.state import TrainerState, load_rng, save_rng
 from kubetune_trainer.curves import CurveRecorder, write_curves
@@ -48,6 +49,7 @@ from kubetune_trainer.distributed.env import (
 from kubetune_trainer.distributed.precision import resolve_precision
 from kubetune_trainer.distributed.strategy import Engine, build_engine, write_engine_info
 from kubetune_trainer.errors import InvalidConfigError, PreemptedError, TrainerError
+from kubetune_trainer.evaluation.runner import generation_model, run_evaluation
 from kubetune_trainer.health import HealthMonitor
 from kubetune_trainer.methods.base import Method
 from kubetune_trainer.methods.registry import get_method
@@ -73,6 +75,8 @@ class RunResult:
     resumed_from: int | None = None
     #: the trained module (unwrapped), for in-process callers such as tests
     model: Any = None
+    #: spec.evaluation's verdict (rank 0; None without spec.evaluation or on other ranks)
+    evaluation: EvaluationSummary | None = None
 
 
 def seed_all(seed: int) -> None:
@@ -407,6 +411,7 @@ class Trainer:
                 log.info("tuned model eval: %s", _short(tuned))
 
         self.progress.update(state="saving")
+        evaluation: EvaluationSummary | None = None
         full = engine.full_state_dict()
         if env.is_main:
             assert full is not None
@@ -438,6 +443,16 @@ class Trainer:
                 model_dir=model_dir,
                 data=data,
             )
+            if spec.evaluation is not None:  # generation on rank 0; the others wait
+                self.progress.update(state="evaluating")
+                evaluation = run_evaluation(
+                    self.job,
+                    method=self.method,
+                    model=generation_model(engine, self.method, model_dir, self.output_dir),
+                    tokenizer=tokenizer,
+                    eval_results=eval_results,
+                    output_dir=self.output_dir,
+                )
         barrier(env)
         if env.is_main:  # the final scrape, for runs nobody scraped (kubetune run --local)
             (self.output_dir / "metrics.prom").write_bytes(self.metrics.exposition())
@@ -450,6 +465,7 @@ class Trainer:
             eval_results,
             self.resumed_from,
             engine.unwrapped,
+            evaluation,
         )
 
     def train_steps(

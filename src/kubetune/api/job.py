@@ -13,6 +13,7 @@ from kubetune.api.common import (
     EnvVar,
     LocalObjectReference,
 )
+from kubetune.api.evaluation import EvaluationSpec
 from kubetune.api.infra import (
     CheckpointSpec,
     DistributedSpec,
@@ -112,6 +113,21 @@ SPEC_RULES: list[dict[str, Any]] = [
         "(gradient accumulation steps are derived from it)",
         "fieldPath": ".hyperparameters.globalBatchSize",
     },
+    cel(
+        "!has(self.evaluation) || !has(self.evaluation.gates) || "
+        "self.evaluation.gates.all(g, !g.metric.startsWith('heldOut/')) || "
+        "has(self.dataset.eval) || !has(self.dataset.evalSplit) || self.dataset.evalSplit > 0.0",
+        "gates on heldOut metrics need an evaluation split: set dataset.eval, or leave "
+        "dataset.evalSplit unset or above 0",
+        field_path=".evaluation.gates",
+    ),
+    cel(
+        "!has(self.evaluation) || !has(self.evaluation.sets) || "
+        "size(self.evaluation.sets) == 0 || self.method != 'reward'",
+        "evaluation.sets need a generative model: method reward trains a scorer (use its "
+        "output as a rewardModel metric of another job instead)",
+        field_path=".evaluation.sets",
+    ),
     # Transition rules: evaluated on update only (they name oldSelf).
     cel("self.method == oldSelf.method", f"method {_IMMUTABLE}", field_path=".method"),
     cel("self.model == oldSelf.model", f"model {_IMMUTABLE}", field_path=".model"),
@@ -127,6 +143,12 @@ SPEC_RULES: list[dict[str, Any]] = [
         field_path=".peft",
     ),
     cel("self.output == oldSelf.output", f"output {_IMMUTABLE}", field_path=".output"),
+    cel(
+        "has(self.evaluation) == has(oldSelf.evaluation) && "
+        "(!has(self.evaluation) || self.evaluation == oldSelf.evaluation)",
+        f"evaluation {_IMMUTABLE}",
+        field_path=".evaluation",
+    ),
     cel(
         "has(self.profile) == has(oldSelf.profile) && "
         "(!has(self.profile) || self.profile == oldSelf.profile)",
@@ -177,6 +199,12 @@ class FineTuneJobSpec(ApiModel):
         default_factory=CheckpointSpec, description="Checkpointing and resumption."
     )
     output: OutputSpec = Field(description="Where results go.")
+    evaluation: EvaluationSpec | None = Field(
+        default=None,
+        description="Evaluation after training against a baseline, and the gates that "
+        "decide whether the tuned model is promotable (status.evaluation, condition "
+        "Promotable). Without it a succeeded job is promotable.",
+    )
     health: HealthSpec = Field(default_factory=HealthSpec, description="Numerical health checks.")
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retries, deadlines, suspension, queueing."

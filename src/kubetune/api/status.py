@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from kubetune.api.base import ApiModel
+from kubetune.api.evaluation import EvaluationStatus
 
 Phase = Literal["Pending", "Validating", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
 PHASES: tuple[str, ...] = (
@@ -30,6 +31,8 @@ CONDITION_SUSPENDED = "Suspended"
 CONDITION_SUCCEEDED = "Succeeded"
 CONDITION_FAILED = "Failed"
 CONDITION_CONFIG_WARNING = "ConfigWarning"
+#: Whether the tuned model may be rolled out (set when the job Succeeds; see evaluation.py).
+CONDITION_PROMOTABLE = "Promotable"
 
 
 class Condition(ApiModel):
@@ -168,7 +171,8 @@ class FineTuneJobStatus(ApiModel):
         default_factory=list,
         max_length=32,
         description="Standard conditions (Validated, Admitted, Running, Restarting, "
-        "Suspended, Succeeded, Failed, ConfigWarning, ProgressKnown, ResourceConflict).",
+        "Suspended, Succeeded, Failed, ConfigWarning, ProgressKnown, ResourceConflict, "
+        "Promotable).",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
@@ -213,4 +217,9 @@ class FineTuneJobStatus(ApiModel):
         default=None,
         description="GPU-hours allocated and productive, and their ratio (goodput); absent "
         "until a pod of the job held a GPU.",
+    )
+    evaluation: EvaluationStatus | None = Field(
+        default=None,
+        description="Evaluation of the tuned model against its baseline and the gates' "
+        "verdicts; set when the job succeeds with spec.evaluation.",
     )

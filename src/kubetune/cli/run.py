@@ -139,6 +139,7 @@ def _summary(output_dir: Path) -> None:
                         f"{value:.4f}",
                     )
             console.print(table)
+    _gates_summary(output_dir / "evaluation.json")
     console.print(
         f"[green]outputs in {escape(str(output_dir))}[/green] "
         f"(model card: {escape(str(output_dir / 'README.md'))})",
@@ -147,6 +148,40 @@ def _summary(output_dir: Path) -> None:
     curves = output_dir / "training_curves.png"
     if curves.exists():
         console.print(f"training curves: {escape(str(curves))}", highlight=False)
+
+
+def _gates_summary(report_file: Path) -> None:
+    """spec.evaluation's table (metrics vs. baseline with bounds) and the gate verdict."""
+    if not report_file.exists():
+        return
+    report = json.loads(report_file.read_text())
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+    table = Table(
+        "metric", "baseline", "tuned", "delta", "lower", "upper", "n", title="evaluation gates"
+    )
+    for m in report.get("metrics") or []:
+        table.add_row(
+            escape(m["name"]),
+            *(fmt(m.get(k)) for k in ("baseline", "tuned", "delta", "ciLow", "ciHigh")),
+            str(m.get("samples") if m.get("samples") is not None else "-"),
+        )
+    console.print(table)
+    for g in report.get("gates") or []:
+        mark = "[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]"
+        console.print(
+            f"  {mark} {escape(g['metric'])}: {escape(g['rule'])} ({escape(g['message'])})",
+            highlight=False,
+        )
+    colour = "green" if report.get("verdict") == "Passed" else "red"
+    console.print(
+        f"[{colour}]evaluation {escape(str(report.get('verdict')))}[/{colour}]: "
+        f"{escape(str(report.get('message', '')))} (bounds one-sided at "
+        f"{report.get('confidence')} confidence; details in {escape(str(report_file))})",
+        highlight=False,
+    )
 
 
 def run(

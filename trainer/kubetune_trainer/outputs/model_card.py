@@ -36,6 +36,34 @@ def _eval_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gates_section(doc: dict[str, Any] | None) -> str:
+    """spec.evaluation's result (evaluation.json): metrics vs. baseline, gates, verdict."""
+    if not doc:
+        return ""
+    lines = [
+        "## Evaluation gates",
+        "",
+        f"Verdict: **{doc.get('verdict')}** — {doc.get('message', '')}. Baseline: "
+        f"`{doc.get('baseline')}`; bounds are one-sided at {_fmt(doc.get('confidence'))} "
+        "confidence (paired bootstrap, percentile method). Details in `evaluation.json`.",
+        "",
+        "| metric | baseline | tuned | delta | lower bound | upper bound | n |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = ("baseline", "tuned", "delta", "ciLow", "ciHigh", "samples")
+    for m in doc.get("metrics") or []:
+        cells = " | ".join(_fmt(m.get(k)) if m.get(k) is not None else "n/a" for k in keys)
+        lines.append(f"| {m['name']} | {cells} |")
+    if doc.get("gates"):
+        lines += ["", "| gate | rule | passed | detail |", "| --- | --- | --- | --- |"]
+        for g in doc["gates"]:
+            lines.append(
+                f"| {g['metric']} | {g['rule']} | {'yes' if g['passed'] else 'NO'} "
+                f"| {g.get('message', '')} |"
+            )
+    return "\n".join(lines) + "\n\n"
+
+
 def _at(point: dict[str, Any] | None) -> str:
     return f"{_fmt(point['value'])} (step {point['step']})" if point else "n/a"
 
@@ -177,7 +205,7 @@ Invalid rows are listed with file, line and reason in `data_issues.jsonl` when p
 ## Evaluation
 
 {_eval_table(evaluation)}
-## Lineage
+{_gates_section(lineage.get("evaluationGates"))}## Lineage
 
 - base model sha256: `{base.get("sha256")}`
 - resolved job config sha256: `{job.get("configHash")}`
