@@ -79,6 +79,8 @@ class Versions:
     prometheus: str
     #: Kueue (module sigs.k8s.io/kueue), built with the kubernetes component
     kueue: str
+    #: the Gateway API's CRDs (module sigs.k8s.io/gateway-api; YAML only, never built)
+    gateway_api: str = ""
 
     @property
     def prometheus_release(self) -> str:
@@ -98,6 +100,7 @@ class Versions:
                 go_min=env.get("GO_MIN_VERSION", "1.26.0"),
                 prometheus=env["PROMETHEUS_VERSION"],
                 kueue=env["KUEUE_VERSION"],
+                gateway_api=env["GATEWAY_API_VERSION"],
             )
         except KeyError as exc:
             raise DevClusterError(f"{VERSIONS_ENV} lacks {exc.args[0]}") from exc
