@@ -126,3 +126,31 @@ def test_unreadable_or_invalid_document_fails_with_invalid_config(tmp_path: Path
     assert proc.returncode == ExitCode.INVALID_CONFIG and "not a valid resolved job" in proc.stderr
     proc = run(tmp_path / "missing.json", tmp_path / "out", "--validate-only")
     assert proc.returncode == ExitCode.INVALID_CONFIG and "cannot read" in proc.stderr
+
+
+def test_broken_evaluation_set_fails_before_training(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """An evaluation set runs only after training; its rows are checked before any GPU."""
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"prompt": "2+2?", "reference": "4"}) + "\n{not json\n")
+    evaluation = {
+        "sets": [{"name": "qa", "uri": str(qa), "metrics": [{"type": "exactMatch"}]}],
+        "gates": [{"metric": "qa/exactMatch", "atLeast": 0.5}],
+    }
+    doc = manifest(
+        "lora",
+        tiny_model,
+        data_dir / "chat.jsonl",
+        "chat",
+        tmp_path / "out",
+        peft={"lora": {"r": 2}},
+        evaluation=evaluation,
+    )
+    proc, message = _run(doc, tmp_path)
+    assert proc.returncode == ExitCode.INVALID_DATA, proc.stderr[-2000:]
+    assert "evaluation set qa" in message and "line 2" in message
+    qa.write_text(json.dumps({"prompt": "2+2?", "reference": "4"}) + "\n")
+    proc, message = _run(doc, tmp_path)
+    assert proc.returncode == ExitCode.SUCCESS, proc.stderr[-2000:]
+    assert "evaluation: 1 set, 1 prompt, 1 gate" in message

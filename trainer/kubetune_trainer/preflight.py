@@ -2,8 +2,9 @@
 
 Checks, in order, that the resolved config makes sense, the base (and DPO reference)
 model is reachable and well-formed (config, tokenizer, every safetensors header — no
-weights are loaded), the datasets are reachable and every row parses and tokenizes,
-and the output location is usable. The first failure raises the TrainerError whose
+weights are loaded), the datasets and evaluation sets are reachable and every row parses
+(and tokenizes), the evaluation's baseline and reward models are well-formed, and the
+output location is usable. The first failure raises the TrainerError whose
 exit code tells the operator what is wrong; success returns a one-paragraph summary.
 """
 
@@ -17,6 +18,7 @@ from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.data.batching import BatchPlan
 from kubetune_trainer.data.validate import prepare_data
 from kubetune_trainer.errors import InvalidConfigError
+from kubetune_trainer.evaluation.data import load_set
 from kubetune_trainer.methods.registry import get_method
 from kubetune_trainer.models.load import inspect_model_dir, load_tokenizer, resolve_model_dir
 
@@ -34,6 +36,7 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         inspect_model_dir(resolve_model_dir(dpo.reference_model, what="reference model"))
     tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
     data = prepare_data(job, tokenizer)
+    evaluation = _check_evaluation(job)
     _check_output(output_dir)
     plan = BatchPlan(
         num_units=len(data.train.examples),
@@ -59,7 +62,31 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         f"({train.skipped_rows} invalid skipped, {train.truncated_rows} truncated to "
         f"{spec.dataset.max_seq_length} tokens), {eval_part}; {steps} optimizer steps planned "
         f"({plan.steps_per_epoch} per epoch) on {derived.world_size} processes"
+        + (f"; {evaluation}" if evaluation else "")
         + ("; " + "; ".join(notes) if notes else "")
+    )
+
+
+def _check_evaluation(job: ResolvedJob) -> str:
+    """The evaluation inputs, before training rather than after it: every set parses, and
+    the baseline and reward models are reachable and well-formed (headers only)."""
+    spec = job.spec.evaluation
+    if spec is None:
+        return ""
+    if spec.baseline:
+        inspect_model_dir(resolve_model_dir(spec.baseline, what="evaluation baseline"))
+    rows = 0
+    for eval_set in spec.sets:
+        rows += len(load_set(eval_set))
+        for metric in eval_set.metrics:
+            if metric.uri:
+                inspect_model_dir(
+                    resolve_model_dir(metric.uri, what=f"reward model of {eval_set.name}")
+                )
+    sets, gates = len(spec.sets), len(spec.gates)
+    return (
+        f"evaluation: {sets} set{'s' * (sets != 1)}, {rows} prompt{'s' * (rows != 1)}, "
+        f"{gates} gate{'s' * (gates != 1)}"
     )
 
 
