@@ -19,10 +19,12 @@ from typing import Any
 import kopf
 
 from kubetune.api.intent import slim_managed_fields
+from kubetune.api.rollout import PLURAL as ROLLOUTS
 from kubetune_operator import naming, queueing
 from kubetune_operator.controller import Controller
 from kubetune_operator.kube import Credentials
 from kubetune_operator.observed import NodeView, PodView
+from kubetune_operator.rollout.runtime import RolloutController
 
 POD_SELECTOR = naming.LABEL_JOB  # server-side: the operator never receives unrelated pods
 
@@ -67,8 +69,13 @@ def configure_kopf(settings: kopf.OperatorSettings, watch_nodes: bool) -> None:
     settings.persistence.diffbase_storage = NoDiffBase()
 
 
-def build_registry(controller: Controller, credentials: Credentials) -> kopf.OperatorRegistry:
-    """A registry bound to ``controller`` (no module-level globals: tests build their own)."""
+def build_registry(
+    controller: Controller,
+    credentials: Credentials,
+    rollouts: RolloutController | None = None,
+) -> kopf.OperatorRegistry:
+    """A registry bound to ``controller`` (no module-level globals: tests build their own);
+    ModelRollouts are watched only with ``rollouts`` (where their API is served)."""
     registry = kopf.OperatorRegistry()
     watch_nodes = controller.settings.watch_nodes
 
@@ -90,9 +97,13 @@ def build_registry(controller: Controller, credentials: Credentials) -> kopf.Ope
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, watch_nodes)
         await controller.start()
+        if rollouts is not None:
+            await rollouts.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        if rollouts is not None:
+            await rollouts.stop()
         await controller.stop()
 
     @kopf.index(naming.GROUP, naming.VERSION, naming.PLURAL, id="ftj_index", registry=registry)
@@ -123,6 +134,8 @@ def build_registry(controller: Controller, credentials: Credentials) -> kopf.Ope
     async def ftj_event(type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
         bind(kwargs)
         controller.job_event(type, (namespace or "", name))
+        if rollouts is not None:
+            rollouts.job_event(namespace or "", name)
 
     @kopf.on.event(
         "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT}, id="pod_event", registry=registry
@@ -169,6 +182,17 @@ def build_registry(controller: Controller, credentials: Credentials) -> kopf.Ope
         @kopf.index(*fl_args, id="flavor_index", registry=registry)
         def flavor_index(name: str, body: kopf.Body, **_: Any) -> Any:
             return {name: queueing.FlavorView.from_body(body)}
+
+    if rollouts is not None:
+        # No index: the worker reads each rollout fresh (they are few); the event only
+        # enqueues it (and keeps the body the gauges and job lookups use).
+        @kopf.on.event(naming.GROUP, naming.VERSION, ROLLOUTS, id="mro_event", registry=registry)
+        async def mro_event(
+            type: str, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+        ) -> None:
+            bind(kwargs)
+            assert rollouts is not None
+            rollouts.event(type, (namespace or "", name), _slim(body))
 
     if watch_nodes:
         last_ready: dict[str, bool] = {}

@@ -19,6 +19,7 @@ from kubetune_operator.handlers import build_registry
 from kubetune_operator.kube import ApiError, Credentials, KubeClient
 from kubetune_operator.leader import LeaderElector
 from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.rollout.runtime import RolloutController, rollouts_served
 from kubetune_operator.settings import OperatorSettings
 
 logger = logging.getLogger("kubetune.operator")
@@ -118,7 +119,12 @@ async def run(settings: OperatorSettings) -> int:
         if kueue is None:
             return 0  # stopped before the API server answered
         controller.kueue = kueue
-        registry = build_registry(controller, credentials)
+        rollouts = None
+        if await rollouts_served(client):
+            rollouts = RolloutController(
+                client, settings, metrics.registry, controller.events, controller.cache.job
+            )
+        registry = build_registry(controller, credentials, rollouts)
         if not stop.is_set():
             await kopf.operator(
                 registry=registry,

@@ -199,6 +199,17 @@ class OperatorSettings(BaseModel):
     progress_interval_seconds: float = Field(default=15.0, gt=0, le=30.0)
     progress_timeout_seconds: float = Field(default=3.0, gt=0)
 
+    # -- ModelRollout analysis ----------------------------------------------------------------
+    rollout_prometheus_url: str = Field(
+        default="http://prometheus-operated.monitoring:9090",
+        pattern=r"^https?://\S+$",
+        description="Prometheus HTTP API a ModelRollout's analysis queries when its "
+        "spec.analysis.prometheus is not set.",
+    )
+    rollout_prometheus_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Time limit of one analysis query."
+    )
+
     # -- leader election ----------------------------------------------------------------------
     leader_election: bool = Field(default=True)
     lease_name: str = Field(default="kubetune-operator")

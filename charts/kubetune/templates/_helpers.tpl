@@ -115,6 +115,15 @@ cluster-scoped ones (nodes), then the leader-election Lease rules.
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads/status"]
   verbs: ["patch"]
+- apiGroups: ["kubetune.io"]
+  resources: ["modelrollouts"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["kubetune.io"]
+  resources: ["modelrollouts/status"]
+  verbs: ["patch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "update"]
 {{- end }}
 
 {{- define "kubetune.rbac.clusterRules" -}}

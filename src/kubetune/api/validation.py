@@ -1,4 +1,4 @@
-"""Validate FineTuneJob manifests with the same verdicts as the API server.
+"""Validate FineTuneJob (and ModelRollout) manifests with the same verdicts as the API server.
 
 Three layers, none hand-duplicated: pydantic (types, enums, bounds, patterns — the
 source of the CRD schema), the CRD's CEL rules evaluated by :mod:`kubetune.api.cel`,
@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from kubetune.api import cel
+from kubetune.api import rollout as rollout_api
 from kubetune.api.common import PATTERN_HELP
-from kubetune.api.crd import openapi_schema
+from kubetune.api.crd import openapi_schema, rollout_definition
 from kubetune.api.defaults import RECOMMENDED_EPOCHS, RECOMMENDED_WEIGHT_DECAY
 from kubetune.api.job import API_VERSION, KIND, FineTuneJob
 from kubetune.api.methods import METHOD_TRAITS
@@ -152,10 +153,47 @@ def parse_manifest(doc: Mapping[str, Any]) -> FineTuneJob:
     return FineTuneJob.model_validate_json(text, strict=True, by_alias=True, by_name=False)
 
 
+@lru_cache(maxsize=1)
+def _rollout_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = rollout_definition()["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"
+    ]
+    return schema
+
+
+def validate_rollout_manifest(
+    doc: Mapping[str, Any], old: Mapping[str, Any] | None = None
+) -> ValidationReport:
+    """A ModelRollout: its types and bounds (pydantic) and its CEL rules, as the API server
+    checks them (the report's ``job`` is always None: it is not a FineTuneJob)."""
+    errors = []
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(Problem("apiVersion", f"must be {API_VERSION}"))
+    try:
+        parsed = rollout_api.ModelRollout.model_validate_json(
+            json.dumps(doc, default=_json_default), strict=True, by_alias=True, by_name=False
+        )
+    except ValidationError as exc:
+        errors += [
+            Problem(_loc_to_path(err["loc"]), _pydantic_message(err)) for err in exc.errors()
+        ]
+        return ValidationReport(None, errors)
+    obj = rollout_api.as_manifest(parsed)
+    obj["metadata"] = _as_json(doc.get("metadata") or {})
+    obj.pop("status", None)
+    old_obj = None
+    if old is not None:
+        old_obj = rollout_api.as_manifest(rollout_api.ModelRollout.model_validate(_as_json(old)))
+    errors += cel.check(_rollout_schema(), obj, old_obj)
+    return ValidationReport(None, errors)
+
+
 def validate_manifest(doc: Any, old: Mapping[str, Any] | None = None) -> ValidationReport:
     """Validate one manifest (a parsed YAML document); ``old`` for an update."""
     if not isinstance(doc, Mapping):
         return ValidationReport(None, [Problem("", "a manifest must be a YAML mapping")])
+    if doc.get("kind") == rollout_api.KIND:
+        return validate_rollout_manifest(doc, old)
     errors = _envelope_problems(doc)
     try:
         job = parse_manifest(doc)

@@ -427,7 +427,62 @@ OPERATOR_METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
 )
 
-ALL_METRICS: Final[tuple[MetricSpec, ...]] = TRAINER_METRICS + OPERATOR_METRICS
+_ROLLOUT_NAMESPACE = Label("namespace", "The ModelRollout's namespace.")
+_MODELROLLOUT = Label(
+    "modelrollout", "The ModelRollout's name (the series vanishes with the rollout)."
+)
+
+#: The ModelRollout controller's metrics (served by the operator, registered only where the
+#: ModelRollout API is served; operator/kubetune_operator/rollout/metrics.py).
+ROLLOUT_METRICS: Final[tuple[MetricSpec, ...]] = (
+    _o(
+        "kubetune_rollout_candidate_weight",
+        "gauge",
+        "",
+        "Percent of the route's traffic the rollout last set for its candidate (0-100).",
+        _ROLLOUT_NAMESPACE,
+        _MODELROLLOUT,
+    ),
+    _o(
+        "kubetune_rollout_phase",
+        "gauge",
+        "",
+        "1 for the rollout's current phase, 0 for every other phase (one series per phase).",
+        _ROLLOUT_NAMESPACE,
+        _MODELROLLOUT,
+        Label("phase", "`Pending`, `Progressing`, `Paused`, `Promoted`, `RolledBack`, `Failed`."),
+    ),
+    _o(
+        "kubetune_rollout_measurements_total",
+        "counter",
+        "",
+        "Analysis measurements of rollouts, by metric and verdict.",
+        _ROLLOUT_NAMESPACE,
+        Label("metric", "The analysis metric's name (spec.analysis.metrics[].name)."),
+        Label("verdict", "`Successful`, `Failed`, `Inconclusive` or `Error`."),
+    ),
+    _o(
+        "kubetune_rollout_aborts_total",
+        "counter",
+        "",
+        "Rollouts rolled back, by reason.",
+        _ROLLOUT_NAMESPACE,
+        Label(
+            "reason",
+            "`MetricFailed`, `SequentialTestWorse`, `QueryErrors`, `ProgressDeadlineExceeded` "
+            "or `AbortedByUser`.",
+        ),
+    ),
+    _o(
+        "kubetune_rollout_promotions_total",
+        "counter",
+        "",
+        "Rollouts whose candidate was promoted to 100 % of the traffic.",
+        _ROLLOUT_NAMESPACE,
+    ),
+)
+
+ALL_METRICS: Final[tuple[MetricSpec, ...]] = TRAINER_METRICS + OPERATOR_METRICS + ROLLOUT_METRICS
 _BY_NAME: Final[dict[str, MetricSpec]] = {m.name: m for m in ALL_METRICS}
 
 

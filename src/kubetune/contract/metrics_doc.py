@@ -12,6 +12,7 @@ from typing import Final
 from kubetune.contract.metrics import (
     OPERATOR_METRICS,
     OPERATOR_SCRAPE_JOB,
+    ROLLOUT_METRICS,
     SCRAPE_LABELS,
     TRAINER_METRICS,
     TRAINER_SCRAPE_JOB,
@@ -66,6 +67,7 @@ def render_metrics_doc() -> str:
     lines += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in SCRAPE_LABELS.items()]
     lines += ["", "## Trainer", "", *_table(TRAINER_METRICS)]
     lines += ["", "## Operator", "", *_table(OPERATOR_METRICS)]
+    lines += ["", "## Rollouts (operator)", "", *_table(ROLLOUT_METRICS)]
     lines += [
         "",
         "Histograms expose `<name>_bucket{le}`, `<name>_sum` and `<name>_count`; the info "

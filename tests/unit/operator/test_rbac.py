@@ -43,6 +43,10 @@ EXPECTED = {
     "kubetune.io/finetuneprofiles": {"list"},
     "kubetune.io/clusterfinetuneprofiles": {"list"},
     "/namespaces": {"get"},  # their namespaceSelector
+    # ModelRollouts (rollout/runtime.py): read fresh, annotations removed, status written.
+    "kubetune.io/modelrollouts": {"get", "list", "watch", "patch"},
+    "kubetune.io/modelrollouts/status": {"patch"},
+    "gateway.networking.k8s.io/httproutes": {"get", "update"},  # the weights
 }
 #: The read-only cluster-scoped grants (the rest may be per watched namespace).
 CLUSTER_WIDE = (
