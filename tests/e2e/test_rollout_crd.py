@@ -74,6 +74,10 @@ def _weight_over_100(spec: dict[str, Any]) -> None:
     spec["steps"][0] = {"setWeight": 150}
 
 
+def _unknown_placeholder(spec: dict[str, Any]) -> None:
+    spec["analysis"]["metrics"][0]["query"] = 'up{model_name="${modelname}"}'
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -82,8 +86,16 @@ def _weight_over_100(spec: dict[str, Any]) -> None:
         (_sequential_with_threshold, "threshold and baseline apply only to query metrics"),
         (_no_analysis, "analysis steps need spec.analysis"),
         (_weight_over_100, "should be less than or equal to 100"),
+        (_unknown_placeholder, "spec.analysis.metrics[0].query"),
     ],
-    ids=["two-kinds", "duplicate-metric", "sequential-threshold", "no-analysis", "weight"],
+    ids=[
+        "two-kinds",
+        "duplicate-metric",
+        "sequential-threshold",
+        "no-analysis",
+        "weight",
+        "unknown-placeholder",
+    ],
 )
 def test_bad_rollout_is_refused_by_the_api_server(
     crd: str, kubectl: Kubectl, namespace: str, mutate: Any, message: str

@@ -36,9 +36,9 @@ from kubetune.api.rollout import (
     SequentialTest,
     Verdict,
 )
+from kubetune.api.rollout_queries import QueryTemplateError, render
 from kubetune.stats import sprt
 from kubetune_operator.rollout.prometheus import PrometheusError as PrometheusError
-from kubetune_operator.rollout.queries import QueryTemplateError, render
 
 MAX_MESSAGE = 1024
 T = TypeVar("T")

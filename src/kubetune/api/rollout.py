@@ -24,7 +24,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
-from kubetune.api.common import DNSLabel, DNSSubdomain
+from kubetune.api.common import PATTERN_HELP, DNSLabel, DNSSubdomain
 from kubetune.api.job import API_VERSION, ObjectMeta
 from kubetune.api.status import Condition
 
@@ -53,7 +53,17 @@ ModelName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"),
 ]
-PromQL = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+#: A query template: any text whose ``${...}`` are known placeholders (RE2, no look-ahead:
+#: a ``$`` is followed by a non-``{``, a known placeholder, or ends the text).
+PROMQL_TEMPLATE_PATTERN = (
+    r"^([^$]|\$[^{]|\$\{(" + "|".join(p[2:-1] for p in QUERY_PLACEHOLDERS) + r")\})*\$?$"
+)
+PATTERN_HELP[PROMQL_TEMPLATE_PATTERN] = "expected PromQL whose only placeholders are " + ", ".join(
+    QUERY_PLACEHOLDERS
+)
+PromQL = Annotated[
+    str, StringConstraints(min_length=1, max_length=4096, pattern=PROMQL_TEMPLATE_PATTERN)
+]
 
 
 # -- what is rolled out, and where ----------------------------------------------------------

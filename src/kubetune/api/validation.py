@@ -177,6 +177,14 @@ def validate_rollout_manifest(
         errors += [
             Problem(_loc_to_path(err["loc"]), _pydantic_message(err)) for err in exc.errors()
         ]
+        # As for jobs: the cross-field rules that can run still run, so one pass says all.
+        reported = {p.path for p in errors}
+        defaulted = cel.apply_defaults(_rollout_schema(), _as_json(doc))
+        errors += [
+            p
+            for p in cel.check(_rollout_schema(), defaulted, None, strict=False)
+            if p.path not in reported
+        ]
         return ValidationReport(None, errors)
     obj = rollout_api.as_manifest(parsed)
     obj["metadata"] = _as_json(doc.get("metadata") or {})

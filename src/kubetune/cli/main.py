@@ -26,6 +26,9 @@ from kubetune.cli.resolved import (
 from kubetune.cli.run import run as run_command
 from kubetune.cli.serve import serve as serve_command
 
+#: The kinds ``kubetune validate`` checks; other documents in the same files are skipped.
+VALIDATED_KINDS = ("FineTuneJob", "ModelRollout")
+
 app = typer.Typer(
     name="kubetune",
     help="Distributed LLM fine-tuning on Kubernetes.",
@@ -115,7 +118,8 @@ def validate(
         Path | None, typer.Option(help="With --resolved: kubeconfig for reading profiles.")
     ] = None,
 ) -> None:
-    """Validate FineTuneJob manifests as the API server would, and show warnings.
+    """Validate FineTuneJob and ModelRollout manifests as the API server would, and show
+    warnings (other kinds in the files are skipped).
 
     Problems are user text (patterns such as ``[a-z0-9]``, ``([prefix/]name)``): they
     are escaped so rich markup never eats their brackets.
@@ -135,10 +139,10 @@ def validate(
             raise typer.Exit(2) from exc
     for path in all_paths:
         for name, doc in load_documents(path):
-            if not isinstance(doc, dict) or doc.get("kind") != "FineTuneJob":
+            if not isinstance(doc, dict) or doc.get("kind") not in VALIDATED_KINDS:
                 continue
             checked += 1
-            if source is not None:
+            if source is not None and doc.get("kind") == "FineTuneJob":
                 failed += not _print_resolved(name, doc, source, namespace)
                 continue
             report = validate_manifest(doc)
@@ -152,7 +156,7 @@ def validate(
             for problem in report.warnings:
                 out.print(f"    [yellow]warning[/yellow] {escape(str(problem))}", highlight=False)
     if checked == 0:
-        console.print("[red]no FineTuneJob manifests found[/red]")
+        console.print("[red]no FineTuneJob or ModelRollout manifests found[/red]")
         raise typer.Exit(2)
     if failed:
         raise typer.Exit(1)

@@ -174,8 +174,22 @@ def test_target_cannot_change() -> None:
         lambda s: s["analysis"]["metrics"][2]["sequential"].update(alpha=0.7),
         lambda s: s["candidate"]["backendRef"].update(port=0),
         lambda s: s.update(unknownField=1),
+        lambda s: s["analysis"]["metrics"][0].update(query="rate(x{m='${modle}'}[1m])"),
+        lambda s: s["analysis"]["metrics"][2]["sequential"].update(totalQuery="sum(${window"),
     ],
 )
 def test_schema_bounds_are_enforced_by_the_models(mutate: Any) -> None:
     with pytest.raises(ValidationError):
         ModelRollout.model_validate(_with(mutate))
+
+
+def test_unknown_placeholder_gets_a_readable_message() -> None:
+    from kubetune.api.validation import validate_manifest
+
+    report = validate_manifest(
+        _with(lambda s: s["analysis"]["metrics"][0].update(query="up{m='${modle}'}"))
+    )
+    assert not report.ok
+    text = " ".join(str(p) for p in report.errors)
+    assert "analysis.metrics[0].query" in text.replace("analysis.metrics.0.query", text)
+    assert "only placeholders are ${model}" in text

@@ -33,6 +33,19 @@ def test_validate_reports_each_problem_with_its_field(tmp_path: Path) -> None:
     assert "spec.env[0].value" in result.output or "never inline" in result.output
 
 
+def test_validate_checks_model_rollouts_too(tmp_path: Path) -> None:
+    doc = yaml.safe_load((REPO / "examples" / "rollout" / "support-bot.yaml").read_text())
+    doc["spec"]["steps"].append({"setWeight": 20, "pause": {}})
+    doc["spec"]["analysis"]["metrics"][0]["query"] = 'up{model_name="${modle}"}'
+    bad = tmp_path / "rollout.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "exactly one of setWeight, pause or analysis" in text
+    assert "only placeholders are ${model}" in text
+
+
 def test_validate_prints_warnings_but_passes(tmp_path: Path) -> None:
     doc = minimal_manifest()
     doc["spec"]["hyperparameters"] = {"learningRate": 0.05}

@@ -11,6 +11,14 @@ from typing import Any
 import pytest
 
 from kubetune.api.rollout import AnalysisSpec, AnalysisStep, MetricStatus, SequentialState
+from kubetune.api.rollout_queries import (
+    QueryTemplateError,
+    check_analysis,
+    check_query,
+    promql_duration,
+    promql_string,
+    render,
+)
 from kubetune_operator.rollout.analysis import (
     AnalysisContext,
     MetricResult,
@@ -18,14 +26,6 @@ from kubetune_operator.rollout.analysis import (
     decide,
     fold,
     measure_all,
-)
-from kubetune_operator.rollout.queries import (
-    QueryTemplateError,
-    check_analysis,
-    check_query,
-    promql_duration,
-    promql_string,
-    render,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -123,7 +123,14 @@ def test_unknown_placeholders_are_problems() -> None:
     assert "unterminated" in check_query("x[${window]")[0]
     with pytest.raises(QueryTemplateError, match="modle"):
         render("${modle}", model="m", namespace="n", interval_seconds=30, window_seconds=30)
-    bad = spec(latency(), feedback(sequential={**feedback()["sequential"], "totalQuery": "${win}"}))
+    # The schema refuses unknown placeholders; the controller still checks (defence in depth).
+    good = spec(latency(), feedback())
+    seq = good.metrics[1].sequential
+    assert seq is not None
+    bad_metric = good.metrics[1].model_copy(
+        update={"sequential": seq.model_copy(update={"total_query": "${win}"})}
+    )
+    bad = good.model_copy(update={"metrics": [good.metrics[0], bad_metric]})
     assert check_analysis(bad) == [
         "spec.analysis.metrics[1].sequential.totalQuery: unknown placeholder ${win} "
         "(known: ${interval}, ${model}, ${namespace}, ${window})"
@@ -202,7 +209,10 @@ def test_query_failure_is_an_error_naming_the_query() -> None:
     [r] = measure(spec(latency()), values)
     assert r.measurement.verdict == "Error"
     assert r.measurement.message == "query failed: baseline query: HTTP 503 from Prometheus"
-    [r] = measure(spec(latency(query='lat{model_name="${model}"}[${intervall}]')), values)
+    good = spec(latency())
+    query = 'lat{model_name="${model}"}[${intervall}]'
+    bad = good.model_copy(update={"metrics": [good.metrics[0].model_copy(update={"query": query})]})
+    [r] = measure(bad, values)
     assert r.measurement.verdict == "Error" and "${intervall}" in r.measurement.message
 
 

@@ -1,5 +1,8 @@
 """PromQL templates of a ModelRollout: substitute the placeholders, or say what is wrong.
 
+Part of the API (not the operator): the placeholders are a contract users write against,
+and validation and the controller both use it.
+
 The placeholders are those of :data:`kubetune.api.rollout.QUERY_PLACEHOLDERS`. Values are
 inserted as text, so each one is made safe for where it normally stands: the model name and
 namespace sit inside label matchers (``model_name="${model}"``) and are escaped as PromQL
