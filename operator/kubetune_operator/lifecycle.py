@@ -392,6 +392,24 @@ class _Decision:
         # Whatever still runs after the verdict holds resources for nothing.
         self._delete(p for p in self.owned if not p.terminated)
         succeeded = self.st.phase == "Succeeded"
+        if succeeded and get_condition(self.st, CONDITION_PROMOTABLE) is None:
+            # Succeeded under an operator without evaluation gates: give the verdict now, or
+            # a rollout of its model would wait for one for ever. (Terminal jobs are not
+            # parsed, so this reads the raw spec.)
+            if (self.obs.raw.get("spec") or {}).get("evaluation"):
+                self._set(
+                    CONDITION_PROMOTABLE,
+                    "False",
+                    evaluation.EVALUATION_MISSING,
+                    "no evaluation verdict was recorded when the job succeeded",
+                )
+            else:
+                self._set(
+                    CONDITION_PROMOTABLE,
+                    "True",
+                    evaluation.NO_EVALUATION_GATES,
+                    "the job has no spec.evaluation",
+                )
         for wl in self.workloads:
             if not wl.deleting and not wl.is_finished:
                 failed = get_condition(self.st, CONDITION_FAILED)

@@ -443,6 +443,25 @@ def test_success_when_all_ranks_complete(make_cluster: Any) -> None:
     assert c.condition("Succeeded")["status"] == "True"
 
 
+def test_job_that_succeeded_before_evaluation_gates_gets_a_verdict(make_cluster: Any) -> None:
+    """An operator upgrade must not leave old jobs without Promotable: a ModelRollout of
+    their model would wait for a verdict for ever."""
+    c = make_cluster()
+    c.start_running()
+    c.finish("tune-a1-0", 0)
+    c.finish("tune-a1-1", 0)
+    c.step()
+    assert c.status["phase"] == "Succeeded"
+    assert c.job is not None
+    st = c.job["status"]
+    st["conditions"] = [x for x in st["conditions"] if x["type"] != "Promotable"]
+    assert c.condition("Promotable") is None
+    c.step()
+    promotable = c.condition("Promotable")
+    assert promotable is not None and promotable["status"] == "True"
+    assert promotable["reason"] == "NoEvaluationGates"
+
+
 # -- placement ---------------------------------------------------------------------------------
 def test_unplaceable_gang_is_released_and_retried(make_cluster: Any) -> None:
     c = make_cluster(resources={"nodes": 5}, hyperparameters={"globalBatchSize": 80})
