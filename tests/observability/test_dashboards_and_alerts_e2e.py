@@ -356,7 +356,9 @@ def test_every_panel_and_rule_against_real_training(
     local_job = Scope("local", LOCAL_NAMESPACE, LOCAL_JOB)
     boards = {p.stem: load_dashboard(p) for p in sorted(DASHBOARDS.glob("*.json"))}
     assert {"kubetune-fleet", "kubetune-job", "kubetune-operator"} <= set(boards)
-    scopes = {"kubetune-job": [cluster_job, local_job]}
+    # No ModelRollout runs here: test_rollout_dashboard.py evaluates that dashboard against
+    # the real rollout metrics.
+    scopes = {"kubetune-job": [cluster_job, local_job], "kubetune-rollout": []}
     results: list[TargetResult] = []
     for uid, board in boards.items():
         for scope in scopes.get(uid, [cluster_job]):

@@ -60,14 +60,15 @@ def iter_panel_queries(
     *,
     namespace: str = "default",
     finetunejob: str = "",
+    modelrollout: str = "",
     rate_interval: str = DEFAULT_RATE_INTERVAL,
     interval: str = DEFAULT_INTERVAL,
     range_: str = DEFAULT_RANGE,
     variables: Mapping[str, str] | None = None,
 ) -> Iterator[PanelQuery]:
     """Every visible Prometheus target of ``dashboard_json`` (the dashboard dict), with
-    ``$namespace``, ``$finetunejob``, ``$__rate_interval``, ``$__interval`` and
-    ``$__range`` filled in; ``variables`` adds or overrides values (for example
+    ``$namespace``, ``$finetunejob``, ``$modelrollout``, ``$__rate_interval``,
+    ``$__interval`` and ``$__range`` filled in; ``variables`` adds or overrides values (for example
     ``{"namespace": "team-a|team-b"}`` for a multi-value ``=~`` match).
 
     Values are substituted verbatim, as Grafana does for a single-value variable; a
@@ -77,6 +78,7 @@ def iter_panel_queries(
     values = {
         "namespace": namespace,
         "finetunejob": finetunejob,
+        "modelrollout": modelrollout,
         "__rate_interval": rate_interval,
         "__interval": interval,
         "__range": range_,

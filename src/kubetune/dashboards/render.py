@@ -10,7 +10,7 @@ from pathlib import Path
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dashboard_model
 
-from kubetune.dashboards import fleet, job, operator_health
+from kubetune.dashboards import fleet, job, operator_health, rollout
 
 #: Where the chart picks dashboards up (templates/grafana-dashboards.yaml), relative to
 #: the repository root.
@@ -21,6 +21,7 @@ DASHBOARDS: dict[str, Callable[[], dashboard_model.Dashboard]] = {
     fleet.FILENAME: fleet.build,
     job.FILENAME: job.build,
     operator_health.FILENAME: operator_health.build,
+    rollout.FILENAME: rollout.build,
 }
 
 

@@ -55,6 +55,7 @@ def test_three_dashboards_with_stable_uids() -> None:
         "kubetune-fleet",
         "kubetune-job",
         "kubetune-operator",
+        "kubetune-rollout",
     }
     for name, board in BOARDS.items():
         assert board["uid"] == name.removesuffix(".json")

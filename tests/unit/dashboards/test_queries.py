@@ -42,7 +42,12 @@ def test_every_target_comes_out_with_its_variables_filled_in() -> None:
     assert len(queries) == targets
     for query in queries:
         assert "$" not in query.expr, query
-        assert query.dashboard_uid in {"kubetune-fleet", "kubetune-job", "kubetune-operator"}
+        assert query.dashboard_uid in {
+            "kubetune-fleet",
+            "kubetune-job",
+            "kubetune-operator",
+            "kubetune-rollout",
+        }
     job = [q for q in queries if q.dashboard_uid == "kubetune-job"]
     loss = next(q for q in job if q.panel_title == "Training loss")
     assert loss.expr == 'max(kubetune_trainer_loss{namespace="local", finetunejob="demo-lora"})'
