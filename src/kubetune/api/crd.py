@@ -373,6 +373,56 @@ _PROFILE_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
+def _definition(
+    *,
+    names: dict[str, Any],
+    scope: str,
+    columns: list[dict[str, Any]],
+    description: str,
+    properties: dict[str, Any],
+    required: list[str] | None = None,
+    status: bool = False,
+) -> dict[str, Any]:
+    """A one-version CRD of kubetune's group (``names``: kind, plural, singular, shortNames,
+    categories; ``properties``: the schemas of spec and, with ``status``, status)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "description": description,
+        **({"required": required} if required else {}),
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion defines the versioned schema of this object.",
+            },
+            "kind": {"type": "string", "description": "Kind is the type of this object."},
+            "metadata": {"type": "object"},
+            **properties,
+        },
+    }
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if status:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": schema}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{names['plural']}.{GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "kubetune",
+                "app.kubernetes.io/part-of": "kubetune",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": names["kind"], "listKind": f"{names['kind']}List", **names},
+            "scope": scope,
+            "versions": [version],
+        },
+    }
+
+
 def profile_definition(cluster: bool) -> dict[str, Any]:
     """The FineTuneProfile CRD (``cluster``: the ClusterFineTuneProfile CRD)."""
     kind, plural, singular, short = (
@@ -392,56 +442,19 @@ def profile_definition(cluster: bool) -> dict[str, Any]:
         else "FineTuneProfile holds FineTuneJob defaults for one namespace: the profile named "
         "`default` applies to every job there, others to the jobs that name them in spec.profile."
     )
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.{GROUP}",
-            "labels": {
-                "app.kubernetes.io/name": "kubetune",
-                "app.kubernetes.io/part-of": "kubetune",
-            },
+    return _definition(
+        names={
+            "kind": kind,
+            "plural": plural,
+            "singular": singular,
+            "shortNames": short,
+            "categories": PROFILE_CATEGORIES,
         },
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": kind,
-                "listKind": f"{kind}List",
-                "plural": plural,
-                "singular": singular,
-                "shortNames": short,
-                "categories": PROFILE_CATEGORIES,
-            },
-            "scope": "Cluster" if cluster else "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": _PROFILE_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": what,
-                            "properties": {
-                                "apiVersion": {
-                                    "type": "string",
-                                    "description": "APIVersion defines the versioned schema "
-                                    "of this object.",
-                                },
-                                "kind": {
-                                    "type": "string",
-                                    "description": "Kind is the type of this object.",
-                                },
-                                "metadata": {"type": "object"},
-                                "spec": profile_spec_schema(cluster),
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+        scope="Cluster" if cluster else "Namespaced",
+        columns=_PROFILE_COLUMNS,
+        description=what,
+        properties={"spec": profile_spec_schema(cluster)},
+    )
 
 
 def render_crds() -> dict[str, str]:
@@ -495,58 +508,22 @@ _ROLLOUT_COLUMNS: list[dict[str, Any]] = [
 
 def rollout_definition() -> dict[str, Any]:
     """The ModelRollout CRD."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{rollout.PLURAL}.{GROUP}",
-            "labels": {
-                "app.kubernetes.io/name": "kubetune",
-                "app.kubernetes.io/part-of": "kubetune",
-            },
+    return _definition(
+        names={
+            "kind": rollout.KIND,
+            "plural": rollout.PLURAL,
+            "singular": rollout.SINGULAR,
+            "shortNames": rollout.SHORT_NAMES,
+            "categories": rollout.CATEGORIES,
         },
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": rollout.KIND,
-                "listKind": f"{rollout.KIND}List",
-                "plural": rollout.PLURAL,
-                "singular": rollout.SINGULAR,
-                "shortNames": rollout.SHORT_NAMES,
-                "categories": rollout.CATEGORIES,
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": _ROLLOUT_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "ModelRollout rolls a tuned model out beside the "
-                            "model it replaces through a weighted route, analyses both on "
-                            "Prometheus and promotes or rolls back the candidate.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {
-                                    "type": "string",
-                                    "description": "APIVersion defines the versioned schema "
-                                    "of this object.",
-                                },
-                                "kind": {
-                                    "type": "string",
-                                    "description": "Kind is the type of this object.",
-                                },
-                                "metadata": {"type": "object"},
-                                "spec": structural_schema(rollout.ModelRolloutSpec),
-                                "status": structural_schema(rollout.ModelRolloutStatus),
-                            },
-                        }
-                    },
-                }
-            ],
+        scope="Namespaced",
+        columns=_ROLLOUT_COLUMNS,
+        description="ModelRollout rolls a tuned model out beside the model it replaces through "
+        "a weighted route, analyses both on Prometheus and promotes or rolls back the candidate.",
+        properties={
+            "spec": structural_schema(rollout.ModelRolloutSpec),
+            "status": structural_schema(rollout.ModelRolloutStatus),
         },
-    }
+        required=["spec"],
+        status=True,
+    )

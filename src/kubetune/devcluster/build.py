@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,3 +86,31 @@ def build(
     if components is None and missing:
         raise DevClusterError(f"build finished but components are still missing: {missing}")
     return binaries
+
+
+def go_module_dir(module: str, version: str, go: Path | None = None) -> Path:
+    """``module@version``'s directory in the Go module cache: ``go mod download`` fetches the
+    module zip through the module proxy when it is not there (a download, never a build)."""
+    go = go or find_go()
+    if go is None:
+        raise DevClusterError(f"no Go toolchain to download {module}@{version} (set GO)")
+    with tempfile.TemporaryDirectory() as outside_any_module:
+        proc = subprocess.run(
+            [str(go), "mod", "download", "-json", f"{module}@{version}"],
+            capture_output=True,
+            text=True,
+            cwd=outside_any_module,
+            env=dict(os.environ, GOTOOLCHAIN="local", GOFLAGS=""),
+            timeout=300,
+            check=False,
+        )
+    try:
+        info = json.loads(proc.stdout)
+    except ValueError:
+        info = {}
+    directory = info.get("Dir")
+    if proc.returncode != 0 or not directory or info.get("Error"):
+        raise DevClusterError(
+            f"go mod download {module}@{version} failed: {info.get('Error') or proc.stderr}"
+        )
+    return Path(directory)

@@ -22,9 +22,7 @@ shared test cluster as a cluster-wide admission policy.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
@@ -33,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from kubetune.devcluster.build import go_module_dir
 from kubetune.devcluster.cluster import DevCluster
 from kubetune.devcluster.versions import DevClusterError, Versions, cache_dir
 
@@ -49,36 +48,6 @@ REQUIRED_KINDS = {
     "HTTPRoute": "httproutes",
     "ReferenceGrant": "referencegrants",
 }
-
-
-def go_module_dir(module: str, version: str, go: Path | None = None) -> Path:
-    """``module@version``'s directory in the Go module cache: ``go mod download`` fetches the
-    module zip through the module proxy when it is not there (a download, never a build)."""
-    from kubetune.devcluster.build import find_go
-
-    go = go or find_go()
-    if go is None:
-        raise DevClusterError(f"no Go toolchain to download {module}@{version} (set GO)")
-    with tempfile.TemporaryDirectory() as outside_any_module:
-        proc = subprocess.run(
-            [str(go), "mod", "download", "-json", f"{module}@{version}"],
-            capture_output=True,
-            text=True,
-            cwd=outside_any_module,
-            env=dict(os.environ, GOTOOLCHAIN="local", GOFLAGS=""),
-            timeout=300,
-            check=False,
-        )
-    try:
-        info = json.loads(proc.stdout)
-    except ValueError:
-        info = {}
-    directory = info.get("Dir")
-    if proc.returncode != 0 or not directory or info.get("Error"):
-        raise DevClusterError(
-            f"go mod download {module}@{version} failed: {info.get('Error') or proc.stderr}"
-        )
-    return Path(directory)
 
 
 def crd_cache_dir(version: str, channel: str = CHANNEL) -> Path:

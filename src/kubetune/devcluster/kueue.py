@@ -42,7 +42,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +52,7 @@ from typing import Any
 
 import yaml
 
+from kubetune.devcluster.build import go_module_dir
 from kubetune.devcluster.cluster import DevCluster
 from kubetune.devcluster.procs import ProcInfo, free_port, free_ports, spawn, terminate
 from kubetune.devcluster.versions import Binaries, DevClusterError
@@ -156,31 +156,7 @@ def _interface_ipv4s() -> list[str]:
 def module_dir(version: str, go: Path | None = None) -> Path:
     """Kueue's module directory in the Go module cache (downloaded through the module proxy if
     it is not there: the build downloads it anyway)."""
-    from kubetune.devcluster.build import find_go
-
-    go = go or find_go()
-    if go is None:
-        raise DevClusterError(f"no Go toolchain to find {MODULE}@{version}'s manifests (set GO)")
-    with tempfile.TemporaryDirectory() as outside_any_module:
-        proc = subprocess.run(
-            [str(go), "mod", "download", "-json", f"{MODULE}@{version}"],
-            capture_output=True,
-            text=True,
-            cwd=outside_any_module,
-            env=dict(os.environ, GOTOOLCHAIN="local", GOFLAGS=""),
-            timeout=300,
-            check=False,
-        )
-    try:
-        info = json.loads(proc.stdout)
-    except ValueError:
-        info = {}
-    directory = info.get("Dir")
-    if proc.returncode != 0 or not directory or info.get("Error"):
-        raise DevClusterError(
-            f"go mod download {MODULE}@{version} failed: {info.get('Error') or proc.stderr}"
-        )
-    return Path(directory)
+    return go_module_dir(MODULE, version, go)
 
 
 @dataclass(frozen=True)
