@@ -2,11 +2,14 @@
 rollout metrics (operator/kubetune_operator/rollout/metrics.py, served over HTTP).
 
 The big e2e test (test_dashboards_and_alerts_e2e.py) runs no ModelRollout, so this one makes
-the rollout series: two rollouts in one namespace, one canary rolled back by a failing metric
-after Successful, Inconclusive and Error measurements, one promoted. Prometheus scrapes the
-registry every second and loads charts/kubetune/files/rules/rollout.yaml as it ships. Then
-every target of the dashboard is a range query over the run that must not error and must
-return data, with the values the scenario implies, and every rollout rule is healthy.
+the rollout series: two rollouts in one namespace, one canary paused on an inconclusive
+analysis, then rolled back by a failing metric after Successful, Inconclusive and Error
+measurements, the other measured and promoted. Every series is per rollout, so the
+selected canary's panels must not show its neighbour's measurements or promotion.
+Prometheus scrapes the registry every second and loads charts/kubetune/files/rules/rollout.yaml
+as it ships. Then every target of the dashboard is a range query over the run that must
+not error and must return data, with the values the scenario implies, and every rollout
+rule is healthy.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ NAMESPACE = "team-a"
 CANARY = "support-bot"  # rolled back
 OTHER = "chat"  # promoted
 HOLD = 2.5  # seconds each state is held: at least two 1s scrapes
+METRICS = ("latency-p95", "feedback")  # both rollouts' spec.analysis.metrics
 
 
 class FakeController:
@@ -44,14 +48,20 @@ class FakeController:
         self.rollouts: dict[str, RolloutSample] = {}
         self.metrics = RolloutMetrics(registry, lambda: list(self.rollouts.values()))
 
-    def set(self, name: str, phase: str, weight: int) -> None:
-        self.rollouts[name] = RolloutSample(NAMESPACE, name, phase, weight)
+    def set(self, name: str, phase: str, weight: int, pause_reason: str | None = None) -> None:
+        self.rollouts[name] = RolloutSample(NAMESPACE, name, phase, weight, pause_reason)
+        # the first reconcile starts the rollout's series at 0 (as the controller does)
+        self.metrics.start(NAMESPACE, name, METRICS)
 
     def record(
-        self, verdicts: dict[str, str], aborted: str | None = None, promoted: bool = False
+        self,
+        name: str,
+        verdicts: dict[str, str],
+        aborted: str | None = None,
+        promoted: bool = False,
     ) -> None:
         measured = [_measurement(metric, verdict) for metric, verdict in verdicts.items()]
-        self.metrics.record(NAMESPACE, measured, aborted, promoted)
+        self.metrics.record(NAMESPACE, name, measured, aborted, promoted)
 
 
 def _measurement(metric: str, verdict: str) -> Measurement:
@@ -79,27 +89,32 @@ def registry() -> Iterator[tuple[CollectorRegistry, int]]:
     thread.join(timeout=5)
 
 
-def _drive(controller: FakeController) -> None:
-    """support-bot: 10 %, measured, 50 %, a failing metric rolls it back; chat: promoted."""
+def _drive(controller: FakeController) -> float:
+    """support-bot: 10 %, measured, paused as inconclusive, 50 %, a failing metric rolls it
+    back; chat: measured Successful (inconclusive feedback too), promoted. Returns a time at
+    which support-bot was paused."""
     controller.set(CANARY, "Pending", 0)
     controller.set(OTHER, "Progressing", 20)
-    controller.record({})  # the first reconcile: abort and promotion series start at 0
     time.sleep(HOLD)
     controller.set(CANARY, "Progressing", 10)
-    controller.record({"latency-p95": "Successful", "feedback": "Inconclusive"})
+    controller.record(CANARY, {"latency-p95": "Successful", "feedback": "Inconclusive"})
+    controller.record(OTHER, {"latency-p95": "Successful", "feedback": "Successful"})
     time.sleep(HOLD)
-    controller.record({"latency-p95": "Successful", "feedback": "Inconclusive"})
-    controller.set(CANARY, "Paused", 10)
+    controller.record(CANARY, {"latency-p95": "Successful", "feedback": "Inconclusive"})
+    controller.record(OTHER, {"latency-p95": "Successful", "feedback": "Inconclusive"})
+    controller.set(CANARY, "Paused", 10, "AnalysisInconclusive")
     time.sleep(HOLD)
+    paused_at = time.time()
     controller.set(CANARY, "Progressing", 50)
-    controller.record({"latency-p95": "Error", "feedback": "Successful"})
+    controller.record(CANARY, {"latency-p95": "Error", "feedback": "Successful"})
     time.sleep(HOLD)
-    controller.record({"latency-p95": "Failed", "feedback": "Successful"})
-    controller.record({"latency-p95": "Failed"}, aborted="MetricFailed")
+    controller.record(CANARY, {"latency-p95": "Failed", "feedback": "Successful"})
+    controller.record(CANARY, {"latency-p95": "Failed"}, aborted="MetricFailed")
     controller.set(CANARY, "RolledBack", 0)
     controller.set(OTHER, "Promoted", 100)
-    controller.record({}, promoted=True)
+    controller.record(OTHER, {}, promoted=True)
     time.sleep(HOLD)
+    return paused_at
 
 
 def _evaluate(prom: Prometheus, start: float, end: float) -> list[TargetResult]:
@@ -139,7 +154,7 @@ def test_rollout_dashboard_and_rules_against_real_metrics(
     prom = start_prometheus(operator_targets=[f"127.0.0.1:{port}"], rule_files=[RULES])
     prom.wait_for(f'kubetune_operator_leader{{job="{OPERATOR_JOB}"}} == 1', timeout=30)
     start = time.time()
-    _drive(controller)
+    paused_at = _drive(controller)
     prom.wait_for('kubetune_rollout_phase{phase="RolledBack"} == 1', timeout=10)
     end = time.time()
 
@@ -149,7 +164,7 @@ def test_rollout_dashboard_and_rules_against_real_metrics(
     empty = [f"{r.panel}: {r.expr}" for r in results if not r.has_data]
     assert not empty, "panels without data:\n" + "\n".join(empty)
     by_panel = {r.panel: r for r in results}
-    assert len(by_panel) == len(results) >= 12
+    assert len(by_panel) == len(results) >= 14
 
     # what the scenario implies, as the panels show it
     weights = {
@@ -159,17 +174,28 @@ def test_rollout_dashboard_and_rules_against_real_metrics(
     assert _last(by_panel["Phase"]) == {"RolledBack": 1.0}
     phases = {s["metric"]["phase"] for s in by_panel["Phase over time"].series}
     assert {"Pending", "Progressing", "Paused", "RolledBack"} <= phases
+    reasons = {s["metric"]["reason"] for s in by_panel["Pause reason"].series}
+    assert reasons == {"AnalysisInconclusive"}
     assert _last(by_panel["Candidate weights in the namespace"]) == {CANARY: 0.0, OTHER: 100.0}
     rollbacks = _last(by_panel["Rollbacks by reason in range"])
     assert rollbacks["MetricFailed"] > 0.5 and rollbacks["QueryErrors"] == 0
+    in_namespace = _last(by_panel["Rollbacks in the namespace"])
+    assert in_namespace[f"{CANARY} MetricFailed"] > 0.5
+    assert in_namespace[f"{OTHER} MetricFailed"] == 0
+    # per rollout: the canary's stats leave out its neighbour's promotion and measurements
     [promotions] = _last(by_panel["Promotions"]).values()  # the stat: promotions in range
-    assert promotions > 0.5
+    assert promotions == 0
+    [measurements] = _last(by_panel["Measurements"]).values()
+    assert 9 <= measurements < 12  # the canary's 9, extrapolated a little; chat's 4 left out
     shares = _last(by_panel["Inconclusive share by metric"])
     assert shares["latency-p95"] == 0 and shares["feedback"] > 0
     verdicts = {
         s["metric"]["verdict"] for s in by_panel["Measurements by metric and verdict"].series
     }
     assert verdicts == {"Successful", "Inconclusive", "Error", "Failed"}
+    # series start at 0: the canary's one and only Error is seen by increase()
+    bad = _last(by_panel["Failed and error measurements by metric"])
+    assert bad["latency-p95 Error"] > 0.5 and bad["feedback Error"] == 0
 
     # the rules load, evaluate without error, and the rollback is seen by the alert's expression
     rules = rule_expressions([RULES])
@@ -178,5 +204,14 @@ def test_rollout_dashboard_and_rules_against_real_metrics(
     assert all(r["health"] != "err" for g in groups for r in g["rules"]), groups
     for rule in rules:
         prom.query(rule.expr, end)
-    [rolled_back] = prom.query(next(r.expr for r in rules if r.name == "KubetuneRolloutRolledBack"))
-    assert rolled_back["metric"] == {"namespace": NAMESPACE, "reason": "MetricFailed"}
+    by_name = {r.name: r.expr for r in rules}
+    [rolled_back] = prom.query(by_name["KubetuneRolloutRolledBack"])
+    assert rolled_back["metric"] == {
+        "namespace": NAMESPACE,
+        "modelrollout": CANARY,
+        "reason": "MetricFailed",
+    }
+    # the stuck alert's condition holds for the canary while it is paused as inconclusive
+    [stuck] = prom.query(by_name["KubetuneRolloutStuckInconclusive"], paused_at)
+    assert stuck["metric"] == {"namespace": NAMESPACE, "modelrollout": CANARY}
+    assert not prom.query(by_name["KubetuneRolloutStuckInconclusive"], end)

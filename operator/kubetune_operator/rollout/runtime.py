@@ -127,6 +127,7 @@ class RolloutController:
             if uid:
                 self.events.forget(str(uid))
             self.known.pop(key, None)
+            self.metrics.forget(*key)
             self.queue.discard(key)
             return
         self.known[key] = dict(body)
@@ -147,6 +148,7 @@ class RolloutController:
                 name,
                 str(status.get("phase") or "Pending"),
                 int(status.get("candidateWeight") or 0),
+                status.get("pauseReason"),
             )
 
     # -- the worker ------------------------------------------------------------------------------
@@ -196,6 +198,7 @@ class RolloutController:
         except ApiError as exc:
             if exc.not_found:
                 self.known.pop(key, None)
+                self.metrics.forget(*key)
                 return None
             raise
         self.known[key] = body
@@ -206,6 +209,8 @@ class RolloutController:
             await self._post(body, "Warning", "InvalidSpec", str(exc)[:1024])
             return None
         spec = rollout.spec
+        analysed = [m.name for m in spec.analysis.metrics] if spec.analysis else []
+        self.metrics.start(namespace, name, analysed)
         route_body, weights = await self._read_route(namespace, spec)
         job = CandidateJob.from_body(self.jobs((namespace, spec.candidate.fine_tune_job)))
         now = self.clock()
@@ -298,7 +303,7 @@ class RolloutController:
         if decision.remove_annotations:
             acted = rollout.metadata.annotations
             await self._remove_annotations(key, body, acted, decision.remove_annotations)
-        self.metrics.record(namespace, decision.measured, decision.aborted, decision.promoted)
+        self.metrics.record(namespace, name, decision.measured, decision.aborted, decision.promoted)
         for event in decision.events:
             task = asyncio.create_task(self._post(body, event.type, event.reason, event.message))
             self._background.add(task)

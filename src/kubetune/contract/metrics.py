@@ -433,7 +433,9 @@ _MODELROLLOUT = Label(
 )
 
 #: The ModelRollout controller's metrics (served by the operator, registered only where the
-#: ModelRollout API is served; operator/kubetune_operator/rollout/metrics.py).
+#: ModelRollout API is served; operator/kubetune_operator/rollout/metrics.py). Every series
+#: is per rollout: the cardinality stays bounded because rollouts are few (one per canary in
+#: flight), each has at most 16 analysis metrics, and a deleted rollout's series are removed.
 ROLLOUT_METRICS: Final[tuple[MetricSpec, ...]] = (
     _o(
         "kubetune_rollout_candidate_weight",
@@ -453,11 +455,28 @@ ROLLOUT_METRICS: Final[tuple[MetricSpec, ...]] = (
         Label("phase", "`Pending`, `Progressing`, `Paused`, `Promoted`, `RolledBack`, `Failed`."),
     ),
     _o(
+        "kubetune_rollout_paused",
+        "gauge",
+        "",
+        "1 for the reason the rollout is Paused (status.pauseReason), 0 for the other reason; "
+        "every series is 0 while the rollout is not Paused.",
+        _ROLLOUT_NAMESPACE,
+        _MODELROLLOUT,
+        Label(
+            "reason",
+            "`PauseStep` (a pause step waits) or `AnalysisInconclusive` (an analysis step "
+            "ran out of intervals without deciding).",
+        ),
+    ),
+    _o(
         "kubetune_rollout_measurements_total",
         "counter",
         "",
-        "Analysis measurements of rollouts, by metric and verdict.",
+        "Analysis measurements of a rollout, by metric and verdict; every metric x verdict "
+        "starts at 0 when the controller first sees the metric in the rollout's spec "
+        "(bounded: at most 16 metrics x 4 verdicts per rollout).",
         _ROLLOUT_NAMESPACE,
+        _MODELROLLOUT,
         Label("metric", "The analysis metric's name (spec.analysis.metrics[].name)."),
         Label("verdict", "`Successful`, `Failed`, `Inconclusive` or `Error`."),
     ),
@@ -465,8 +484,10 @@ ROLLOUT_METRICS: Final[tuple[MetricSpec, ...]] = (
         "kubetune_rollout_aborts_total",
         "counter",
         "",
-        "Rollouts rolled back, by reason.",
+        "Rollbacks of a rollout, by reason (every reason starts at 0 on the rollout's first "
+        "reconcile).",
         _ROLLOUT_NAMESPACE,
+        _MODELROLLOUT,
         Label(
             "reason",
             "`MetricFailed`, `SequentialTestWorse`, `QueryErrors`, `ProgressDeadlineExceeded` "
@@ -477,8 +498,10 @@ ROLLOUT_METRICS: Final[tuple[MetricSpec, ...]] = (
         "kubetune_rollout_promotions_total",
         "counter",
         "",
-        "Rollouts whose candidate was promoted to 100 % of the traffic.",
+        "Promotions of a rollout's candidate to 100 % of the traffic (starts at 0 on the "
+        "rollout's first reconcile).",
         _ROLLOUT_NAMESPACE,
+        _MODELROLLOUT,
     ),
 )
 

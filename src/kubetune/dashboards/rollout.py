@@ -1,12 +1,12 @@
-"""ModelRollouts: where a canary stands (weight, phase) and why it moves (analysis verdicts,
-rollbacks, promotions).
+"""ModelRollouts: where a canary stands (weight, phase, why it is paused) and why it moves
+(analysis verdicts, rollbacks, promotions).
 
-Weight and phase are per rollout (``namespace`` and ``modelrollout`` labels) and read from
-the replica holding the lease, like the job-level gauges. The counters
-(``kubetune_rollout_{measurements,aborts,promotions}_total``) carry the rollout's
-``namespace`` but no rollout name, so their panels cover every rollout of the namespace;
-the single measurements live in ``status.measurements`` (``kubectl describe mro``), which
-the dashboard's links and descriptions point at.
+Every rollout series is per rollout (``namespace`` and ``modelrollout`` labels). The gauges
+(weight, phase, paused) are read from the replica holding the lease, like the job-level
+gauges; the counters (``kubetune_rollout_{measurements,aborts,promotions}_total``) are
+summed over replicas (a standby's copy never moves). Most panels show the selected rollout;
+the panels named "in the namespace" compare its neighbours. The single measurements live in
+``status.measurements`` (``kubectl describe mro``), which the links and descriptions point at.
 """
 
 from __future__ import annotations
@@ -47,30 +47,29 @@ NS = f'job="{OPERATOR_JOB}", namespace="$namespace"'
 ROLLOUT = f'{NS}, modelrollout="$modelrollout"'
 WEIGHT = f"kubetune_rollout_candidate_weight{{{ROLLOUT}}}"
 PHASE = f"kubetune_rollout_phase{{{ROLLOUT}}}"
+PAUSED = f"kubetune_rollout_paused{{{ROLLOUT}}}"
 NS_PHASE = f"kubetune_rollout_phase{{{NS}}}"
-MEASUREMENTS = f"kubetune_rollout_measurements_total{{{NS}}}"
-BAD_MEASUREMENTS = f'kubetune_rollout_measurements_total{{{NS}, verdict=~"Failed|Error"}}'
-INCONCLUSIVE = f'kubetune_rollout_measurements_total{{{NS}, verdict="Inconclusive"}}'
+MEASUREMENTS = f"kubetune_rollout_measurements_total{{{ROLLOUT}}}"
+BAD_MEASUREMENTS = f'kubetune_rollout_measurements_total{{{ROLLOUT}, verdict=~"Failed|Error"}}'
+INCONCLUSIVE = f'kubetune_rollout_measurements_total{{{ROLLOUT}, verdict="Inconclusive"}}'
 ALL_BY_METRIC = f"sum by (metric) (increase({MEASUREMENTS}[{ANALYSIS_WINDOW}]))"
-ABORTS = f"kubetune_rollout_aborts_total{{{NS}}}"
-PROMOTIONS = f"kubetune_rollout_promotions_total{{{NS}}}"
+ABORTS = f"kubetune_rollout_aborts_total{{{ROLLOUT}}}"
+NS_ABORTS = f"kubetune_rollout_aborts_total{{{NS}}}"
+PROMOTIONS = f"kubetune_rollout_promotions_total{{{ROLLOUT}}}"
 
 NAMESPACES_QUERY = f'label_values(kubetune_rollout_phase{{job="{OPERATOR_JOB}"}}, namespace)'
 ROLLOUTS_QUERY = f"label_values(kubetune_rollout_phase{{{NS}}}, modelrollout)"
 
-#: Said on every panel that counts all rollouts of the namespace.
-PER_NAMESPACE = (
-    " All rollouts of the namespace (the counters carry no rollout name): "
-    "`kubectl describe mro -n NAMESPACE NAME` lists each measurement (status.measurements)."
-)
+#: Said on every panel that counts the selected rollout's measurements or outcomes.
+DETAILS = " Each measurement: `kubectl describe mro -n NAMESPACE NAME` (status.measurements)."
 
 
 def _now() -> list[PanelBuilder]:
     return [
         stat(
             "Phase",
-            "The selected rollout's phase: Pending, Progressing, Paused (a pause step or an "
-            "inconclusive analysis: status.pauseReason), Promoted, RolledBack or Failed.",
+            "The selected rollout's phase: Pending, Progressing, Paused (why: the Pause reason "
+            "panel), Promoted, RolledBack or Failed.",
             COUNT,
             [Query(f"max by (phase) ({leader_only(PHASE)}) == 1", "{{phase}}", instant=True)],
         ).text_mode(common_model.BigValueTextMode.NAME),
@@ -83,15 +82,15 @@ def _now() -> list[PanelBuilder]:
         ),
         stat(
             "Measurements",
-            "Analysis measurements over the selected time range." + PER_NAMESPACE,
+            "The selected rollout's analysis measurements over the selected time range." + DETAILS,
             COUNT,
             [Query(f"sum(increase({MEASUREMENTS}[$__range]))")],
             decimals=0,
         ),
         stat(
             "Failed or error measurements",
-            "Measurements over the selected time range that failed their limit or whose "
-            "query errored." + PER_NAMESPACE,
+            "The selected rollout's measurements over the selected time range that failed "
+            "their limit or whose query errored." + DETAILS,
             COUNT,
             [Query(f"sum(increase({BAD_MEASUREMENTS}[$__range]))")],
             thresholds=((None, "green"), (1, "orange")),
@@ -99,7 +98,8 @@ def _now() -> list[PanelBuilder]:
         ),
         stat(
             "Rollbacks",
-            "Rollouts rolled back over the selected time range (any reason)." + PER_NAMESPACE,
+            "Rollbacks of the selected rollout over the selected time range (any reason)."
+            + DETAILS,
             COUNT,
             [Query(f"sum(increase({ABORTS}[$__range]))")],
             thresholds=((None, "green"), (1, "red")),
@@ -107,8 +107,8 @@ def _now() -> list[PanelBuilder]:
         ),
         stat(
             "Promotions",
-            "Candidates promoted to 100 % of the traffic over the selected time range."
-            + PER_NAMESPACE,
+            "Promotions of the selected rollout's candidate to 100 % of the traffic over the "
+            "selected time range." + DETAILS,
             COUNT,
             [Query(f"sum(increase({PROMOTIONS}[$__range]))")],
             decimals=0,
@@ -130,10 +130,20 @@ def _traffic() -> list[PanelBuilder]:
         timeseries(
             "Phase over time",
             "The selected rollout's phase: one line per phase, drawn while the rollout is in "
-            "it. Why it paused or rolled back: `kubectl describe mro` (status.pauseReason, "
-            "status.abort).",
+            "it. Why it rolled back: `kubectl describe mro` (status.abort).",
             COUNT,
             [Query(f"max by (phase) ({leader_only(PHASE)}) == 1", "{{phase}}")],
+            min_value=0,
+            max_value=1,
+        ).line_interpolation(common_model.LineInterpolation.STEP_AFTER),
+        timeseries(
+            "Pause reason",
+            "Why the selected rollout is Paused (status.pauseReason), drawn while it is: "
+            "PauseStep (a pause step waits for its duration or a person) or "
+            "AnalysisInconclusive (an analysis step could not decide; it waits for a person "
+            "and alerts after an hour). Nothing drawn: not paused.",
+            COUNT,
+            [Query(f"max by (reason) ({leader_only(PAUSED)}) == 1", "{{reason}}")],
             min_value=0,
             max_value=1,
         ).line_interpolation(common_model.LineInterpolation.STEP_AFTER),
@@ -159,6 +169,19 @@ def _traffic() -> list[PanelBuilder]:
             min_value=0,
             max_value=100,
         ).line_interpolation(common_model.LineInterpolation.STEP_AFTER),
+        timeseries(
+            "Rollbacks in the namespace",
+            f"Rollbacks of every rollout of the namespace in a sliding {EVENT_WINDOW}, by "
+            "rollout and reason: which canaries of the namespace fail.",
+            COUNT,
+            [
+                Query(
+                    f"sum by (modelrollout, reason) (increase({NS_ABORTS}[{EVENT_WINDOW}]))",
+                    "{{modelrollout}} {{reason}}",
+                )
+            ],
+            bars=True,
+        ),
     ]
 
 
@@ -168,7 +191,7 @@ def _analysis() -> list[PanelBuilder]:
             "Measurements by metric and verdict",
             f"Analysis measurements in a sliding {ANALYSIS_WINDOW}, per analysis metric and "
             "verdict (Successful, Failed, Inconclusive: no data or too few samples, Error: "
-            "the query failed)." + PER_NAMESPACE,
+            "the query failed)." + DETAILS,
             COUNT,
             [
                 Query(
@@ -182,7 +205,7 @@ def _analysis() -> list[PanelBuilder]:
             "Failed and error measurements by metric",
             f"Measurements that failed their limit or errored, in a sliding {ANALYSIS_WINDOW}. "
             "A metric past its failureLimit (or consecutiveErrorLimit) rolls the rollout back."
-            + PER_NAMESPACE,
+            + DETAILS,
             COUNT,
             [
                 Query(
@@ -196,7 +219,7 @@ def _analysis() -> list[PanelBuilder]:
             "Inconclusive share by metric",
             f"Inconclusive over all measurements in a sliding {ANALYSIS_WINDOW}, per metric. "
             "Near 100 %: the candidate or the baseline gets too little traffic to decide, and "
-            "an analysis step will pause rather than promote." + PER_NAMESPACE,
+            "an analysis step will pause rather than promote." + DETAILS,
             RATIO,
             [
                 Query(
@@ -211,7 +234,8 @@ def _analysis() -> list[PanelBuilder]:
         ),
         bargauge(
             "Measurements by verdict",
-            "Measurements over the selected time range, by verdict." + PER_NAMESPACE,
+            "The selected rollout's measurements over the selected time range, by verdict."
+            + DETAILS,
             COUNT,
             [
                 Query(
@@ -229,9 +253,9 @@ def _outcomes() -> list[PanelBuilder]:
     return [
         timeseries(
             "Rollbacks by reason",
-            f"Rollouts rolled back in a sliding {EVENT_WINDOW}, by reason (MetricFailed, "
-            "SequentialTestWorse, QueryErrors, ProgressDeadlineExceeded, AbortedByUser). "
-            "Which rollout and metric: status.abort in `kubectl describe mro`." + PER_NAMESPACE,
+            f"Rollbacks of the selected rollout in a sliding {EVENT_WINDOW}, by reason "
+            "(MetricFailed, SequentialTestWorse, QueryErrors, ProgressDeadlineExceeded, "
+            "AbortedByUser). Which metric: status.abort in `kubectl describe mro`." + DETAILS,
             COUNT,
             [
                 Query(
@@ -243,15 +267,15 @@ def _outcomes() -> list[PanelBuilder]:
         ),
         timeseries(
             "Promotions over time",
-            f"Candidates promoted to 100 % of the traffic in a sliding {EVENT_WINDOW}."
-            + PER_NAMESPACE,
+            f"Promotions of the selected rollout's candidate to 100 % of the traffic in a "
+            f"sliding {EVENT_WINDOW}." + DETAILS,
             COUNT,
             [Query(f"sum(increase({PROMOTIONS}[{EVENT_WINDOW}]))", "promotions")],
             bars=True,
         ),
         bargauge(
             "Rollbacks by reason in range",
-            "Rollbacks over the selected time range, by reason." + PER_NAMESPACE,
+            "Rollbacks of the selected rollout over the selected time range, by reason." + DETAILS,
             COUNT,
             [
                 Query(
@@ -291,9 +315,10 @@ def build() -> dashboard_model.Dashboard:
         new_dashboard(
             UID,
             "kubetune / Model rollouts",
-            "ModelRollouts: candidate weight and phase of one rollout, analysis measurements "
-            "by metric and verdict, rollbacks by reason and promotions in its namespace. "
-            "Each measurement in detail: kubectl describe mro (status.measurements).",
+            "ModelRollouts: candidate weight, phase and pause reason of one rollout, its "
+            "analysis measurements by metric and verdict, its rollbacks by reason and "
+            "promotions, and its neighbours in the namespace. Each measurement in detail: "
+            "kubectl describe mro (status.measurements).",
             tags=["rollout"],
         )
         .with_variable(
@@ -309,7 +334,7 @@ def build() -> dashboard_model.Dashboard:
                 "modelrollout",
                 "ModelRollout",
                 ROLLOUTS_QUERY,
-                "The ModelRollout's name (weight and phase panels).",
+                "The ModelRollout's name (all panels but those in the namespace).",
             )
         )
         .links(_links())

@@ -266,7 +266,10 @@ def test_promotion_through_steps(
         what="the Promoted Event",
     )
     metrics = rollout_operator.metrics()
-    assert f'kubetune_rollout_promotions_total{{namespace="{namespace}"}} 1.0' in metrics
+    assert (
+        f'kubetune_rollout_promotions_total{{modelrollout="chat-v2",namespace="{namespace}"}} 1.0'
+        in metrics
+    )
     assert (
         f'kubetune_rollout_candidate_weight{{modelrollout="chat-v2",namespace="{namespace}"}} 100.0'
         in metrics

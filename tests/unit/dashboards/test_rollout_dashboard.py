@@ -1,5 +1,6 @@
-"""The ModelRollout dashboard shows one rollout's weight and phase, its namespace's analysis
-verdicts, rollbacks and promotions, and tells the reader where the details are."""
+"""The ModelRollout dashboard shows one rollout's weight, phase, pause reason, analysis
+verdicts, rollbacks and promotions, its neighbours in the namespace, and tells the reader
+where the details are."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from kubetune.dashboards import rollout
 from kubetune.dashboards.render import DASHBOARDS, render_all
 
 BOARD: dict[str, Any] = json.loads(render_all()[rollout.FILENAME])
-PER_ROLLOUT = {m.name for m in ROLLOUT_METRICS if "modelrollout" in m.label_names}
-PER_NAMESPACE = {m.name for m in ROLLOUT_METRICS} - PER_ROLLOUT
+GAUGES = {m.name for m in ROLLOUT_METRICS if m.type == "gauge"}
 SERIES = re.compile(r"\b(kubetune_rollout_[a-z_]+)(\{[^}]*\})?")
 
 
@@ -52,20 +52,43 @@ def test_every_rollout_metric_is_shown() -> None:
     assert queried == {m.name for m in ROLLOUT_METRICS}
 
 
-def test_series_are_filtered_by_the_variables_and_gauges_read_from_the_leader() -> None:
-    """A gauge of one rollout reads the selected rollout (or its namespace) from the leader;
-    a counter (no rollout label) reads the selected namespace."""
+def test_series_are_filtered_by_the_rollout_and_gauges_read_from_the_leader() -> None:
+    """Every panel reads the selected rollout, but those "in the namespace", which compare
+    its neighbours; gauges are read from the leader, counters summed over replicas."""
+    neighbours = 0
     for panel in _panels():
+        in_namespace = panel["title"].endswith("in the namespace")
+        neighbours += in_namespace
         for target in panel["targets"]:
             expr = target["expr"]
             for name, matchers in SERIES.findall(expr):
                 assert 'namespace="$namespace"' in matchers, (panel["title"], name)
-                if name in PER_ROLLOUT:
+                selected = 'modelrollout="$modelrollout"' in matchers
+                assert selected != in_namespace, (panel["title"], name)
+                if name in GAUGES:
                     assert "kubetune_operator_leader" in expr, panel["title"]
-                if name in PER_NAMESPACE:
-                    assert "modelrollout" not in matchers, (panel["title"], name)
-                    assert "All rollouts of the namespace" in panel["description"]
-                    assert "kubectl describe mro" in panel["description"]
+                else:
+                    assert "kubetune_operator_leader" not in expr, panel["title"]
+                    if not in_namespace:
+                        assert "kubectl describe mro" in panel["description"], panel["title"]
+    assert neighbours == 3
+
+
+def test_rollbacks_in_the_namespace_name_the_rollout() -> None:
+    target = _by_title()["Rollbacks in the namespace"]["targets"][0]
+    assert target["expr"].startswith("sum by (modelrollout, reason) (increase(")
+    assert target["legendFormat"] == "{{modelrollout}} {{reason}}"
+
+
+def test_pause_reason_is_drawn_while_paused() -> None:
+    panel = _by_title()["Pause reason"]
+    [target] = panel["targets"]
+    assert "kubetune_rollout_paused{" in target["expr"]
+    assert 'modelrollout="$modelrollout"' in target["expr"]
+    assert target["expr"].startswith("max by (reason) (") and target["expr"].endswith("== 1")
+    assert target["legendFormat"] == "{{reason}}"
+    assert panel["fieldConfig"]["defaults"]["custom"]["lineInterpolation"] == "stepAfter"
+    assert "AnalysisInconclusive" in panel["description"]
 
 
 def test_weight_is_a_step_line_in_percent_and_phase_shows_its_name() -> None:

@@ -32,6 +32,7 @@ def sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
     return run
 
 
+PAUSED = "kubetune_rollout_paused"
 RPATH = "/apis/kubetune.io/v1alpha1/namespaces/ml/modelrollouts/r"
 HPATH = "/apis/gateway.networking.k8s.io/v1/namespaces/ml/httproutes/chat"
 
@@ -181,6 +182,9 @@ async def test_a_failing_metric_zeroes_the_route_before_the_status_records_it() 
     assert weights(kube) == [("base", 80), ("tuned", 20)]
     await controller.reconcile(("ml", "r"))
     assert status(kube)["phase"] == "Paused"
+    text = generate_latest(registry).decode()
+    assert f'{PAUSED}{{modelrollout="r",namespace="ml",reason="PauseStep"}} 1.0' in text
+    assert f'{PAUSED}{{modelrollout="r",namespace="ml",reason="AnalysisInconclusive"}} 0.0' in text
     clock.now += timedelta(seconds=30)
     await controller.reconcile(("ml", "r"))
     assert status(kube)["measurements"][-1]["verdict"] == "Successful"
@@ -196,7 +200,11 @@ async def test_a_failing_metric_zeroes_the_route_before_the_status_records_it() 
     await controller.stop()  # flushes the Event posts
     assert ("Warning", "MetricFailed") in [(t, r) for t, r, _ in events.posted]
     text = generate_latest(registry).decode()
-    assert 'kubetune_rollout_aborts_total{namespace="ml",reason="MetricFailed"} 1.0' in text
+    assert (
+        'kubetune_rollout_aborts_total{modelrollout="r",namespace="ml",reason="MetricFailed"} 1.0'
+        in text
+    )
+    assert f'{PAUSED}{{modelrollout="r",namespace="ml",reason="PauseStep"}} 0.0' in text
     assert 'kubetune_rollout_phase{modelrollout="r",namespace="ml",phase="RolledBack"} 1.0' in text
     assert 'kubetune_rollout_candidate_weight{modelrollout="r",namespace="ml"} 0.0' in text
     assert 'verdict="Failed"} 1.0' in text
@@ -249,6 +257,28 @@ async def test_metrics_are_exactly_the_contract() -> None:
     for spec in ROLLOUT_METRICS:
         labels = {k for s in families[spec.family_name].samples for k in s.labels}
         assert labels <= set(spec.label_names), spec.name
+    await controller.stop()
+
+
+@sync
+async def test_first_reconcile_starts_the_rollouts_series_at_zero_and_deletion_drops_them() -> None:
+    kube, _, _, controller, registry = setup([{"setWeight": 20}, {"pause": {}}])
+    await controller.reconcile(("ml", "r"))  # sets the weight: nothing measured yet
+    text = generate_latest(registry).decode()
+    for verdict in ("Successful", "Failed", "Inconclusive", "Error"):
+        series = f'metric="latency",modelrollout="r",namespace="ml",verdict="{verdict}"'
+        assert f"kubetune_rollout_measurements_total{{{series}}} 0.0" in text, verdict
+    assert 'aborts_total{modelrollout="r",namespace="ml",reason="QueryErrors"} 0.0' in text
+    assert 'kubetune_rollout_promotions_total{modelrollout="r",namespace="ml"} 0.0' in text
+
+    controller.event("DELETED", ("ml", "r"), kube.objects[RPATH])
+    assert 'modelrollout="r"' not in generate_latest(registry).decode()
+    # a rollout found gone by a reconcile (a missed DELETED) goes too
+    await controller.reconcile(("ml", "r"))
+    assert 'modelrollout="r"' in generate_latest(registry).decode()
+    del kube.objects[RPATH]
+    assert await controller.reconcile(("ml", "r")) is None
+    assert 'modelrollout="r"' not in generate_latest(registry).decode()
     await controller.stop()
 
 
