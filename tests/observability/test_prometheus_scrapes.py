@@ -19,6 +19,7 @@ import yaml
 from kubetune.contract.paths import DEFAULT_METRICS_PORT
 from kubetune.devcluster.prometheus import (
     OPERATOR_JOB,
+    SERVE_JOB,
     TRAINER_JOB,
     TRAINER_LOCAL_POOL,
     PrometheusAPI,
@@ -197,6 +198,7 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         assert [j["job_name"] for j in config["scrape_configs"]] == [
             OPERATOR_JOB,
             TRAINER_LOCAL_POOL,
+            SERVE_JOB,
         ]
         again = cli("up", "--dir", str(directory), "--operator", "127.0.0.1:1")  # reconfigures
         assert again.returncode == 0 and f"KUBETUNE_PROMETHEUS_URL={url}" in again.stdout

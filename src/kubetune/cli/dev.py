@@ -13,6 +13,14 @@ pods, the operator and local runs (kubetune/cli/dev_prometheus.py).
 ``kubetune dev kueue up|down|status`` starts Kueue on the running cluster (never with the cluster
 itself; kubetune/cli/dev_kueue.py).
 
+``kubetune dev gateway up|status|down`` installs the Gateway API CRDs on the running cluster, and
+``kubetune dev router`` splits requests by one HTTPRoute's weights (there is no Gateway data
+plane; kubetune/cli/dev_gateway.py, kubetune/cli/dev_router.py).
+
+``kubetune dev canary --scenario good|latency|errors|quality|no-traffic`` rolls a tuned tiny
+model out on the running cluster and saves a picture of weights and metrics over time
+(kubetune/cli/dev_canary.py).
+
 ``kubetune dev seed -f JOB.yaml`` prepares a FineTuneJob's inputs for the real-pod nodes
 (``up --real-nodes N``): the well-known example locations it names (the tiny chat model and
 tokenizer, the sample datasets; what ``kubetune run --local`` creates) written into the node
@@ -36,8 +44,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from kubetune.cli.dev_canary import canary_cmd
+from kubetune.cli.dev_gateway import app as gateway_app
 from kubetune.cli.dev_kueue import app as kueue_app
+from kubetune.cli.dev_loadgen import loadgen as loadgen_cmd
 from kubetune.cli.dev_prometheus import app as prometheus_app
+from kubetune.cli.dev_router import router_cmd
 from kubetune.devcluster import DevCluster, DevClusterError
 from kubetune.devcluster.build import build as build_binaries
 from kubetune.devcluster.kueue import KueueRunner
@@ -52,6 +64,10 @@ cluster_app = typer.Typer(
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(prometheus_app, name="prometheus")
 app.add_typer(kueue_app, name="kueue")
+app.command("loadgen")(loadgen_cmd)
+app.add_typer(gateway_app, name="gateway")
+app.command("router")(router_cmd)
+app.command("canary")(canary_cmd)
 
 err = Console(stderr=True, log_path=False)
 out = Console(highlight=False, soft_wrap=True)

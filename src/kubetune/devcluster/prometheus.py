@@ -18,6 +18,8 @@ Scrape jobs (the ``job`` label every rule and dashboard selects on):
   (role pod, the cluster's kubeconfig), on their container port named ``metrics``; plus the local
   runs in ``file_sd/``. Both carry ``namespace`` and ``finetunejob`` target labels (the pod's
   namespace and job; ``local`` and the job name for a local run).
+* ``kubetune-serve``: local model servers (``kubetune serve``, the canary lab) registered in
+  ``file_sd/serve/``.
 
 Only the standard library and PyYAML here: the CLI imports this in the operator image too.
 """
@@ -50,6 +52,10 @@ TRAINER_JOB = TRAINER_SCRAPE_JOB
 TRAINER_LOCAL_POOL = "kubetune-trainer-local"
 #: namespace label of ``kubetune run --local`` targets
 LOCAL_NAMESPACE = "local"
+#: the scrape pool (and ``job``) of local model servers (``kubetune serve``), discovered in
+#: ``<file_sd_dir>/serve/*.json`` -- apart from the trainers, whose rules select on ``job``
+SERVE_JOB = "kubetune-serve"
+SERVE_SD_SUBDIR = "serve"
 
 #: where ``kubetune run --local`` registers its metrics endpoint (a file_sd directory)
 FILE_SD_ENV = "KUBETUNE_PROMETHEUS_FILE_SD_DIR"
@@ -130,7 +136,17 @@ def render_config(settings: ScrapeSettings) -> dict[str, Any]:
         # one trainer job for rules and dashboards, wherever the trainer runs
         "relabel_configs": [{"target_label": "job", "replacement": TRAINER_JOB}],
     }
-    jobs = [operator, local]
+    serve: dict[str, Any] = {
+        "job_name": SERVE_JOB,
+        **timing,
+        "file_sd_configs": [
+            {
+                "files": [str(settings.file_sd_dir / SERVE_SD_SUBDIR / "*.json")],
+                "refresh_interval": interval,
+            }
+        ],
+    }
+    jobs = [operator, local, serve]
     if settings.kubeconfig is not None:
         jobs.insert(1, _trainer_pods_job(settings.kubeconfig, timing))
     return {

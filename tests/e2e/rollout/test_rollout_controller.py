@@ -315,6 +315,7 @@ def test_no_data_pauses_as_inconclusive_and_never_promotes(
         {"setWeight": 10},
         {"analysis": {"minIntervals": 1, "maxIntervals": 2}},
         {"setWeight": 40},
+        {"pause": {}},  # holds 40 % (without it the rollout promotes to 100 % at once)
     ]
     apply(cluster, rollout(namespace, steps, "no_data", prometheus.address))
     wait_until(

@@ -73,7 +73,15 @@ def test_config_has_the_contract_job_names_and_interval(tmp_path: Path) -> None:
         )
     )
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
-    assert set(jobs) == {"kubetune-operator", "kubetune-trainer", "kubetune-trainer-local"}
+    assert set(jobs) == {
+        "kubetune-operator",
+        "kubetune-trainer",
+        "kubetune-trainer-local",
+        "kubetune-serve",  # model servers of the canary demo and tests (kubetune serve)
+    }
+    assert jobs["kubetune-serve"]["file_sd_configs"][0]["files"] == [
+        str(tmp_path / "sd" / "serve" / "*.json")
+    ]
     assert jobs["kubetune-operator"]["static_configs"] == [{"targets": ["127.0.0.1:8081"]}]
     sd = jobs["kubetune-trainer"]["kubernetes_sd_configs"]
     assert sd == [{"role": "pod", "kubeconfig_file": str(tmp_path / "kc")}]
