@@ -55,6 +55,7 @@ from kubetune.devcluster.canary import (
     ensure_crds,
     operator_process,
 )
+from kubetune.devcluster.canary_plot import plot_result
 from kubetune.devcluster.cluster import run_kubectl
 from kubetune.devcluster.gateway import GatewayAPI
 from kubetune.devcluster.prometheus import PrometheusServer
@@ -206,6 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         path = args.timelines / f"{namespace}.json"
                         path.parent.mkdir(parents=True, exist_ok=True)
                         path.write_text(json.dumps(outcome.to_json(), default=str))
+                        plot_result(outcome, path.with_suffix(".png"))
                     run_kubectl(
                         ["delete", "namespace", namespace, "--wait=false"],
                         kubeconfig=dev.kubeconfig,
@@ -247,7 +249,12 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=5, help="analysis interval, seconds")
     parser.add_argument("--rate", type=float, default=6.0, help="requests per second")
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
-    parser.add_argument("--timelines", type=Path, default=None, help="dir for full timelines")
+    parser.add_argument(
+        "--timelines",
+        type=Path,
+        default=None,
+        help="dir for full timelines (JSON) and their pictures (PNG)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
