@@ -1,6 +1,6 @@
 """Rollout decisions benchmark: how often and how fast a ModelRollout decides right.
 
-Every run is one scenario of kubetune/devcluster/canary.py from scratch: a fresh namespace,
+Every run is one scenario of kubetune/devcluster/canary/ from scratch: a fresh namespace,
 fresh ``kubetune serve`` processes (baseline: the tiny base model; candidate: the base plus a
 LoRA adapter trained once by the real trainer, or with injected faults), a fresh HTTPRoute,
 router and candidate FineTuneJob, the ModelRollout, and simulated users through the router.
@@ -13,7 +13,7 @@ users' ratings, fault injection draws).
 Reported per scenario: outcome counts; false rollbacks (a good candidate RolledBack, or a
 no-traffic one: anything but Promoted / Inconclusive), false promotions (a bad candidate
 Promoted); and for the bad scenarios the time to detect. Definitions
-(``CanaryResult`` in canary.py):
+(``CanaryResult`` in kubetune/devcluster/canary/result.py):
 
 * ``fault visible``: the time of the first analysis measurement of the scenario's fault
   metric taken with the candidate at weight > 0 and with enough candidate samples to judge
@@ -55,7 +55,7 @@ from kubetune.devcluster.canary import (
     ensure_crds,
     operator_process,
 )
-from kubetune.devcluster.canary_plot import plot_result
+from kubetune.devcluster.canary.plot import plot_result
 from kubetune.devcluster.cluster import run_kubectl
 from kubetune.devcluster.gateway import GatewayAPI
 from kubetune.devcluster.prometheus import PrometheusServer

@@ -1,6 +1,6 @@
 """``kubetune dev canary``: watch a ModelRollout promote or roll back a model, locally.
 
-The local demo of the rollout tier (kubetune/devcluster/canary.py does the work): on the
+The local demo of the rollout tier (kubetune/devcluster/canary/ does the work): on the
 running dev cluster (``kubetune dev cluster up``) it starts a baseline and a candidate
 ``kubetune serve`` on a tiny model, routes between them by an HTTPRoute, runs simulated
 users through the router, and lets the operator's analysis on Prometheus decide. A live
@@ -145,7 +145,7 @@ def canary_cmd(
         operator_process,
         write_result,
     )
-    from kubetune.devcluster.canary_plot import plot_result
+    from kubetune.devcluster.canary.plot import plot_result
     from kubetune.devcluster.cluster import run_kubectl
     from kubetune.devcluster.gateway import GatewayAPI
     from kubetune.devcluster.versions import cache_dir

@@ -1,6 +1,6 @@
 """A ModelRollout end to end with every part real: the operator, Prometheus (1 s scrapes), two
 ``kubetune serve`` processes on a tiny model, the weighted router following the HTTPRoute,
-and simulated users (kubetune/devcluster/canary.py runs each scenario).
+and simulated users (kubetune/devcluster/canary/ runs each scenario).
 
 - a good candidate (a LoRA adapter really trained) is promoted through all its steps;
 - bad candidates (injected latency, errors, empty answers judged by the feedback SPRT) are

@@ -113,7 +113,7 @@ def test_a_sequential_abort_counts_from_the_abort_record() -> None:
 
 
 def test_plot_draws_weights_and_both_models_metrics(tmp_path: Any) -> None:
-    from kubetune.devcluster.canary_plot import plot_result
+    from kubetune.devcluster.canary.plot import plot_result
 
     result = _result([], {"reason": "MetricFailed", "metric": "p95-latency", "time": _at(9)})
     result.step_changes = [{"time": T0, "step": 0}, {"time": T0 + 3, "step": 1}]

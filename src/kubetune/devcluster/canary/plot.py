@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubetune.devcluster.canary import BASELINE_MODEL, CANDIDATE_MODEL, CanaryResult
+from kubetune.devcluster.canary.result import CanaryResult
+from kubetune.devcluster.canary.scenarios import BASELINE_MODEL, CANDIDATE_MODEL
 
 PANELS = (
     ("p95_latency_s", "p95 latency (s)"),
