@@ -41,10 +41,11 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from kubetune.cli.dev_canary import canary_cmd
+from kubetune.cli.dev_console import StateDirOpt, err, out
+from kubetune.cli.dev_console import fail as _fail
 from kubetune.cli.dev_gateway import app as gateway_app
 from kubetune.cli.dev_kueue import app as kueue_app
 from kubetune.cli.dev_loadgen import loadgen as loadgen_cmd
@@ -68,22 +69,6 @@ app.command("loadgen")(loadgen_cmd)
 app.add_typer(gateway_app, name="gateway")
 app.command("router")(router_cmd)
 app.command("canary")(canary_cmd)
-
-err = Console(stderr=True, log_path=False)
-out = Console(highlight=False, soft_wrap=True)
-
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="State directory (default: $KUBETUNE_STATE_DIR or ~/.local/state/kubetune/cluster).",
-    ),
-]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(1)
 
 
 @cluster_app.command("build")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from kubetune.cli.dev_console import StateDirOpt, err, out
+from kubetune.cli.dev_console import fail as _fail
 from kubetune.devcluster import DevCluster, DevClusterError
 from kubetune.devcluster.gateway import GatewayAPI
 
@@ -23,21 +23,6 @@ app = typer.Typer(
     help="The Gateway API CRDs (HTTPRoute, Gateway, ...) on the running dev cluster.",
     no_args_is_help=True,
 )
-err = Console(stderr=True, log_path=False)
-out = Console(highlight=False, soft_wrap=True)
-
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="The dev cluster (default: $KUBETUNE_STATE_DIR or ~/.local/state/kubetune/cluster).",
-    ),
-]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(1)
 
 
 @app.command("up")

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from kubetune.cli.dev_console import StateDirOpt, err, out
+from kubetune.cli.dev_console import fail as _fail
 from kubetune.devcluster import DevCluster, DevClusterError
 from kubetune.devcluster.kueue import DIR_ENV, KueueRunner
 
@@ -19,8 +20,6 @@ app = typer.Typer(
     help="Kueue (quotas, queues, preemption; built from source) on the running dev cluster.",
     no_args_is_help=True,
 )
-err = Console(stderr=True, log_path=False)
-out = Console(highlight=False, soft_wrap=True)
 
 DirOpt = Annotated[
     Path | None,
@@ -31,22 +30,10 @@ DirOpt = Annotated[
         "directory, <state-dir>-kueue).",
     ),
 ]
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="The dev cluster (default: $KUBETUNE_STATE_DIR or ~/.local/state/kubetune/cluster).",
-    ),
-]
 
 
 def _runner(state_dir: Path | None, directory: Path | None) -> KueueRunner:
     return KueueRunner(DevCluster(state_dir), directory)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(1)
 
 
 @app.command("up")

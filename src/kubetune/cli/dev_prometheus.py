@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from kubetune.cli.dev_console import err, out
+from kubetune.cli.dev_console import fail as _fail
 from kubetune.devcluster import DevCluster, DevClusterError
 from kubetune.devcluster.prometheus import (
     DEFAULT_OPERATOR_TARGET,
@@ -31,8 +32,6 @@ app = typer.Typer(
     "local runs.",
     no_args_is_help=True,
 )
-err = Console(stderr=True, log_path=False)
-out = Console(highlight=False, soft_wrap=True)
 
 DirOpt = Annotated[
     Path | None,
@@ -43,11 +42,6 @@ DirOpt = Annotated[
         "directory, <state-dir>-prometheus).",
     ),
 ]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(1)
 
 
 @app.command("up")
