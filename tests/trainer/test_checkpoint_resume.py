@@ -15,6 +15,7 @@ import torch
 from kubetune.api.training import HealthSpec
 from kubetune.contract import ExitCode
 from kubetune_trainer.checkpoint import atomic
+from kubetune_trainer.checkpoint.state import BASE_EVAL_EXAMPLES, TrainerState
 from kubetune_trainer.errors import NumericalDivergenceError, PreemptedError
 from kubetune_trainer.health import HealthMonitor
 from tests.trainer.helpers import (
@@ -57,6 +58,21 @@ def test_atomic_commit_prune_and_staging_cleanup(tmp_path: Path) -> None:
     (again / "weights").write_text("new")
     atomic.commit(root, again, 3, {})
     assert (root / atomic.checkpoint_name(3) / "weights").read_text() == "new"
+
+
+def test_state_keeps_base_eval_examples_beside_the_state_file(tmp_path: Path) -> None:
+    """Per-example base evaluation sums round-trip in their own compact file; a missing or
+    malformed file (older checkpoint, tampering) loads as None: point-estimate gates."""
+    rows = [[12.5, 4.0], [3.25, 1.0]]
+    TrainerState(step=3, base_eval={"loss": 3.15}, base_eval_examples=rows).save(tmp_path)
+    assert "base_eval_examples" not in read_json(tmp_path / "trainer_state.json")
+    loaded = TrainerState.load(tmp_path)
+    assert loaded.step == 3 and loaded.base_eval_examples == rows
+    for bad in ("{", '[["x", 1]]', "[[1.0, 2.0, 3.0]]", '{"a": 1}', "[[NaN, 1.0]]"):
+        (tmp_path / BASE_EVAL_EXAMPLES).write_text(bad)
+        assert TrainerState.load(tmp_path).base_eval_examples is None, bad
+    (tmp_path / BASE_EVAL_EXAMPLES).unlink()
+    assert TrainerState.load(tmp_path).base_eval_examples is None
 
 
 def _resume_doc(tiny_model: Path, data_dir: Path, out: Path) -> dict:

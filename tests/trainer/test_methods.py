@@ -223,3 +223,42 @@ def test_qwen2_style_tiny_model_trains(data_dir: Path, tmp_path: Path) -> None:
     assert read_json(model / "config.json")["model_type"] == "qwen2"
     assert result.final_loss is not None and math.isfinite(result.final_loss)
     assert (out / "adapter_model.safetensors").exists()
+
+
+def test_lm_loss_reports_per_example_sums_for_evaluation(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """Under no_grad the LM objective's per-sequence NLL sums and token counts add up to the
+    micro-batch's loss and count, padded or packed alike (the held-out intervals use them);
+    while training (grad on) it spends nothing on them."""
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_trainer.data.batching import collate
+    from kubetune_trainer.data.encode import IGNORE, Encoded, EncodedSample
+    from tests.trainer.helpers import write_config
+
+    doc = manifest("full", tiny_model, data_dir / "chat.jsonl", "chat", tmp_path / "out")
+    method = get_method(load_job(write_config(doc, tmp_path / "job.json")))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    samples: list[Encoded] = [
+        EncodedSample(list(range(5, 14)), [IGNORE] * 3 + list(range(8, 14))),
+        EncodedSample(list(range(20, 24)), [IGNORE] * 4),  # no targets at all
+        EncodedSample(list(range(30, 47)), [IGNORE] * 5 + list(range(35, 47))),
+    ]
+    per_layout = []
+    for padding_free in (False, True):
+        batch = collate(samples, padding_free=padding_free, pad_token_id=0, dummy=samples[0])
+        with torch.no_grad():
+            out = method.loss(model, model, batch)
+        assert out.per_example is not None
+        assert out.per_example.tokens.tolist() == [6.0, 0.0, 12.0]
+        torch.testing.assert_close(out.per_example.nll.sum(), out.loss_sum)
+        assert float(out.per_example.tokens.sum()) == out.count
+        assert out.per_example.nll[1] == 0.0 and bool((out.per_example.nll[[0, 2]] > 0).all())
+        per_layout.append(out.per_example.nll)
+        assert method.loss(model, model, batch).per_example is None  # grad on: training
+    torch.testing.assert_close(per_layout[0], per_layout[1], rtol=1e-5, atol=1e-4)
+    empty = collate([], padding_free=True, pad_token_id=0, dummy=samples[0])
+    with torch.no_grad():
+        dummy = method.loss(model, model, empty).per_example
+    assert dummy is not None and float(dummy.tokens.sum()) == 0.0

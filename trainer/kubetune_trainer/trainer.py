@@ -33,12 +33,18 @@ from kubetune.api.resolve import ResolvedJob
 from kubetune.contract import TrainerPaths
 from kubetune.contract.evaluation import EvaluationSummary
 from kubetune_trainer.checkpoint import atomic
-from kubetune_trainer.checkpoint.state import TrainerState, load_rng, save_rng
+from kubetune_trainer.checkpoint.state import (
+    MAX_HELD_OUT_EXAMPLES,
+    TrainerState,
+    load_rng,
+    save_rng,
+)
 from kubetune_trainer.curves import CurveRecorder, write_curves
 from kubetune_trainer.data.batching import Batch, BatchPlan, collate, eval_micro_batches
 from kubetune_trainer.data.encode import Encoded
 from kubetune_trainer.data.validate import PreparedData, prepare_data, write_issues
 from kubetune_trainer.distributed.env import (
+    all_gather_objects,
     all_reduce_max,
     all_reduce_sum,
     barrier,
@@ -236,8 +242,18 @@ class Trainer:
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, engine: Engine, examples: list[Encoded]) -> dict[str, float]:
+        return self.evaluate_examples(engine, examples)[0]
+
+    def evaluate_examples(
+        self, engine: Engine, examples: list[Encoded]
+    ) -> tuple[dict[str, float], list[list[float]] | None]:
+        """The corpus-level eval metrics, and [summed NLL, target tokens] of every example in
+        example order (the same on every rank) when the method's loss is the LM objective
+        and the set has at most MAX_HELD_OUT_EXAMPLES examples, else None."""
         engine.eval()
         totals: dict[str, float] = defaultdict(float)
+        keep = len(examples) <= MAX_HELD_OUT_EXAMPLES
+        rows: dict[int, list[float]] | None = {}
         micro = self.hp.micro_batch_size
         with torch.no_grad():
             for ids in eval_micro_batches(len(examples), micro, self.env.world_size, self.env.rank):
@@ -248,10 +264,23 @@ class Trainer:
                     totals["count"] += out.count
                     for key, value in out.metrics.items():
                         totals[key] += value
+                    per = out.per_example
+                    if rows is not None and keep and per is not None and len(per.nll) == len(ids):
+                        pairs = zip(per.nll.tolist(), per.tokens.tolist(), strict=True)
+                        rows.update({i: [nll, n] for i, (nll, n) in zip(ids, pairs, strict=True)})
+                    else:
+                        rows = None
         keys = sorted(set(totals) | {"loss", "count"})
         summed = dict(zip(keys, all_reduce_sum([totals[k] for k in keys], self.env), strict=True))
+        per_example: list[list[float]] | None = None
+        if keep:  # the same decision on every rank: the gather is a collective
+            parts = all_gather_objects(rows, self.env)
+            if all(part is not None for part in parts):
+                merged = {i: row for part in parts for i, row in part.items()}
+                if len(merged) == len(examples):
+                    per_example = [merged[i] for i in range(len(examples))]
         engine.train()
-        return self.method.eval_metrics(summed)
+        return self.method.eval_metrics(summed), per_example
 
     # ------------------------------------------------------------- checkpoint
     def save_checkpoint(self, engine: Engine, step: int) -> None:
@@ -388,7 +417,9 @@ class Trainer:
         if data.eval is not None and self.state.base_eval is None:
             self.progress.update(state="evaluating", total_steps=total_steps)
             with self.method.base_behaviour(engine.unwrapped):
-                self.state.base_eval = self.evaluate(engine, data.eval.examples)
+                self.state.base_eval, self.state.base_eval_examples = self.evaluate_examples(
+                    engine, data.eval.examples
+                )
             if env.is_main:
                 self.metrics.eval_loss.labels(model="base").set(self.state.base_eval["loss"])
                 self.curves.record_eval(self.state.step, self.state.base_eval["loss"], "base")
@@ -400,9 +431,10 @@ class Trainer:
             self.save_checkpoint(engine, self.state.step)
 
         eval_results: dict[str, Any] = {"evaluated": data.eval is not None}
+        tuned_examples: list[list[float]] | None = None
         if data.eval is not None:
             self.progress.update(state="evaluating")
-            tuned = self.evaluate(engine, data.eval.examples)
+            tuned, tuned_examples = self.evaluate_examples(engine, data.eval.examples)
             eval_results.update(base=self.state.base_eval, tuned=tuned)
             if env.is_main:
                 self.metrics.eval_loss.labels(model="tuned").set(tuned["loss"])
@@ -452,6 +484,7 @@ class Trainer:
                     tokenizer=tokenizer,
                     eval_results=eval_results,
                     output_dir=self.output_dir,
+                    held_out_examples=(self.state.base_eval_examples, tuned_examples),
                 )
         barrier(env)
         if env.is_main:  # the final scrape, for runs nobody scraped (kubetune run --local)

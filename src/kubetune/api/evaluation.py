@@ -156,8 +156,9 @@ class EvaluationGate(ApiModel):
         default=None,
         description="Pass unless the data show, at the evaluation's confidence, a degradation "
         "larger than tolerance: for generation metrics the lower one-sided bootstrap bound of "
-        "tuned - baseline is >= -tolerance; for heldOut metrics (no per-example values) the "
-        "point estimate tuned - baseline is <= tolerance.",
+        "tuned - baseline is >= -tolerance; for heldOut metrics (lower is better) the upper "
+        "bound is <= tolerance (the point estimate where no per-example values exist: "
+        "methods dpo and reward, sets over 20,000 examples).",
     )
     at_least: float | None = Field(
         default=None, description="The tuned model's mean must be at least this."

@@ -3,10 +3,13 @@
 The rule (docs/evaluation.md): for a generation metric (higher is better) the one-sided
 lower bound of ``tuned - baseline`` at the evaluation's confidence comes from a paired
 bootstrap (percentile method), and ``noWorseThanBaseline`` passes when that bound is at
-least ``-tolerance``. Held-out loss/perplexity (lower is better) come as corpus-level
-figures without per-example values, so their gate uses the point estimate:
-``tuned - baseline <= tolerance``. ``atLeast``/``atMost`` compare the tuned model's mean.
-A metric that was not measured fails every gate that names it.
+least ``-tolerance``. Held-out loss/perplexity (lower is better) are corpus-level ratios
+(summed NLL over target tokens); with per-example sums of both models (LM objectives) a
+paired bootstrap of the ratio difference gives the one-sided upper bound, and the gate
+passes when it is at most ``tolerance``. Without them (preference/reward objectives, sets
+over the per-example cap, a resume from an older checkpoint) the gate uses the point
+estimate ``tuned - baseline <= tolerance`` and says so. ``atLeast``/``atMost`` compare the
+tuned model's mean. A metric that was not measured fails every gate that names it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 from kubetune.api.evaluation import HELD_OUT, EvaluationGate, EvaluationSpec
 from kubetune.contract.evaluation import EvaluationSummary, GateSummary, MetricSummary
-from kubetune.stats.bootstrap import paired_bootstrap
+from kubetune.stats.bootstrap import paired_bootstrap, paired_ratio_bootstrap
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,33 @@ class PairedScores:
     tuned: Sequence[float]
 
 
+#: The trainer reports perplexity as exp(mean NLL) capped at exp(50) (no overflow).
+PERPLEXITY_CAP = 50.0
+
+
+def perplexity(mean_nll: float) -> float:
+    return math.exp(min(mean_nll, PERPLEXITY_CAP))
+
+
+@dataclass(frozen=True)
+class PairedSums:
+    """Per held-out example: the baseline's and the tuned model's summed NLL over its target
+    tokens, and that token count, in the same example order."""
+
+    baseline: Sequence[float]
+    tuned: Sequence[float]
+    tokens: Sequence[float]
+
+
 @dataclass(frozen=True)
 class CorpusFigure:
-    """A held-out figure with no per-example values (lower is better)."""
+    """A held-out figure (lower is better), with the per-example sums behind it when the
+    trainer had them (else point estimates only)."""
 
     baseline: float | None
     tuned: float | None
     samples: int | None = None
+    per_example: PairedSums | None = None
 
 
 def _finite(value: float | None) -> bool:
@@ -50,6 +73,29 @@ def compare(
     two_sided = 2.0 * spec.confidence - 1.0
     out: list[MetricSummary] = []
     for name, figure in held_out.items():
+        if figure.per_example is not None and figure.per_example.tokens:
+            sums = figure.per_example
+            ci = paired_ratio_bootstrap(
+                sums.baseline,
+                sums.tuned,
+                sums.tokens,
+                transform=perplexity if name.endswith("/perplexity") else None,
+                confidence=two_sided,
+                resamples=spec.bootstrap_samples,
+                seed=spec.seed,
+            )
+            out.append(
+                MetricSummary(
+                    name=name,
+                    baseline=ci.baseline,
+                    tuned=ci.tuned,
+                    delta=ci.delta,
+                    ci_low=ci.low,
+                    ci_high=ci.high,
+                    samples=ci.samples,
+                )
+            )
+            continue
         b, t = figure.baseline, figure.tuned
         delta = t - b if t is not None and b is not None and _finite(t) and _finite(b) else None
         out.append(
@@ -99,16 +145,28 @@ def judge(gate: EvaluationGate, metric: MetricSummary | None, confidence: float)
     tuned = metric.tuned if metric else None
     if gate.no_worse_than_baseline is not None:
         tol = gate.no_worse_than_baseline.tolerance
-        if lower_is_better:
+        high = metric.ci_high if metric else None
+        if lower_is_better and _finite(high):
+            assert high is not None and metric is not None
+            rules.append(f"upper {_pct(confidence)} bound of tuned - baseline <= {tol:g}")
+            facts.append(f"delta {metric.delta:.4g}, upper bound {high:.4g}")
+            if high > tol:
+                failures.append(
+                    f"upper {_pct(confidence)} bound of tuned - baseline = {high:.4g} > {tol:g}"
+                )
+        elif lower_is_better:
             rules.append(f"tuned - baseline <= {tol:g}")
             delta = metric.delta if metric else None
             if not _finite(delta):
                 failures.append("baseline comparison not measured")
             else:
                 assert delta is not None
-                facts.append(f"delta {delta:.4g}")
+                facts.append(f"delta {delta:.4g} (point estimate: no per-example values)")
                 if delta > tol:
-                    failures.append(f"tuned - baseline = {delta:.4g} > {tol:g}")
+                    failures.append(
+                        f"tuned - baseline = {delta:.4g} > {tol:g}"
+                        " (point estimate: no per-example values)"
+                    )
         else:
             rules.append(f"lower {_pct(confidence)} bound of tuned - baseline >= {-tol:g}")
             low = metric.ci_low if metric else None

@@ -4,7 +4,8 @@ The tuned model is the trained module itself; the baseline is the same module wi
 method's ``base_behaviour`` (PEFT: adapter off) when it is the job's base model and the
 method has such a switch, else a second model loaded from its location. Held-out
 loss/perplexity come from the trainer's distributed evaluation (done before and after
-training), so they are not recomputed here.
+training), so they are not recomputed here; with the per-example sums of both runs (LM
+objectives) their gates get a bootstrap interval, else point estimates.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from kubetune.api.resolve import ResolvedJob
 from kubetune.contract.evaluation import EvaluationSummary, summary_document
 from kubetune_trainer.checkpoint.atomic import write_atomic
 from kubetune_trainer.evaluation.data import Example, load_set
-from kubetune_trainer.evaluation.gates import CorpusFigure, PairedScores, summarize
+from kubetune_trainer.evaluation.gates import CorpusFigure, PairedScores, PairedSums, summarize
 from kubetune_trainer.evaluation.generate import generate, reward_scores
 from kubetune_trainer.evaluation.scoring import string_scorer
 from kubetune_trainer.methods.base import Method
@@ -43,15 +44,34 @@ EVALUATION_FILE = "evaluation.json"
 KEEP_RESPONSES = 20
 
 
-def held_out_figures(eval_results: dict[str, Any]) -> dict[str, CorpusFigure]:
-    """heldOut/loss and heldOut/perplexity from the trainer's base vs. tuned evaluation."""
+#: [summed NLL, target tokens] per held-out example (the trainer's evaluate_examples)
+ExampleRows = list[list[float]]
+
+
+def paired_sums(base: ExampleRows | None, tuned: ExampleRows | None) -> PairedSums | None:
+    """The two runs' per-example sums, or None unless they cover the same examples with the
+    same target tokens (anything else would not be a paired comparison)."""
+    if not base or not tuned or len(base) != len(tuned):
+        return None
+    if any(b[1] != t[1] for b, t in zip(base, tuned, strict=True)):
+        return None
+    return PairedSums([b[0] for b in base], [t[0] for t in tuned], [t[1] for t in tuned])
+
+
+def held_out_figures(
+    eval_results: dict[str, Any],
+    held_out_examples: tuple[ExampleRows | None, ExampleRows | None] = (None, None),
+) -> dict[str, CorpusFigure]:
+    """heldOut/loss and heldOut/perplexity from the trainer's base vs. tuned evaluation, with
+    the per-example sums of (base, tuned) when both are there."""
     base, tuned = eval_results.get("base") or {}, eval_results.get("tuned") or {}
     if not tuned:
         return {}
     tokens = tuned.get("tokens")
+    sums = paired_sums(*held_out_examples)
     return {
         f"{HELD_OUT}/{key}": CorpusFigure(
-            base.get(key), tuned.get(key), int(tokens) if tokens is not None else None
+            base.get(key), tuned.get(key), int(tokens) if tokens is not None else None, sums
         )
         for key in ("loss", "perplexity")
     }
@@ -166,12 +186,14 @@ def run_evaluation(
     tokenizer: Any,
     eval_results: dict[str, Any],
     output_dir: Path,
+    held_out_examples: tuple[ExampleRows | None, ExampleRows | None] = (None, None),
 ) -> EvaluationSummary:
     """Evaluate, decide the gates, write evaluation.json and the card's section.
 
     Evaluation that cannot run (a missing set, a reward model that does not load) does
     not fail the training run: the summary says Failed with the reason and no gates, and
-    the operator marks the model not promotable (EvaluationFailed).
+    the operator marks the model not promotable (EvaluationFailed). ``held_out_examples``
+    is (base, tuned) per-example held-out sums, None where the trainer has none.
     """
     spec = job.spec.evaluation
     assert spec is not None
@@ -179,7 +201,8 @@ def run_evaluation(
     samples: dict[str, Any] = {}
     try:
         scores, samples = evaluate_sets(job, method, model, tokenizer)
-        summary = summarize(spec, baseline_uri, scores, held_out_figures(eval_results))
+        held_out = held_out_figures(eval_results, held_out_examples)
+        summary = summarize(spec, baseline_uri, scores, held_out)
     except Exception as exc:  # recorded, not raised: the training itself succeeded
         log.exception("evaluation could not run")
         summary = EvaluationSummary(

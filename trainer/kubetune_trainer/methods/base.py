@@ -40,12 +40,27 @@ MakeBatch = Callable[[list[Encoded], list[int], str], Batch]
 
 
 @dataclass
+class PerExample:
+    """Summed NLL and target-token count of every sequence of a micro-batch, in batch order.
+
+    Detached tensors on the batch's device; the evaluation turns them into floats for the
+    held-out confidence intervals (paired bootstrap of the corpus-level loss).
+    """
+
+    nll: torch.Tensor  # [num_sequences]
+    tokens: torch.Tensor  # [num_sequences]
+
+
+@dataclass
 class LossOutput:
     """Summed loss of one micro-batch and what it is normalised by."""
 
     loss_sum: torch.Tensor
     count: float  # target tokens (LM methods) or pairs (preference methods)
     metrics: dict[str, float] = field(default_factory=dict)  # sums, normalised by count
+    #: per-sequence NLL sums of the LM objective under ``torch.no_grad`` (evaluation);
+    #: None while training and for methods with another loss (reward, DPO)
+    per_example: PerExample | None = None
 
 
 @dataclass
@@ -208,7 +223,14 @@ class Method(ABC):
         """Summed next-token NLL over the labelled tokens (the SFT objective)."""
         lp = self.logprobs(forward, model, batch)
         nll = -lp.logprobs.sum()
-        return LossOutput(nll, float(batch.label_tokens), {"nll": float(nll.detach())})
+        label_tokens = batch.label_tokens
+        per_example = None
+        if not torch.is_grad_enabled():  # evaluation only: training has no use for them
+            per_nll = -lp.per_sequence().detach()
+            # a batch without targets carries one zero-weight dummy position: no tokens
+            tokens = lp.tokens_per_sequence() if label_tokens else torch.zeros_like(per_nll)
+            per_example = PerExample(per_nll, tokens)
+        return LossOutput(nll, float(label_tokens), {"nll": float(nll.detach())}, per_example)
 
     def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
         """Turn summed eval metrics into reported ones."""
