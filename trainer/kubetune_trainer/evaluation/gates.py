@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from kubetune.api.evaluation import HELD_OUT, EvaluationGate, EvaluationSpec
 from kubetune.contract.evaluation import EvaluationSummary, GateSummary, MetricSummary
-from kubetune.stats.bootstrap import paired_bootstrap, paired_ratio_bootstrap
+from kubetune.stats.bootstrap import PairedInterval, paired_bootstrap, paired_ratio_bootstrap
 
 
 @dataclass(frozen=True)
@@ -84,17 +84,7 @@ def compare(
                 resamples=spec.bootstrap_samples,
                 seed=spec.seed,
             )
-            out.append(
-                MetricSummary(
-                    name=name,
-                    baseline=ci.baseline,
-                    tuned=ci.tuned,
-                    delta=ci.delta,
-                    ci_low=ci.low,
-                    ci_high=ci.high,
-                    samples=ci.samples,
-                )
-            )
+            out.append(_from_interval(name, ci))
             continue
         b, t = figure.baseline, figure.tuned
         delta = t - b if t is not None and b is not None and _finite(t) and _finite(b) else None
@@ -118,18 +108,21 @@ def compare(
             resamples=spec.bootstrap_samples,
             seed=spec.seed,
         )
-        out.append(
-            MetricSummary(
-                name=name,
-                baseline=ci.baseline,
-                tuned=ci.tuned,
-                delta=ci.delta,
-                ci_low=ci.low,
-                ci_high=ci.high,
-                samples=ci.samples,
-            )
-        )
+        out.append(_from_interval(name, ci))
     return out
+
+
+def _from_interval(name: str, ci: PairedInterval) -> MetricSummary:
+    """The summary of a metric measured with a bootstrap interval."""
+    return MetricSummary(
+        name=name,
+        baseline=ci.baseline,
+        tuned=ci.tuned,
+        delta=ci.delta,
+        ci_low=ci.low,
+        ci_high=ci.high,
+        samples=ci.samples,
+    )
 
 
 def _pct(confidence: float) -> str:
