@@ -186,5 +186,14 @@ def test_chart_operator_on_real_pods_runs_a_real_job(
         left += [p.name for p in (real_cluster.agent_dir / "pods").glob(f"{release_ns}_*")]
         return left
 
-    wait_until(lambda: not agent_leftovers(), timeout=60, what="agent leftovers of the operator")
+    left: list[str] = []
+
+    def nothing_left() -> bool:
+        left[:] = agent_leftovers()
+        return not left
+
+    try:
+        wait_until(nothing_left, timeout=60, what="agent leftovers of the operator")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: still on the agent: {left}") from None
     cluster.kubectl("delete", "namespace", release_ns, "--wait=false", check=False)

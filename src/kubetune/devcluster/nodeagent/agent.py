@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import threading
 from typing import Any
 
@@ -15,7 +16,7 @@ from kubetune.devcluster.nodeagent.context import AgentContext, find_tools
 from kubetune.devcluster.nodeagent.kubeapi import ApiError, KubeApi
 from kubetune.devcluster.nodeagent.nodes import NodeKeeper, resources
 from kubetune.devcluster.nodeagent.peers import Peers
-from kubetune.devcluster.nodeagent.pod import PodRunner
+from kubetune.devcluster.nodeagent.pod import PodRunner, pod_stem
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -113,11 +114,15 @@ class Agent:
                 elif deleting:
                     runner.request_delete(float(meta.get("deletionGracePeriodSeconds") or 0))
                 return
-            if kind == "DELETED" or self.stopping.is_set():
-                return
             if uid in self.done or status.is_terminal(pod):
-                if deleting:
+                # a pod that ended on its own keeps its directory (like emptyDir volumes)
+                # until its object goes
+                if deleting or kind == "DELETED":
+                    shutil.rmtree(self.ctx.config.pods_dir / pod_stem(pod), ignore_errors=True)
+                if deleting and kind != "DELETED":
                     self._delete(pod)
+                return
+            if kind == "DELETED" or self.stopping.is_set():
                 return
             if (pod.get("status") or {}).get("phase") == "Running":
                 # running before this agent started: its process died with the old agent
@@ -133,6 +138,8 @@ class Agent:
 
     def _reap(self, runner: PodRunner) -> None:
         runner.join()
+        if runner.going:  # a delete that came while the pod was already ending
+            shutil.rmtree(runner.dir, ignore_errors=True)
         with self._lock:
             self.runners.pop(runner.uid, None)
             self.done.add(runner.uid)

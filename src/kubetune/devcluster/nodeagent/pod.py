@@ -38,6 +38,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PR_SET_PDEATHSIG = 1
 
 
+def pod_stem(pod: JSON) -> str:
+    """The name of the pod's directory (and log) on the agent: readable and unique."""
+    meta = pod["metadata"]
+    return f"{meta['namespace']}_{meta['name']}_{str(meta['uid'])[:8]}"
+
+
 def _die_with_agent() -> None:  # pragma: no cover - runs in the child
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -61,7 +67,7 @@ class PodRunner(threading.Thread):
         self.pod = pod
         self.uid = str(meta["uid"])
         self.node = str(pod["spec"]["nodeName"])
-        stem = f"{meta['namespace']}_{meta['name']}_{self.uid[:8]}"
+        stem = pod_stem(pod)
         self.dir = ctx.config.pods_dir / stem
         self.log_path = ctx.config.state_dir / "logs" / f"{stem}.log"
         self.container = pod["spec"]["containers"][0]
@@ -82,6 +88,11 @@ class PodRunner(threading.Thread):
     def kill(self, grace: float = 0.0) -> None:
         self._grace, self._silent = grace, True
         self._halt.set()
+
+    @property
+    def going(self) -> bool:
+        """Whether the pod is being deleted (its directory goes with it)."""
+        return self._deleting or self._silent
 
     # -- the pod's life ------------------------------------------------------------------------
     def run(self) -> None:
@@ -346,7 +357,7 @@ class PodRunner(threading.Thread):
             self.ctx.network.detach(self.uid)
         if self.pod_ip is not None:
             self.ctx.network.release(self.pod_ip)
-        if self._deleting or self._silent:
+        if self.going:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _delete_object(self) -> None:
