@@ -160,8 +160,10 @@ def analysis_spec(settings: LabSettings, prometheus_url: str) -> dict[str, Any]:
                     "successQuery": feedback % ',rating="positive"',
                     "totalQuery": feedback % "",
                     "minimumDetectableEffect": 0.4,
-                    "alpha": 0.01,
-                    "beta": 0.05,
+                    # a false promotion is the costly error: beta small; alpha 0.05 lets a
+                    # clearly worse candidate go on the first ratings that show it
+                    "alpha": 0.05,
+                    "beta": 0.01,
                 },
                 "minSamples": settings.feedback_min_samples,
             },
