@@ -4,12 +4,14 @@ failure cases, metrics, and how fast route changes are followed (watch, then pol
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from yarl import URL
 
@@ -75,6 +77,8 @@ class FakeKube:
 
 async def echo(request: web.Request) -> web.Response:
     body = await request.read()
+    if request.path == "/slow":
+        await asyncio.sleep(0.5)
     return web.json_response(
         {
             "name": request.app[NAME],
@@ -224,3 +228,31 @@ def test_failure_statuses() -> None:
         assert 'code="502"' in text and 'code="503"' in text
 
     run(scenario, base=1)
+
+
+def test_a_client_that_goes_away_is_counted_not_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A load generator stopping mid-request is the client's doing (nginx's 499), not an
+    upstream error, and no traceback in the router's log."""
+
+    async def scenario(kube: FakeKube, router: WeightedRouter, http: aiohttp.ClientSession) -> None:
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                async with http.get(
+                    router.url + "/slow", timeout=aiohttp.ClientTimeout(total=0.1)
+                ) as resp:
+                    await resp.read()
+        await asyncio.sleep(0.8)  # the upstream answers after 0.5 s, to nobody
+        async with http.get(router.metrics_url + "/metrics") as resp:
+            text = await resp.text()
+        line = (
+            f'kubetune_router_requests_total{{backend="{NS}/base:80",code="499",'
+            f'route="{NS}/chat"}} 3.0'
+        )
+        assert line in text, [ln for ln in text.splitlines() if "requests_total{" in ln]
+        assert "kubetune_router_upstream_errors_total{" not in text
+
+    with caplog.at_level(logging.ERROR, logger="aiohttp.server"):
+        run(scenario, base=1)
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"], caplog.text

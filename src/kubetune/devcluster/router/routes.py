@@ -10,6 +10,8 @@ from typing import Any
 GROUP = "gateway.networking.k8s.io"
 ROUTES = f"/apis/{GROUP}/v1"
 NO_BACKEND = "-"
+#: the code counted when the client goes away before its answer is sent (nginx's 499)
+CLIENT_CLOSED = 499
 BACKEND_HEADER = "x-kubetune-backend"
 #: RFC 9110 7.6.1 connection-specific fields (and Host, which aiohttp sets from the URL we
 #: dial only when absent: we pass the client's on)

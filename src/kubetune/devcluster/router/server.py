@@ -27,6 +27,7 @@ from kubetune.devcluster.router.backends import (
 from kubetune.devcluster.router.kubeapi import KubeClient
 from kubetune.devcluster.router.routes import (
     BACKEND_HEADER,
+    CLIENT_CLOSED,
     HOP_BY_HOP,
     NO_BACKEND,
     ROUTES,
@@ -298,7 +299,9 @@ class WeightedRouter:
             return await self._forward(request, backend.key, host, port, started)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             if request.transport is None or request.transport.is_closing():
-                raise  # mid-body: counted already, nothing more can be sent
+                # the client went away (counted already): nothing can be sent, and aiohttp
+                # drops a response to a closed connection without logging an error
+                return web.Response(status=CLIENT_CLOSED)
             timed_out = isinstance(exc, TimeoutError)
             reason = "timeout" if timed_out else "connect"
             self.metrics.upstream_errors.labels(self.key, backend.key, reason).inc()
@@ -330,20 +333,26 @@ class WeightedRouter:
                 if k.lower() not in HOP_BY_HOP:
                     resp.headers.add(k, v)
             resp.headers[BACKEND_HEADER] = backend
-            await resp.prepare(request)
+            gone = False
             try:
+                await resp.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await resp.write(chunk)
+            except ConnectionResetError:  # the client's doing, not the upstream's
+                gone = True
+                raise
             except (aiohttp.ClientError, TimeoutError):  # the status is sent: cut the body
                 self.metrics.upstream_errors.labels(self.key, backend, "stream").inc()
                 raise
             finally:
-                self._count(resp, backend, started)
+                self._count(resp, backend, started, CLIENT_CLOSED if gone else None)
             await resp.write_eof()
         return resp
 
-    def _count(self, resp: web.StreamResponse, backend: str, started: float) -> web.StreamResponse:
-        self.metrics.requests.labels(self.key, backend, str(resp.status)).inc()
+    def _count(
+        self, resp: web.StreamResponse, backend: str, started: float, code: int | None = None
+    ) -> web.StreamResponse:
+        self.metrics.requests.labels(self.key, backend, str(code or resp.status)).inc()
         self.metrics.duration.labels(self.key, backend).observe(time.monotonic() - started)
         if backend != NO_BACKEND and not resp.prepared:
             resp.headers.setdefault(BACKEND_HEADER, backend)
