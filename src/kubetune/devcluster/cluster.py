@@ -57,7 +57,7 @@ NODE_IP = "127.0.0.1"
 CLUSTER_NAME = "kubetune-dev"
 STATE_VERSION = 1
 #: components needed to run the cluster (helm is built and cached too, for chart work)
-RUNTIME_COMPONENTS = ("etcd", "kubernetes", "kwok")
+RUNTIME_COMPONENTS = ("etcd", "kubernetes")
 #: what a state directory may hold (anything else means it is not ours)
 STATE_ENTRIES = frozenset(
     {

@@ -45,8 +45,8 @@ class Cluster:
 
     @property
     def bin_dirs(self) -> list[Path]:
-        """Directories holding the built binaries (kubectl, helm, kube-*, etcd, kwok)."""
-        return [self.binaries.component_dir(c) for c in ("kubernetes", "helm", "etcd", "kwok")]
+        """Directories holding the built binaries (kubectl, helm, kube-*, kwok, etcd)."""
+        return [self.binaries.component_dir(c) for c in ("kubernetes", "helm", "etcd")]
 
     @property
     def ca_file(self) -> Path:

@@ -6,8 +6,8 @@ by ``data/build.sh`` too). Binaries are cached per version outside the repositor
     ${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/bin/<component>-<cache key>/<binary>
 
 The cache key is the component's version, except for ``kubernetes``, whose one ``go build`` also
-builds Kueue (``data/versions.env`` says why): ``kubernetes-v1.36.3+kueue-v0.19.2``, so a cache
-built without Kueue, or with another Kueue, is rebuilt.
+builds Kueue and KWOK (``data/versions.env`` says why): ``kubernetes-v1.36.3+kueue-v0.19.2+kwok-
+v0.8.0``, so a cache built without them, or with other versions of them, is rebuilt.
 """
 
 from __future__ import annotations
@@ -24,21 +24,22 @@ VERSIONS_ENV = DATA_DIR / "versions.env"
 #: component -> binaries it provides
 COMPONENT_BINARIES: dict[str, tuple[str, ...]] = {
     "etcd": ("etcd",),
-    # kueue shares the kubernetes module graph and `go build` (see :meth:`Versions.cache_key`)
+    # kueue and kwok share the kubernetes module graph and `go build` (see
+    # :meth:`Versions.cache_key`): the packages they have in common compile once
     "kubernetes": (
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
         "kubectl",
         "kueue",
+        "kwok",
     ),
-    "kwok": ("kwok",),
     "helm": ("helm",),
     # scrapes the dev cluster and local runs; promtool tests the alert rules (own module graph)
     "prometheus": ("prometheus", "promtool"),
 }
 #: what the dev cluster itself needs built (prometheus is a separate tool; `up` never builds it)
-CLUSTER_COMPONENTS: tuple[str, ...] = ("etcd", "kubernetes", "kwok", "helm")
+CLUSTER_COMPONENTS: tuple[str, ...] = ("etcd", "kubernetes", "helm")
 
 
 class DevClusterError(RuntimeError):
@@ -110,9 +111,10 @@ class Versions:
 
     def cache_key(self, component: str) -> str:
         """What names ``component``'s cache directory (``<component>-<key>``): its version, and
-        for ``kubernetes`` Kueue's too (both come out of one ``go build``; build.sh agrees)."""
+        for ``kubernetes`` Kueue's and KWOK's too (all come out of one ``go build``; build.sh
+        agrees)."""
         if component == "kubernetes":
-            return f"{self.kubernetes}+kueue-{self.kueue}"
+            return f"{self.kubernetes}+kueue-{self.kueue}+kwok-{self.kwok}"
         return self.of(component)
 
 

@@ -11,6 +11,8 @@ and simulated users (kubetune/devcluster/canary/ runs each scenario).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kubetune.devcluster.canary import (
@@ -95,6 +97,8 @@ def test_bad_candidate_is_rolled_back_within_one_interval(
 
 
 def test_no_traffic_pauses_inconclusive_and_never_promotes(canary_lab: CanaryLab) -> None:
+    # the verdict, not the wait, is under test: 3 empty intervals instead of the lab's 8
+    canary_lab.settings = dataclasses.replace(canary_lab.settings, max_intervals=3)
     result = canary_lab.run(SCENARIOS["no-traffic"], seed=3)
     assert result.outcome == "Inconclusive", _explain(result)
     assert result.phase == "Paused" and result.pause_reason == "AnalysisInconclusive"

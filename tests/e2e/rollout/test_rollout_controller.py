@@ -219,10 +219,13 @@ def watch(cluster: Cluster, namespace: str, until: str, timeout: float) -> list[
     seen: list[tuple[float, int]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # the phase first: the controller writes the route before the status, so the weight
+        # read after a final phase is the final weight
+        done = status(cluster, namespace).get("phase") == until
         weight = weights(cluster, namespace).get("tuned", 0)
         if not seen or seen[-1][1] != weight:
             seen.append((time.monotonic(), weight))
-        if status(cluster, namespace).get("phase") == until:
+        if done:
             return seen
         time.sleep(0.2)
     raise AssertionError(f"no phase {until}: {status(cluster, namespace)}; weights {seen}")

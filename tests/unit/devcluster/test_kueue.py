@@ -29,7 +29,7 @@ def test_kueue_is_built_with_kubernetes_and_keys_its_cache(tmp_path: Path) -> No
     assert versions.kueue == "v0.19.2"
     assert "kueue" in COMPONENT_BINARIES["kubernetes"]
     binaries = Binaries(versions, tmp_path)
-    key = f"kubernetes-{versions.kubernetes}+kueue-v0.19.2"
+    key = f"kubernetes-{versions.kubernetes}+kueue-v0.19.2+kwok-{versions.kwok}"
     assert binaries.component_dir("kubernetes") == tmp_path / key
     assert binaries.path("kueue") == tmp_path / key / "kueue"
     assert binaries.path("kubectl") == tmp_path / key / "kubectl"
@@ -76,11 +76,20 @@ def test_build_sh_uses_the_same_cache_key(tmp_path: Path) -> None:
     assert f"cached in {binaries.component_dir('kubernetes')}" in out.stderr
 
 
-def test_the_wrapper_gomod_requires_kueue_in_the_kubernetes_build() -> None:
+def test_the_wrapper_gomod_requires_kueue_and_kwok_in_the_kubernetes_build() -> None:
     script = (DATA_DIR / "build.sh").read_text()
-    assert '"sigs.k8s.io/kueue@${KUEUE_VERSION}"' in script
-    assert "targets+=(sigs.k8s.io/kueue/cmd/kueue)" in script
+    assert '"sigs.k8s.io/kueue@${KUEUE_VERSION}" "sigs.k8s.io/kwok@${KWOK_VERSION}"' in script
+    assert "targets+=(sigs.k8s.io/kueue/cmd/kueue sigs.k8s.io/kwok/cmd/kwok)" in script
     assert "sigs.k8s.io/kueue/pkg/version" in script
+    assert "sigs.k8s.io/kwok/pkg/consts.Version" in script
+    assert "build_kwok" not in script  # no second module graph for it
+
+
+def test_kwok_lives_in_the_kubernetes_cache_directory(tmp_path: Path) -> None:
+    versions = Versions.load()
+    binaries = Binaries(versions, tmp_path)
+    assert binaries.path("kwok") == binaries.component_dir("kubernetes") / "kwok"
+    assert f"+kwok-{versions.kwok}" in versions.cache_key("kubernetes")
 
 
 # -- manifests ------------------------------------------------------------------------------------

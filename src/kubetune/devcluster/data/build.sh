@@ -3,13 +3,12 @@
 # versions.env (next to this script) and caches them per version OUTSIDE the repository:
 #
 #   ${KUBETUNE_CACHE_DIR:-$HOME/.cache/kubetune}/bin/etcd-<v>/etcd
-#   .../bin/kubernetes-<v>+kueue-<kv>/{kube-apiserver,kube-controller-manager,kube-scheduler,
-#                                       kubectl,kueue}
-#   .../bin/kwok-<v>/kwok
+#   .../bin/kubernetes-<v>+kueue-<kv>+kwok-<wv>/{kube-apiserver,kube-controller-manager,
+#                                                kube-scheduler,kubectl,kueue,kwok}
 #   .../bin/helm-<v>/helm
 #   .../bin/prometheus-<v>/{prometheus,promtool}
 #
-# Usage: build.sh [--force] [etcd|kubernetes|kwok|helm|prometheus ...]
+# Usage: build.sh [--force] [etcd|kubernetes|helm|prometheus ...]   (kwok: built with kubernetes)
 #
 # Needs only a Go toolchain (>= GO_MIN_VERSION in versions.env; $GO, `go` on PATH
 # or /usr/local/go/bin/go) and access to the Go module proxy. A component whose
@@ -34,7 +33,8 @@ for arg in "$@"; do
       sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
-    etcd | kubernetes | kwok | helm | prometheus) COMPONENTS+=("$arg") ;;
+    etcd | kubernetes | helm | prometheus) COMPONENTS+=("$arg") ;;
+    kwok) COMPONENTS+=(kubernetes) ;; # one go build with the cluster binaries
     *)
       echo "build.sh: unknown argument: $arg" >&2
       exit 2
@@ -42,7 +42,7 @@ for arg in "$@"; do
   esac
 done
 if [[ ${#COMPONENTS[@]} -eq 0 ]]; then
-  COMPONENTS=(etcd kubernetes kwok helm prometheus)
+  COMPONENTS=(etcd kubernetes helm prometheus)
 fi
 
 # --- Go toolchain -------------------------------------------------------------
@@ -130,10 +130,12 @@ build_etcd() {
 }
 
 build_kubernetes() {
-  # $1 is the cache key (kubernetes-<v>+kueue-<kv>); the versions come from versions.env.
+  # $1 is the cache key (kubernetes-<v>+kueue-<kv>+kwok-<wv>); the versions come from
+  # versions.env.
   local ver=$KUBERNETES_VERSION staging=$2
-  log "kubernetes $ver + kueue $KUEUE_VERSION: generating wrapper go.mod"
-  bash "$HERE/gen-kubernetes-gomod.sh" "$ver" . "sigs.k8s.io/kueue@${KUEUE_VERSION}"
+  log "kubernetes $ver + kueue $KUEUE_VERSION + kwok $KWOK_VERSION: generating wrapper go.mod"
+  bash "$HERE/gen-kubernetes-gomod.sh" "$ver" . \
+    "sigs.k8s.io/kueue@${KUEUE_VERSION}" "sigs.k8s.io/kwok@${KWOK_VERSION}"
   local major=${ver#v} minor=${ver#v*.}
   major=${major%%.*}
   minor=${minor%%.*}
@@ -149,20 +151,14 @@ build_kubernetes() {
   pkg=sigs.k8s.io/kueue/pkg/version
   ld+=" -X ${pkg}.GitVersion=${KUEUE_VERSION} -X ${pkg}.GitCommit=${kueue_commit:-unknown}"
   ld+=" -X ${pkg}.BuildDate=${BUILD_DATE}"
-  # one go build, so the packages the five binaries share (client-go, apimachinery, ...)
+  ld+=" -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+  # one go build, so the packages the six binaries share (client-go, apimachinery, ...)
   # compile once
   for pkg in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     targets+=("k8s.io/kubernetes/cmd/$pkg")
   done
-  targets+=(sigs.k8s.io/kueue/cmd/kueue)
+  targets+=(sigs.k8s.io/kueue/cmd/kueue sigs.k8s.io/kwok/cmd/kwok)
   "$GO" build -trimpath -ldflags "$ld" -o "$staging/" "${targets[@]}"
-}
-
-build_kwok() {
-  local ver=$1 staging=$2
-  gomod kwok "sigs.k8s.io/kwok $ver"
-  "$GO" build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${ver#v}" \
-    -o "$staging/kwok" sigs.k8s.io/kwok/cmd/kwok
 }
 
 build_helm() {
@@ -203,8 +199,12 @@ build_prometheus() {
   ld+=" -X ${pkg}.BuildUser=kubetune-build.sh -X ${pkg}.BuildDate=${BUILD_DATE}"
   # No `builtinassets` tag (upstream's release builds embed the npm-built web UI, which the
   # module does not contain): the HTTP API, all we use, is complete without it.
+  # Service discovery: only what the dev cluster uses (file and http are always in, plus
+  # kubernetes); upstream's build tags drop the cloud SDKs, which were most of the compile time.
+  local tags=remove_all_sd,enable_kubernetes_sd
   # One go build, so the packages both binaries share compile once.
-  "$GO" build -trimpath -ldflags "$ld" -o "$staging/" "${mod}/cmd/prometheus" "${mod}/cmd/promtool"
+  "$GO" build -trimpath -tags "$tags" -ldflags "$ld" -o "$staging/" \
+    "${mod}/cmd/prometheus" "${mod}/cmd/promtool"
 }
 
 mkdir -p "$BIN_ROOT" "$WORK_ROOT"
@@ -214,12 +214,11 @@ for c in "${COMPONENTS[@]}"; do
   case "$c" in
     etcd) component etcd "$ETCD_VERSION" etcd ;;
     kubernetes)
-      # Kueue is built in the same `go build` (versions.env says why): its version is part of
-      # the cache key, so a cache built without it (or with another Kueue) is rebuilt
-      component kubernetes "${KUBERNETES_VERSION}+kueue-${KUEUE_VERSION}" \
-        kube-apiserver kube-controller-manager kube-scheduler kubectl kueue
+      # Kueue and KWOK are built in the same `go build` (versions.env says why): their versions
+      # are part of the cache key, so a cache built without them (or other versions) is rebuilt
+      component kubernetes "${KUBERNETES_VERSION}+kueue-${KUEUE_VERSION}+kwok-${KWOK_VERSION}" \
+        kube-apiserver kube-controller-manager kube-scheduler kubectl kueue kwok
       ;;
-    kwok) component kwok "$KWOK_VERSION" kwok ;;
     helm) component helm "$HELM_VERSION" helm ;;
     prometheus) component prometheus "$PROMETHEUS_VERSION" prometheus promtool ;;
   esac
