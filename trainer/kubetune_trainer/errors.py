@@ -39,7 +39,8 @@ class ModelUnavailableError(TrainerError):
 
 
 class NumericalDivergenceError(TrainerError):
-    """NaN/inf loss or an exploding gradient norm (permanent)."""
+    """NaN/inf loss, an exploding gradient norm, or an RL policy held above its KL ceiling
+    (permanent: a retry diverges the same way)."""
 
     exit_code = ExitCode.NUMERICAL_DIVERGENCE
 
