@@ -67,7 +67,7 @@ def test_dpo_loss_matches_trl(loss_type: str, tiny_model: Path, tmp_path: Path) 
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, batch))
 
-    from kubetune.api.training import DpoSettings
+    from kubetune.api.rlhf import DpoSettings
     from kubetune_trainer.methods.dpo import DpoMethod
 
     method = DpoMethod.__new__(DpoMethod)

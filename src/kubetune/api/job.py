@@ -21,10 +21,11 @@ from kubetune.api.infra import (
     ResourcesSpec,
     RunPolicy,
 )
-from kubetune.api.methods import Method, cel_list, methods_where
+from kubetune.api.methods import METHOD_TRAITS, Method, cel_list, methods_where
+from kubetune.api.rlhf import RlhfSpec
 from kubetune.api.sources import DatasetSpec, ModelSource
 from kubetune.api.status import FineTuneJobStatus
-from kubetune.api.training import HealthSpec, Hyperparameters, PeftSpec, RlhfSpec
+from kubetune.api.training import HealthSpec, Hyperparameters, PeftSpec
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
@@ -46,7 +47,8 @@ def _or_list(names: tuple[str, ...]) -> str:
 
 def _only_with(block: str) -> dict[str, Any]:
     """``block`` (e.g. ``peft.lora``) is refused for the methods whose traits lack it."""
-    methods = methods_where(lambda t: block in t.blocks)
+    optional = LORA_OPTION_BLOCKS if block in LORA_OPTION_BLOCKS else ()
+    methods = methods_where(lambda t: block in t.blocks or (t.lora_option and bool(optional)))
     parent = block.rpartition(".")[0]
     present = f"has(self.{parent}) && has(self.{block})" if parent else f"has(self.{block})"
     return cel(
@@ -65,6 +67,30 @@ def _unsupported(method: str) -> dict[str, Any]:
     )
 
 
+#: what a method with ``lora_option`` may add to train a LoRA policy on a frozen base
+LORA_OPTION_BLOCKS = ("peft", "peft.lora")
+
+
+def _format_rule() -> dict[str, Any]:
+    """Each method trains on its own dataset formats (``MethodTraits.formats``)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, traits in METHOD_TRAITS.items():
+        groups.setdefault(tuple(traits.formats), []).append(name)
+    *cases, (last_formats, _) = groups.items()
+    rule = f"self.dataset.format in {cel_list(last_formats)}"
+    for formats, methods in reversed(cases):
+        rule = (
+            f"(self.method in {cel_list(tuple(methods))} ? "
+            f"self.dataset.format in {cel_list(formats)} : {rule})"
+        )
+    said = "; ".join(
+        f"{_or_list(tuple(methods))}: {_or_list(formats)}" for formats, methods in groups.items()
+    )
+    return cel(rule, f"dataset.format must suit the method ({said})", field_path=".dataset.format")
+
+
+_ONLINE = cel_list(methods_where(lambda t: t.online))
+_GROUPED = "['grpo', 'rloo']"
 _IMMUTABLE = "cannot change after creation; create a new FineTuneJob instead"
 
 SPEC_RULES: list[dict[str, Any]] = [
@@ -75,17 +101,18 @@ SPEC_RULES: list[dict[str, Any]] = [
         for block in (parent, *(f"{parent}.{name}" for name in model.model_fields))
     ),
     cel(
-        "self.method != 'ppo' || (has(self.rlhf) && has(self.rlhf.ppo))",
-        "method ppo needs rlhf.ppo.rewardModel",
+        f"!(self.method in {_ONLINE}) || (has(self.rlhf) && has(self.rlhf.reward))",
+        "methods ppo, grpo and rloo need rlhf.reward (a reward model or a verifiable check)",
         field_path=".rlhf",
     ),
     cel(
-        f"self.method in {cel_list(methods_where(lambda t: t.preference_data))} "
-        "? self.dataset.format == 'preference' : self.dataset.format != 'preference'",
-        "dataset.format must be preference for methods reward and dpo, and must not be "
-        "preference for the other methods",
-        field_path=".dataset.format",
+        f"!(self.method in {_GROUPED}) || !has(self.rlhf) || !has(self.rlhf.generation) || "
+        "!has(self.rlhf.generation.samplesPerPrompt) || "
+        "self.rlhf.generation.samplesPerPrompt >= 2",
+        "grpo and rloo compare the samples of one prompt: samplesPerPrompt must be at least 2",
+        field_path=".rlhf.generation.samplesPerPrompt",
     ),
+    _format_rule(),
     cel(
         "!(has(self.dataset.packing) && self.dataset.packing) || "
         f"self.method in {cel_list(methods_where(lambda t: t.packs))}",
@@ -95,9 +122,12 @@ SPEC_RULES: list[dict[str, Any]] = [
     ),
     cel(
         "!self.output.mergeAdapter || "
-        f"self.method in {cel_list(methods_where(lambda t: t.mergeable))}",
-        "output.mergeAdapter applies only to lora and qlora (other adapters cannot be "
-        "folded into the base weights)",
+        f"self.method in {cel_list(methods_where(lambda t: t.mergeable))} || "
+        f"(self.method in {cel_list(methods_where(lambda t: t.lora_option))} && "
+        "has(self.peft) && has(self.peft.lora))",
+        "output.mergeAdapter applies only to LoRA policies (methods lora and qlora, or a "
+        "preference/RL method with peft.lora); other adapters cannot be folded into the "
+        "base weights",
         field_path=".output.mergeAdapter",
     ),
     cel(
@@ -175,8 +205,9 @@ class FineTuneJobSpec(ApiModel):
     method: Method = Field(
         description="Training method: full (all weights), lora/qlora (low-rank adapters; "
         "qlora on a 4-bit base), prefix/prompt (virtual tokens), adapter (bottleneck "
-        "adapter layers), reward (reward model on preference pairs), ppo, dpo (direct "
-        "preference optimisation)."
+        "adapter layers), reward (reward model on preference pairs), dpo, kto, orpo "
+        "(preference optimisation), ppo, grpo, rloo (online RL against a reward). The "
+        "preference and RL methods train a LoRA policy when peft.lora is set."
     )
     model: ModelSource = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training and evaluation data.")

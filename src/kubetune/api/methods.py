@@ -12,13 +12,30 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, get_args
 
-Method = Literal["full", "lora", "qlora", "prefix", "prompt", "adapter", "reward", "ppo", "dpo"]
+Method = Literal[
+    "full",
+    "lora",
+    "qlora",
+    "prefix",
+    "prompt",
+    "adapter",
+    "reward",
+    "ppo",
+    "dpo",
+    "grpo",
+    "rloo",
+    "kto",
+    "orpo",
+]
 METHODS: tuple[str, ...] = get_args(Method)
 
 Family = Literal["full", "peft", "preference", "reward", "rl"]
 # How the trained result is written: a whole causal LM, a PEFT adapter, kubetune's
 # bottleneck adapter, or a sequence classifier (reward model).
 SavedAs = Literal["model", "peft-adapter", "bottleneck-adapter", "reward-model"]
+DatasetFormat = Literal["chat", "promptCompletion", "text", "preference", "promptOnly", "unpaired"]
+SFT_FORMATS: tuple[DatasetFormat, ...] = ("chat", "promptCompletion", "text")
+RL_BLOCKS = ("rlhf", "rlhf.reward", "rlhf.generation", "rlhf.kl", "rlhf.guards")
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,10 @@ class MethodTraits:
     #: the loss compares the policy with a reference model
     needs_reference: bool = False
     saved_as: SavedAs = "model"
+    #: dataset formats the method trains on
+    formats: tuple[DatasetFormat, ...] = SFT_FORMATS
+    #: the policy may be a LoRA adapter (``spec.peft.lora`` set) instead of full weights
+    lora_option: bool = False
 
     @property
     def takes_peft(self) -> bool:
@@ -51,8 +72,13 @@ class MethodTraits:
 
     @property
     def preference_data(self) -> bool:
-        """Trains on preference pairs (``dataset.format: preference``)."""
+        """Trains on preference data, normalised per example (pairs), not per token."""
         return self.family in ("preference", "reward")
+
+    @property
+    def online(self) -> bool:
+        """Learns from its own sampled responses (PPO, GRPO, RLOO)."""
+        return self.family == "rl"
 
 
 METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
@@ -113,6 +139,7 @@ METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
             epochs=1.0,
             blocks=("rlhf",),
             saved_as="reward-model",
+            formats=("preference",),
         ),
         "ppo": MethodTraits(
             "rl",
@@ -120,9 +147,10 @@ METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
             1e-6,
             (1e-7, 1e-5),
             epochs=1.0,
-            supported=False,
-            blocks=("rlhf", "rlhf.ppo"),
+            blocks=(*RL_BLOCKS, "rlhf.ppo"),
             needs_reference=True,
+            formats=("promptOnly",),
+            lora_option=True,
         ),
         "dpo": MethodTraits(
             "preference",
@@ -132,6 +160,53 @@ METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
             epochs=1.0,
             blocks=("rlhf", "rlhf.dpo"),
             needs_reference=True,
+            formats=("preference",),
+            lora_option=True,
+        ),
+        "grpo": MethodTraits(
+            "rl",
+            "GRPO",
+            1e-6,
+            (1e-7, 1e-5),
+            epochs=1.0,
+            blocks=(*RL_BLOCKS, "rlhf.grpo"),
+            needs_reference=True,
+            formats=("promptOnly",),
+            lora_option=True,
+        ),
+        "rloo": MethodTraits(
+            "rl",
+            "RLOO",
+            1e-6,
+            (1e-7, 1e-5),
+            epochs=1.0,
+            blocks=(*RL_BLOCKS, "rlhf.rloo"),
+            needs_reference=True,
+            formats=("promptOnly",),
+            lora_option=True,
+        ),
+        "kto": MethodTraits(
+            "preference",
+            "KTO",
+            5e-7,
+            (1e-7, 5e-6),
+            epochs=1.0,
+            supported=False,
+            blocks=("rlhf", "rlhf.kto"),
+            needs_reference=True,
+            formats=("unpaired", "preference"),
+            lora_option=True,
+        ),
+        "orpo": MethodTraits(
+            "preference",
+            "ORPO",
+            8e-6,
+            (1e-6, 5e-5),
+            epochs=1.0,
+            supported=False,
+            blocks=("rlhf", "rlhf.orpo"),
+            formats=("preference",),
+            lora_option=True,
         ),
     }
 )

@@ -16,14 +16,23 @@ from pydantic import Field
 from kubetune.api.base import ApiModel
 from kubetune.api.defaults import DEFAULT_EVAL_SPLIT, DEFAULT_ZERO_STAGE
 from kubetune.api.job import API_VERSION, FineTuneJob, FineTuneJobSpec
-from kubetune.api.methods import METHOD_TRAITS
+from kubetune.api.methods import METHOD_TRAITS, SFT_FORMATS
+from kubetune.api.rlhf import (
+    DpoSettings,
+    GenerationSpec,
+    GroupSettings,
+    GuardSpec,
+    KlSpec,
+    KtoSettings,
+    OrpoSettings,
+    PpoSettings,
+    RlhfSpec,
+)
 from kubetune.api.training import (
     AdapterSettings,
-    DpoSettings,
     LoraSettings,
     PeftSpec,
     QuantizationSettings,
-    RlhfSpec,
     VirtualTokenSettings,
 )
 
@@ -69,8 +78,8 @@ class ResolvedJob(ApiModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# The default of each optional method block resolve() fills in (rlhf.ppo has none: its
-# reward model must be named).
+# The default of each optional method block resolve() fills in (rlhf.reward has none:
+# what pays the policy must be named).
 _BLOCK_DEFAULTS: dict[str, type[ApiModel]] = {
     "peft.lora": LoraSettings,
     "peft.quantization": QuantizationSettings,
@@ -78,7 +87,41 @@ _BLOCK_DEFAULTS: dict[str, type[ApiModel]] = {
     "peft.prompt": VirtualTokenSettings,
     "peft.adapter": AdapterSettings,
     "rlhf.dpo": DpoSettings,
+    "rlhf.kto": KtoSettings,
+    "rlhf.orpo": OrpoSettings,
+    "rlhf.generation": GenerationSpec,
+    "rlhf.kl": KlSpec,
+    "rlhf.guards": GuardSpec,
+    "rlhf.ppo": PpoSettings,
+    "rlhf.grpo": GroupSettings,
+    "rlhf.rloo": GroupSettings,
 }
+
+# Online RL defaults from practice: PPO samples once per prompt and penalises KL per token
+# in the reward (k1, 0.05, as TRL's PPO and OpenRLHF); GRPO samples a group of 4 and puts
+# k3 KL in the loss at 0.04 (the DeepSeekMath paper, TRL's GRPOTrainer); RLOO samples 4
+# and penalises k1 KL in the reward at 0.05 (TRL's RLOOTrainer).
+_RL_DEFAULTS: dict[str, tuple[int, float, str]] = {
+    "ppo": (1, 0.05, "k1"),
+    "grpo": (4, 0.04, "k3"),
+    "rloo": (4, 0.05, "k1"),
+}
+
+
+def _fill_rl_defaults(spec: FineTuneJobSpec) -> None:
+    if spec.method not in _RL_DEFAULTS or spec.rlhf is None:
+        return
+    samples, coefficient, estimator = _RL_DEFAULTS[spec.method]
+    generation, kl = spec.rlhf.generation, spec.rlhf.kl
+    assert generation is not None and kl is not None  # _fill_method_blocks
+    if generation.samples_per_prompt is None:
+        generation.samples_per_prompt = samples
+    if kl.coefficient is None:
+        kl.coefficient = coefficient
+    if kl.estimator is None:
+        kl.estimator = estimator  # type: ignore[assignment]
+
+
 _PARENTS: dict[str, type[ApiModel]] = {"peft": PeftSpec, "rlhf": RlhfSpec}
 
 
@@ -120,10 +163,11 @@ def resolve(
     if data.eval is None and data.eval_split is None:
         data.eval_split = DEFAULT_EVAL_SPLIT
     if data.packing is None:
-        data.packing = data.format != "preference" and traits.packs
+        data.packing = data.format in SFT_FORMATS and traits.packs
     if spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage is None:
         spec.distributed.zero_stage = DEFAULT_ZERO_STAGE
     _fill_method_blocks(spec)
+    _fill_rl_defaults(spec)
 
     n_nodes = nodes if nodes is not None else spec.resources.nodes
     nproc = nproc_per_node if nproc_per_node is not None else spec.resources.gpus_per_node

@@ -8,9 +8,9 @@ from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
 from kubetune.api.common import LOCATION_HELP, Location, SecretReference
+from kubetune.api.methods import DatasetFormat
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-DatasetFormat = Literal["chat", "promptCompletion", "text", "preference"]
 
 
 class ModelSource(ApiModel):
@@ -46,12 +46,14 @@ class FieldMapping(ApiModel):
     )
     prompt: ColumnName | None = Field(
         default=None,
-        description="Column with the prompt (formats promptCompletion, preference). "
+        description="Column with the prompt (formats promptCompletion, preference, unpaired, "
+        "promptOnly). "
         "Default prompt.",
     )
     completion: ColumnName | None = Field(
         default=None,
-        description="Column with the completion (format promptCompletion). Default completion.",
+        description="Column with the completion (formats promptCompletion, unpaired). Default "
+        "completion.",
     )
     text: ColumnName | None = Field(
         default=None, description="Column with the text (format text). Default text."
@@ -63,6 +65,16 @@ class FieldMapping(ApiModel):
     rejected: ColumnName | None = Field(
         default=None,
         description="Column with the dispreferred answer (format preference). Default rejected.",
+    )
+    answer: ColumnName | None = Field(
+        default=None,
+        description="Column with the reference answer a verifiable reward checks (format "
+        "promptOnly; optional). Default answer.",
+    )
+    label: ColumnName | None = Field(
+        default=None,
+        description="Column with true (desirable) or false (undesirable) (format unpaired). "
+        "Default label.",
     )
 
 
@@ -78,8 +90,9 @@ class DatasetSpec(ApiModel):
                 field_path=".evalSplit",
             ),
             cel(
-                "!(self.format == 'preference' && has(self.packing) && self.packing)",
-                "packing is not available for the preference format: pairs must stay whole",
+                "!(self.format in ['preference', 'unpaired', 'promptOnly'] && "
+                "has(self.packing) && self.packing)",
+                "packing is not available for the preference, unpaired and promptOnly formats",
                 field_path=".packing",
             ),
         )
@@ -94,7 +107,9 @@ class DatasetSpec(ApiModel):
     format: DatasetFormat = Field(
         description="Row format: chat (a list of role/content messages), promptCompletion "
         "(prompt and completion strings), text (plain text for continued pre-training), "
-        "preference (prompt, chosen and rejected, for reward models and DPO)."
+        "preference (prompt, chosen and rejected: reward models, DPO, ORPO, KTO), unpaired "
+        "(prompt, completion and a true/false label: KTO), promptOnly (prompts, optionally "
+        "with a reference answer: PPO, GRPO, RLOO)."
     )
     field_mapping: FieldMapping | None = Field(
         default=None, description="Column names, when they differ from the format's defaults."

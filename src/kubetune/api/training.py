@@ -1,4 +1,4 @@
-"""How to train: hyperparameters, PEFT and RLHF settings, numerical health."""
+"""How to train: hyperparameters, PEFT settings, numerical health (RLHF: ``api.rlhf``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
-from kubetune.api.common import Location
 
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -172,36 +171,6 @@ class PeftSpec(ApiModel):
     adapter: AdapterSettings | None = Field(
         default=None, description="Bottleneck-adapter settings."
     )
-
-
-class DpoSettings(ApiModel):
-    """Direct preference optimisation."""
-
-    beta: float = Field(
-        default=0.1, gt=0.0, le=10.0, description="Strength of the KL penalty to the reference."
-    )
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
-        default="sigmoid", description="Preference loss."
-    )
-    reference_model: Location | None = Field(
-        default=None, description="Reference policy; default: a frozen copy of the base model."
-    )
-
-
-class PpoSettings(ApiModel):
-    """Proximal policy optimisation against a reward model."""
-
-    reward_model: Location = Field(description="Location of the trained reward model.")
-    kl_coefficient: float = Field(
-        default=0.05, ge=0.0, le=10.0, description="Weight of the KL penalty to the reference."
-    )
-
-
-class RlhfSpec(ApiModel):
-    """Settings of the RLHF stages; only the block of the chosen method applies."""
-
-    dpo: DpoSettings | None = Field(default=None, description="DPO settings.")
-    ppo: PpoSettings | None = Field(default=None, description="PPO settings.")
 
 
 class HealthSpec(ApiModel):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kubetune.api.resolve import ResolvedJob
-from kubetune.api.training import DpoSettings
+from kubetune.api.rlhf import DpoSettings
 from kubetune_trainer.data.batching import Batch, eval_micro_batches
 from kubetune_trainer.distributed.env import all_gather_objects
 from kubetune_trainer.methods.base import Forward, LossOutput, MakeBatch
