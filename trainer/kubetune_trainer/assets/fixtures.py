@@ -26,6 +26,8 @@ SAMPLE_FILES: dict[str, tuple[Callable[..., list[dict]], int, int]] = {
     "text.jsonl": (sd.text_rows, 200, 104),
     "preferences-train.jsonl": (sd.preference_rows, 200, 105),
     "preferences-eval.jsonl": (sd.preference_rows, 24, 106),
+    "prompts-train.jsonl": (sd.count_prompt_rows, 200, 107),
+    "prompts-eval.jsonl": (sd.count_prompt_rows, 24, 108),
 }
 SAMPLE_MAX_ITEMS = 16
 
@@ -37,6 +39,8 @@ DATASET_PATHS = {
     "datasets/sample-text/train.jsonl": "text.jsonl",
     "datasets/sample-preferences/train.jsonl": "preferences-train.jsonl",
     "datasets/sample-preferences/eval.jsonl": "preferences-eval.jsonl",
+    "datasets/sample-prompts/train.jsonl": "prompts-train.jsonl",
+    "datasets/sample-prompts/eval.jsonl": "prompts-eval.jsonl",
 }
 
 

@@ -176,11 +176,25 @@ def preference_rows(
     return rows
 
 
+def count_prompt_rows(count: int, seed: int = 0, max_items: int = 6) -> list[dict[str, Any]]:
+    """Prompts for online RL with a verifiable answer: count the words, answer in digits."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for _ in range(count):
+        n = rng.randint(1, max_items)
+        words = " ".join(rng.choice(_NOUNS) for _ in range(n))
+        rows.append(
+            {"prompt": f"How many words are in this list: {words}\nAnswer:", "answer": str(n)}
+        )
+    return rows
+
+
 GENERATORS = {
     "chat": chat_rows,
     "promptCompletion": prompt_completion_rows,
     "text": text_rows,
     "preference": preference_rows,
+    "promptOnly": count_prompt_rows,
 }
 
 

@@ -21,6 +21,7 @@ from kubetune_trainer.data.formats import (
     Example,
     PreferenceExample,
     PromptCompletionExample,
+    PromptOnlyExample,
     RowError,
     TextExample,
     Turn,
@@ -58,7 +59,25 @@ class EncodedPair:
         return self.chosen.input_ids + self.rejected.input_ids
 
 
-Encoded = EncodedSample | EncodedPair
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt of online RL, rendered up to where the response starts; no labels (the
+    policy writes the response). ``truncated``: the prompt's start was cut to fit."""
+
+    prompt_ids: list[int]
+    answer: str | None
+    truncated: bool = False
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids
+
+    @property
+    def num_label_tokens(self) -> int:
+        return 0
+
+
+Encoded = EncodedSample | EncodedPair | EncodedPrompt
 
 
 class Encoder:
@@ -88,6 +107,8 @@ class Encoder:
             return self._sample(ids, [1] * len(ids), all_tokens=True)
         if isinstance(example, PreferenceExample):
             return self._pair(example)
+        if isinstance(example, PromptOnlyExample):
+            return self._prompt(example)
         raise RowError(f"cannot encode {type(example).__name__}")
 
     # -- formats ----------------------------------------------------------------
@@ -138,6 +159,17 @@ class Encoder:
             mask = [0] * len(prompt_ids) + [1] * len(response_ids)
             sides.append(self._sample(ids, mask, force_completion_only=True))
         return EncodedPair(sides[0], sides[1])
+
+    def _prompt(self, example: PromptOnlyExample) -> EncodedPrompt:
+        if isinstance(example.prompt, list):
+            ids = self._render(example.prompt, generation_prompt=True)
+        else:
+            ids = self._text_ids(example.prompt, special=True)
+        if not ids:
+            raise RowError("the prompt encodes to zero tokens")
+        # keep the end: the question is usually last, and generation continues from it
+        truncated = len(ids) > self.max_seq_length
+        return EncodedPrompt(ids[-self.max_seq_length :], example.answer, truncated)
 
     # -- helpers ----------------------------------------------------------------
     def _sample(

@@ -1,4 +1,4 @@
-"""The four row formats and their checks: chat, promptCompletion, text, preference.
+"""The row formats and their checks: chat, promptCompletion, text, preference, promptOnly.
 
 Each raw row (a dict) is turned into a typed example or rejected with a reason a human
 can act on ("messages[2].role 'bot' is not one of ..."). Column names come from the
@@ -24,6 +24,7 @@ DEFAULT_COLUMNS = {
     "text": "text",
     "chosen": "chosen",
     "rejected": "rejected",
+    "answer": "answer",
 }
 
 
@@ -57,7 +58,17 @@ class PreferenceExample:
     rejected: Turn
 
 
-Example = ChatExample | PromptCompletionExample | TextExample | PreferenceExample
+@dataclass(frozen=True)
+class PromptOnlyExample:
+    """A prompt for online RL; ``answer`` is what a verifiable reward checks against."""
+
+    prompt: Turn
+    answer: str | None
+
+
+Example = (
+    ChatExample | PromptCompletionExample | TextExample | PreferenceExample | PromptOnlyExample
+)
 
 
 def columns(mapping: Mapping[str, str] | None) -> dict[str, str]:
@@ -160,6 +171,16 @@ def parse_preference(row: Mapping[str, Any], cols: Mapping[str, str]) -> Prefere
     return PreferenceExample(prompt, chosen, rejected)
 
 
+def parse_prompt_only(row: Mapping[str, Any], cols: Mapping[str, str]) -> PromptOnlyExample:
+    prompt = _turn(_get(row, cols["prompt"]), cols["prompt"])
+    if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+        raise RowError("the prompt conversation must not end with an assistant message")
+    raw = _get(row, cols["answer"], required=False)
+    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, str | int | float)):
+        raise RowError(f"{cols['answer']} must be a string or a number")
+    return PromptOnlyExample(prompt, None if raw is None else str(raw))
+
+
 Parser = Callable[[Mapping[str, Any], Mapping[str, str]], Example]
 
 PARSERS: dict[str, Parser] = {
@@ -167,6 +188,7 @@ PARSERS: dict[str, Parser] = {
     "promptCompletion": parse_prompt_completion,
     "text": parse_text,
     "preference": parse_preference,
+    "promptOnly": parse_prompt_only,
 }
 
 
