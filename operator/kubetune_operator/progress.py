@@ -172,6 +172,7 @@ def map_progress(
         eval_loss=_finite(doc.eval_loss),
         tokens_per_second=max(0.0, tps) if tps is not None else None,
         summary=step_summary(step, total, doc.state),
+        warnings=[clip(w, 1024) for w in doc.warnings[-4:]] if doc.warnings else None,
         last_update_time=sample.fetched_at if advanced else last_update,
     )
     checkpoint = previous_checkpoint

@@ -30,7 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kubetune.contract.metrics import MetricSpec, metric
+from kubetune.contract.metrics import TRAINER_METRICS, MetricSpec, metric, rl_metric_name
 from kubetune.contract.paths import PROGRESS_PORT_PATH
 from kubetune_trainer.progress import ProgressReporter
 
@@ -145,8 +145,22 @@ class TrainerMetrics:
         self.world_size = gauge(f"{p}_world_size")
         self.trainable_parameters = gauge(f"{p}_trainable_parameters")
         self.parameters = gauge(f"{p}_parameters")
+        # online RL (absent for other methods): one gauge per field of the train log
+        self.rl = {
+            spec.name: OptionalGauge(spec, r)
+            for spec in TRAINER_METRICS
+            if spec.name.startswith(f"{p}_rl_") and spec.type == "gauge"
+        }
+        self.guard_warnings = counter(f"{p}_rl_guard_warnings_total")
         # 6 x parameters / (world size x peak): FLOP/s per GPU over its peak, per token/s.
         self._mfu_per_token_per_second: float | None = None
+
+    def record_rl(self, fields: dict[str, float]) -> None:
+        """Set the gauge of every exported online-RL field (``objective/kl``, ...)."""
+        for field, value in fields.items():
+            gauge = self.rl.get(rl_metric_name(field))
+            if gauge is not None:
+                gauge.set(value)
 
     def set_info(self, values: dict[str, str]) -> None:
         """``kubetune_trainer_job_info``: exactly the labels the contract lists."""

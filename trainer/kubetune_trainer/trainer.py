@@ -17,6 +17,7 @@ end says so (the stop decision is all-reduced so ranks never disagree).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ from kubetune_trainer.checkpoint.state import (
 )
 from kubetune_trainer.curves import CurveRecorder, write_curves
 from kubetune_trainer.data.batching import Batch, BatchPlan, collate, eval_micro_batches
-from kubetune_trainer.data.encode import Encoded
+from kubetune_trainer.data.encode import Encoded, EncodedPrompt
 from kubetune_trainer.data.validate import PreparedData, prepare_data, write_issues
 from kubetune_trainer.distributed.env import (
     all_gather_objects,
@@ -58,6 +59,7 @@ from kubetune_trainer.errors import InvalidConfigError, PreemptedError, TrainerE
 from kubetune_trainer.evaluation.runner import generation_model, run_evaluation
 from kubetune_trainer.health import HealthMonitor
 from kubetune_trainer.methods.base import Method
+from kubetune_trainer.methods.online import OnlineMethod
 from kubetune_trainer.methods.registry import get_method
 from kubetune_trainer.metrics import MetricsServer, TrainerMetrics
 from kubetune_trainer.metrics_switch import Absorb, NullMetrics, metrics_enabled
@@ -65,9 +67,13 @@ from kubetune_trainer.models.load import load_dtype, load_tokenizer, resolve_mod
 from kubetune_trainer.models.varlen_attention import padding_free_attention
 from kubetune_trainer.outputs.export import RunSummary, write_outputs
 from kubetune_trainer.progress import ProgressReporter
+from kubetune_trainer.rl.guards import GuardWarning
 from kubetune_trainer.signals import StopRequest
 
 log = logging.getLogger("kubetune.trainer")
+
+#: guard warnings kept in the progress document (the newest)
+MAX_WARNINGS = 4
 
 
 @dataclass
@@ -128,6 +134,7 @@ class Trainer:
         self.stop = StopRequest()
         self.health = HealthMonitor(spec.health)
         self.method: Method = get_method(job)
+        self.warnings: list[str] = []
         self.config_hash = job.config_hash()
         self.state = TrainerState(
             world_size=env.world_size,
@@ -250,6 +257,9 @@ class Trainer:
         """The corpus-level eval metrics, and [summed NLL, target tokens] of every example in
         example order (the same on every rank) when the method's loss is the LM objective
         and the set has at most MAX_HELD_OUT_EXAMPLES examples, else None."""
+        if isinstance(self.method, OnlineMethod):  # mean reward of held-out prompts
+            prompts = cast(list[EncodedPrompt], examples)
+            return self.method.evaluate_prompts(engine, prompts), None
         engine.eval()
         totals: dict[str, float] = defaultdict(float)
         keep = len(examples) <= MAX_HELD_OUT_EXAMPLES
@@ -407,7 +417,11 @@ class Trainer:
             seed=hp.seed,
         )
         total_steps = plan.total_steps(hp.epochs, hp.max_steps)
-        engine = build_engine(model, env, precision, self.job, self.scheduler_factory(total_steps))
+        updates = total_steps  # optimizer updates, which the LR schedule counts
+        if isinstance(self.method, OnlineMethod):
+            self.method.check_plan(self.job.derived.gradient_accumulation_steps)
+            updates = total_steps * self.method.updates_per_step
+        engine = build_engine(model, env, precision, self.job, self.scheduler_factory(updates))
         self.try_resume(engine)
         if self.resumed_from is None:
             seed_all(hp.seed + 7919 * env.rank)
@@ -514,42 +528,28 @@ class Trainer:
         while self.state.step < total_steps:
             t0 = time.perf_counter()
             step = self.state.step
-            batches = [
-                self.batch(examples, ids, "train") for ids in plan.micro_batches(step, env.rank)
-            ]
-            self.metrics.data_wait.inc(time.perf_counter() - t0)
-            local_count = sum(method.count(b) for b in batches)
-            (global_count,) = all_reduce_sum([local_count], env)
-            scale = env.world_size / global_count if global_count > 0 else 0.0
-            loss_sum = 0.0
-            extra: dict[str, float] = defaultdict(float)
-            for index, batch in enumerate(batches):
-                last = index == len(batches) - 1
-                with engine.sync_context(last):
-                    out = method.loss(engine.forward, engine.model, batch)
-                    engine.backward(out.loss_sum * scale, last)
-                loss_sum += float(out.loss_sum.detach())
-                for key, value in out.metrics.items():
-                    extra[key] += value
-            tokens = sum(b.real_tokens for b in batches)
-            samples = sum(b.samples for b in batches)
-            total_loss, total_tokens, total_samples = all_reduce_sum(
-                [loss_sum, float(tokens), float(samples)], env
-            )
-            loss = total_loss / global_count if global_count > 0 else float("nan")
-            grad_norm = engine.clip_gradients(self.hp.max_grad_norm)
-            lr = engine.learning_rate()
-            can_skip = engine.name != "deepspeed"
-            verdict = self.health.check(step + 1, loss, grad_norm, can_skip=can_skip)
-            if verdict == "skip":
-                engine.skip_step()
-                self.metrics.skipped_steps.inc()
-                log.warning("step %d: non-finite loss, update skipped (tolerated)", step + 1)
+            extra: dict[str, float] = {}
+            if isinstance(method, OnlineMethod):
+                lr = engine.learning_rate()
+                prompts = [
+                    [cast(EncodedPrompt, examples[i]) for i in ids]
+                    for ids in plan.micro_batches(step, env.rank)
+                ]
+                self.metrics.data_wait.inc(time.perf_counter() - t0)
+                outcome = method.online_step(
+                    engine,
+                    prompts,
+                    step + 1,
+                    functools.partial(self.apply_update, engine, step + 1),
+                )
+                loss, grad_norm = outcome.loss, outcome.grad_norm
+                total_tokens, total_samples = outcome.tokens, outcome.samples
+                extra = outcome.metrics
+                self.report_warnings(outcome.warnings)
             else:
-                after = engine.optimizer_step()
-                if grad_norm is None and after is not None:
-                    grad_norm = after
-                    self.health.check(step + 1, loss, grad_norm, can_skip=False)
+                loss, grad_norm, total_tokens, total_samples, lr = self.supervised_step(
+                    engine, examples, plan, step, t0
+                )
             self.state.step = step + 1
             self.state.tokens_seen += int(total_tokens)
             self.state.samples_seen += int(total_samples)
@@ -568,6 +568,7 @@ class Trainer:
                 plan,
                 total_steps,
                 log_path,
+                extra,
             )
             stop_local = 1.0 if self.stop.requested(self.state.step) else 0.0
             due_time = (
@@ -591,6 +592,60 @@ class Trainer:
                     "there"
                 )
 
+    def supervised_step(
+        self, engine: Engine, examples: list[Encoded], plan: BatchPlan, step: int, t0: float
+    ) -> tuple[float, float | None, float, float, float]:
+        """Forward/backward of this rank's micro-batches and one update: (loss, grad norm,
+        global tokens, global samples, learning rate)."""
+        env, method = self.env, self.method
+        batches = [self.batch(examples, ids, "train") for ids in plan.micro_batches(step, env.rank)]
+        self.metrics.data_wait.inc(time.perf_counter() - t0)
+        local_count = sum(method.count(b) for b in batches)
+        (global_count,) = all_reduce_sum([local_count], env)
+        scale = env.world_size / global_count if global_count > 0 else 0.0
+        loss_sum = 0.0
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            with engine.sync_context(last):
+                out = method.loss(engine.forward, engine.model, batch)
+                engine.backward(out.loss_sum * scale, last)
+            loss_sum += float(out.loss_sum.detach())
+        tokens = sum(b.real_tokens for b in batches)
+        samples = sum(b.samples for b in batches)
+        total_loss, total_tokens, total_samples = all_reduce_sum(
+            [loss_sum, float(tokens), float(samples)], env
+        )
+        loss = total_loss / global_count if global_count > 0 else float("nan")
+        lr = engine.learning_rate()
+        grad_norm = self.apply_update(engine, step + 1, loss)
+        return loss, grad_norm, total_tokens, total_samples, lr
+
+    def apply_update(self, engine: Engine, step: int, loss: float) -> float | None:
+        """Clip, check health (before the update is applied), then step or skip."""
+        grad_norm = engine.clip_gradients(self.hp.max_grad_norm)
+        can_skip = engine.name != "deepspeed"
+        verdict = self.health.check(step, loss, grad_norm, can_skip=can_skip)
+        if verdict == "skip":
+            engine.skip_step()
+            self.metrics.skipped_steps.inc()
+            log.warning("step %d: non-finite loss, update skipped (tolerated)", step)
+            return grad_norm
+        after = engine.optimizer_step()
+        if grad_norm is None and after is not None:
+            grad_norm = after
+            self.health.check(step, loss, grad_norm, can_skip=False)
+        return grad_norm
+
+    def report_warnings(self, warnings: list[GuardWarning]) -> None:
+        """Guard findings: a log line, a counter per guard, and the progress document."""
+        if not warnings or not self.env.is_main:
+            return
+        for warning in warnings:
+            log.warning("guard %s at step %d: %s", warning.guard, warning.step, warning.reason)
+            self.metrics.guard_warnings.labels(guard=warning.guard).inc()
+        self.warnings = (self.warnings + [w.reason for w in warnings])[-MAX_WARNINGS:]
+        self.progress.update(warnings=list(self.warnings))
+
     def report_step(
         self,
         loss: float,
@@ -603,6 +658,7 @@ class Trainer:
         plan: BatchPlan,
         total_steps: int,
         log_path: Path,
+        extra: dict[str, float] | None = None,
     ) -> None:
         if not self.env.is_main:
             return
@@ -651,6 +707,9 @@ class Trainer:
             "stepSeconds": elapsed,
             "epoch": plan.epoch_of(step),
         }
+        if extra:  # online RL: the field's names (objective/kl, policy/clipfrac, ...)
+            m.record_rl(extra)
+            record.update(extra)
         with log_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         gn = f"{grad_norm:.3f}" if grad_norm is not None else "n/a"

@@ -112,6 +112,14 @@ SPEC_RULES: list[dict[str, Any]] = [
         "grpo and rloo compare the samples of one prompt: samplesPerPrompt must be at least 2",
         field_path=".rlhf.generation.samplesPerPrompt",
     ),
+    cel(
+        f"!(self.method in {_ONLINE}) || self.distributed.strategy == 'ddp' || "
+        "(self.distributed.strategy == 'deepspeed' && (!has(self.distributed.zeroStage) || "
+        "self.distributed.zeroStage < 3))",
+        "ppo, grpo and rloo generate with the whole policy on every GPU: use strategy ddp or "
+        "deepspeed with zeroStage 1 or 2 (fsdp and ZeRO-3 shard the weights generation needs)",
+        field_path=".distributed.strategy",
+    ),
     _format_rule(),
     cel(
         "!(has(self.dataset.packing) && self.dataset.packing) || "

@@ -208,8 +208,12 @@ class PpoSettings(ApiModel):
     )
     clip_range: float = Field(default=0.2, gt=0.0, le=10.0, description="Policy ratio clip.")
     value_clip_range: float = Field(default=0.2, gt=0.0, le=1e4, description="Value clip.")
-    value_coefficient: float = Field(
-        default=0.1, gt=0.0, le=100.0, description="Weight of the value loss."
+    value_learning_rate: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Learning rate of the value model, which has its own optimizer (a loss "
+        "weight would do nothing under Adam). Default: 10x learningRate.",
     )
     gamma: float = Field(default=1.0, ge=0.0, le=1.0, description="Discount factor.")
     lam: float = Field(default=0.95, ge=0.0, le=1.0, description="GAE lambda.")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel
 from kubetune.api.evaluation import EvaluationStatus
@@ -63,6 +63,12 @@ class Progress(ApiModel):
     )
     summary: str | None = Field(
         default=None, max_length=128, description="Short form for kubectl, e.g. 120/300 (40%)."
+    )
+    warnings: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(
+        default=None,
+        max_length=4,
+        description="Online RL: the newest reward-hacking guard warnings (response length "
+        "drift, training reward rising while a held-out reward model's score falls).",
     )
     last_update_time: datetime | None = Field(
         default=None, description="When the trainer last reported progress."

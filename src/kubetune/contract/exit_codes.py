@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
     INVALID_CONFIG = 78  # EX_CONFIG: the resolved spec does not make sense
     INVALID_DATA = 65  # EX_DATAERR: bad rows, unknown format, empty dataset
     MODEL_UNAVAILABLE = 66  # EX_NOINPUT: base model missing or unreadable
-    NUMERICAL_DIVERGENCE = 79  # NaN/inf loss or exploding gradient norm
+    NUMERICAL_DIVERGENCE = 79  # NaN/inf loss, exploding gradient norm, RL KL ceiling
     UNSUPPORTED = 80  # method/feature not available on this hardware (e.g. QLoRA on CPU)
 
 

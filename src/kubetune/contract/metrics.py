@@ -266,7 +266,36 @@ TRAINER_METRICS: Final[tuple[MetricSpec, ...]] = (
         "",
         "Parameters being trained (the adapter's for PEFT methods).",
     ),
+    *(
+        _t(f"kubetune_trainer_rl_{field.replace('/', '_')}", "gauge", "", f"{help_} (`{field}`).")
+        for field, help_ in (
+            ("objective/kl", "Online RL: mean KL of a response to the reference, nats"),
+            ("objective/entropy", "Online RL: mean per-token policy entropy, nats"),
+            ("objective/kl_coef", "Online RL: KL coefficient in use (adaptive or fixed)"),
+            ("policy/clipfrac", "Online RL: share of tokens where PPO-clip bound"),
+            ("policy/approxkl", "Online RL: approximate KL of the update to the sampler"),
+            ("critic/vf_explained_var", "PPO: variance of returns explained by the critic"),
+            ("response_length/mean", "Online RL: mean response length, tokens"),
+            ("reward/mean", "Online RL: mean reward of the step's responses"),
+            ("reward/std", "Online RL: standard deviation of those rewards"),
+            ("generation/tokens_per_second", "Online RL: generated tokens per second"),
+            ("generation/time_share", "Online RL: share of step time spent generating"),
+        )
+    ),
+    _t(
+        "kubetune_trainer_rl_guard_warnings_total",
+        "counter",
+        "",
+        "Reward-hacking guard warnings (length drift, reward/held-out divergence).",
+        Label("guard", "`length_drift` or `reward_divergence`."),
+    ),
 )
+
+
+def rl_metric_name(field: str) -> str:
+    """The gauge of an online-RL field as the field names it (``objective/kl``)."""
+    return f"kubetune_trainer_rl_{field.replace('/', '_')}"
+
 
 # -- the operator (leader and standbys serve /metrics; only the leader's job series move) -----
 OPERATOR_METRICS: Final[tuple[MetricSpec, ...]] = (

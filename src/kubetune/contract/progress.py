@@ -37,6 +37,8 @@ class ProgressDocument(BaseModel):
     skipped_rows: int | None = Field(default=None, ge=0)
     truncated_rows: int | None = Field(default=None, ge=0)
     message: str | None = None
+    #: reward-hacking guard findings of online RL, newest last
+    warnings: list[str] | None = None
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

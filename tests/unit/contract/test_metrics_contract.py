@@ -217,7 +217,20 @@ def test_trainer_registry_is_the_contract() -> None:
     m.skipped_rows.labels(split="train").inc(0)
     m.truncated_rows.labels(split="train").inc(0)
     m.checkpoints.inc()
+    fields = ["objective/kl", "objective/entropy", "objective/kl_coef", "policy/clipfrac"]
+    fields += ["policy/approxkl", "critic/vf_explained_var", "response_length/mean"]
+    fields += ["reward/mean", "reward/std", "generation/tokens_per_second"]
+    m.record_rl({field: 1.0 for field in [*fields, "generation/time_share", "not/exported"]})
+    m.guard_warnings.labels(guard="length_drift").inc()
     _check(m.registry, TRAINER_METRICS)
+
+
+def test_online_rl_gauges_are_absent_for_other_methods() -> None:
+    m = TrainerMetrics()
+    m.loss.set(1.0)
+    assert "kubetune_trainer_rl_objective_kl" not in generate_latest(m.registry).decode()
+    m.record_rl({"objective/kl": 2.5})
+    assert "kubetune_trainer_rl_objective_kl 2.5" in generate_latest(m.registry).decode()
 
 
 def test_trainer_leaves_out_what_it_cannot_compute() -> None:

@@ -9,6 +9,7 @@ from kubetune_trainer.methods.base import Method
 from kubetune_trainer.methods.dpo import DpoMethod
 from kubetune_trainer.methods.full import FullFineTuning
 from kubetune_trainer.methods.lora import LoraMethod
+from kubetune_trainer.methods.online import GrpoMethod, PpoMethod, RlooMethod
 from kubetune_trainer.methods.reward import RewardModelMethod
 from kubetune_trainer.methods.virtual_tokens import PrefixTuning, PromptTuning
 
@@ -21,6 +22,9 @@ METHODS: dict[str, type[Method]] = {
     "adapter": BottleneckAdapterMethod,
     "dpo": DpoMethod,
     "reward": RewardModelMethod,
+    "ppo": PpoMethod,
+    "grpo": GrpoMethod,
+    "rloo": RlooMethod,
 }
 
 

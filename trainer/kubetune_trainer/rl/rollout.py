@@ -197,13 +197,13 @@ def generate_rollouts(
     return rollout
 
 
-def sequence_logprobs(model: nn.Module, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """Log-probs (B, R) of the response tokens under ``softmax(logits / temperature)``.
+def response_logits(model: Any, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """Logits (B, R, V) / temperature of the distributions that produced the responses.
 
     One forward pass over prompt + response; position ids count only attended tokens, so a
     left-padded row gets the positions it would have alone (as generate assigns them).
-    Zero where ``response_mask`` is 0. Keeps the autograd graph: wrap in ``torch.no_grad``
-    for old/reference log-probs, not for the policy update.
+    ``model`` is a module or any callable with its signature (a DDP engine's forward).
+    Keeps the autograd graph: wrap in ``torch.no_grad`` for old/reference log-probs.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -213,16 +213,29 @@ def sequence_logprobs(model: nn.Module, rollout: Rollout, temperature: float) ->
     width = rollout.response_ids.shape[1]
     # logits_to_keep (as TRL's GRPOTrainer): the LM head runs on the R+1 last positions
     # only, not on the prompt, whose logits would be thrown away.
-    logits = cast(Any, model)(
+    logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         use_cache=False,
         logits_to_keep=width + 1,
     ).logits
-    logits = logits[:, :-1] / temperature  # position t predicts token t + 1
+    return logits[:, :-1] / temperature  # position t predicts token t + 1
+
+
+def masked_logprobs(logits: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+    """Log-probs (B, R) of the response tokens under ``logits``; 0 off the response mask."""
     logprobs = logprobs_from_logits(logits, rollout.response_ids)
     return torch.where(rollout.response_mask.bool(), logprobs, 0.0)
+
+
+def sequence_logprobs(model: Any, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """Log-probs (B, R) of the response tokens under ``softmax(logits / temperature)``.
+
+    Zero where ``response_mask`` is 0. Keeps the autograd graph: wrap in ``torch.no_grad``
+    for old/reference log-probs, not for the policy update.
+    """
+    return masked_logprobs(response_logits(model, rollout, temperature), rollout)
 
 
 def _is_peft_model(model: nn.Module) -> bool:
