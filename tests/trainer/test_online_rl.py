@@ -173,3 +173,19 @@ def test_distributed_grpo_on_two_processes(
     assert "rank 1" not in proc.stderr or "Traceback" not in proc.stderr
     assert (out / "model.safetensors").exists()
     assert read_json(out / "eval_results.json")["tuned"]["prompts"] == 16
+
+
+def test_ppo_with_a_lora_policy_uses_the_base_as_reference_and_writes_an_adapter(
+    tiny_model: Path, prompts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    lora = {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+    doc = rl_job("ppo", tiny_model, prompts, out, steps=6, peft=lora)
+    doc["spec"]["hyperparameters"]["learningRate"] = 2e-2
+    result = train_in_process(doc, tmp_path)
+    assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    assert result.eval_results["base"]["kl"] == pytest.approx(0.0, abs=1e-5)
+    log = train_log(out)
+    assert log[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # LoRA B starts at 0
+    assert max(r["objective/kl"] for r in log) > 1e-3  # the adapter moved the policy
+    assert "LoRA adapter" in (out / "README.md").read_text()

@@ -60,6 +60,7 @@ from kubetune_trainer.evaluation.runner import generation_model, run_evaluation
 from kubetune_trainer.health import HealthMonitor
 from kubetune_trainer.methods.base import Method
 from kubetune_trainer.methods.online import OnlineMethod
+from kubetune_trainer.methods.policy import wants_lora_policy
 from kubetune_trainer.methods.registry import get_method
 from kubetune_trainer.metrics import MetricsServer, TrainerMetrics
 from kubetune_trainer.metrics_switch import Absorb, NullMetrics, metrics_enabled
@@ -391,7 +392,9 @@ class Trainer:
             self.method.attn_implementation = padding_free_attention(env.device)
         precision = resolve_precision(hp.precision, env.device)
         seed_all(hp.seed)  # identical initialisation (reward head, adapters) on all ranks
-        dtype = load_dtype(spec.model, precision, frozen_base=traits.takes_peft)
+        frozen_base = traits.takes_peft or wants_lora_policy(self.job)
+        dtype = load_dtype(spec.model, precision, frozen_base=frozen_base)
+        self.method.setup(model_dir, tokenizer, dtype)
         model = self.method.build(model_dir, tokenizer, dtype)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -191,7 +191,6 @@ METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
             5e-7,
             (1e-7, 5e-6),
             epochs=1.0,
-            supported=False,
             blocks=("rlhf", "rlhf.kto"),
             needs_reference=True,
             formats=("unpaired", "preference"),
@@ -203,13 +202,19 @@ METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
             8e-6,
             (1e-6, 5e-5),
             epochs=1.0,
-            supported=False,
             blocks=("rlhf", "rlhf.orpo"),
             formats=("preference",),
             lora_option=True,
         ),
     }
 )
+
+
+def saved_as(method: str, lora: bool) -> SavedAs:
+    """How ``method``'s result is written; a LoRA policy (``spec.peft.lora`` on a method
+    with ``lora_option``) is a PEFT adapter whatever the method's full-weight form is."""
+    traits = METHOD_TRAITS[method]
+    return "peft-adapter" if lora and traits.lora_option else traits.saved_as
 
 
 def methods_where(predicate: Callable[[MethodTraits], bool]) -> tuple[str, ...]:

@@ -189,12 +189,23 @@ def count_prompt_rows(count: int, seed: int = 0, max_items: int = 6) -> list[dic
     return rows
 
 
+def unpaired_rows(count: int, seed: int = 0, max_items: int = 12) -> list[dict[str, Any]]:
+    """KTO rows: each task's right answer (label true) or wrong one (false), alternating."""
+    rows = []
+    for index, pair in enumerate(preference_rows(count, seed=seed, max_items=max_items)):
+        desirable = index % 2 == 0
+        completion = pair["chosen"] if desirable else pair["rejected"]
+        rows.append({"prompt": pair["prompt"], "completion": completion, "label": desirable})
+    return rows
+
+
 GENERATORS = {
     "chat": chat_rows,
     "promptCompletion": prompt_completion_rows,
     "text": text_rows,
     "preference": preference_rows,
     "promptOnly": count_prompt_rows,
+    "unpaired": unpaired_rows,
 }
 
 

@@ -27,7 +27,13 @@ from functools import lru_cache
 
 import torch
 
-from kubetune_trainer.data.encode import IGNORE, Encoded, EncodedPair, EncodedSample
+from kubetune_trainer.data.encode import (
+    IGNORE,
+    Encoded,
+    EncodedPair,
+    EncodedSample,
+    EncodedUnpaired,
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,10 @@ class Batch:
     unit_ids: list[int] = field(default_factory=list)
     #: per-pair reference log-probs [n, 2] (chosen, rejected), set by DPO before the loss
     reference: torch.Tensor | None = None
+    #: unpaired examples (KTO): True where the completion is desirable
+    desirable: torch.Tensor | None = None
+    #: unpaired examples (KTO): the mismatched sequences of the KL reference point
+    kl: Batch | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -122,6 +132,8 @@ class Batch:
             samples=self.samples,
             unit_ids=self.unit_ids,
             reference=None if self.reference is None else self.reference.to(device),
+            desirable=None if self.desirable is None else self.desirable.to(device),
+            kl=None if self.kl is None else self.kl.to(device),
         )
 
     @property
@@ -146,6 +158,11 @@ def _sequences(
             seqs = [_masked(s) for s in seqs]
         weights = torch.full((len(pairs),), 1.0 if real else 0.0)
         return seqs, (len(pairs) if real else 0), weights
+    if isinstance(units[0], EncodedUnpaired):
+        seqs = [u.sample for u in units if isinstance(u, EncodedUnpaired)]
+        if not real:
+            seqs = [_masked(s) for s in seqs]
+        return seqs, (len(seqs) if real else 0), torch.full((len(seqs),), 1.0 if real else 0.0)
     seqs = [u for u in units if isinstance(u, EncodedSample)]
     if not real:
         seqs = [_masked(s) for s in seqs]
@@ -156,6 +173,22 @@ def collate(
     units: list[Encoded], *, padding_free: bool, pad_token_id: int, dummy: Encoded
 ) -> Batch:
     """Build one micro-batch; an empty ``units`` list gives a zero-weight dummy batch."""
+    batch = _collate(units, padding_free=padding_free, pad_token_id=pad_token_id, dummy=dummy)
+    unpaired = [u for u in units or [dummy] if isinstance(u, EncodedUnpaired)]
+    if unpaired:
+        batch.desirable = torch.tensor([u.desirable for u in unpaired], dtype=torch.bool)
+        kl = [u.kl for u in unpaired if u.kl is not None]
+        if len(kl) == len(unpaired):  # the KL sequences ride along, in the same order
+            kl_units: list[Encoded] = [s if units else _masked(s) for s in kl]
+            batch.kl = _collate(
+                kl_units, padding_free=padding_free, pad_token_id=pad_token_id, dummy=kl_units[0]
+            )
+    return batch
+
+
+def _collate(
+    units: list[Encoded], *, padding_free: bool, pad_token_id: int, dummy: Encoded
+) -> Batch:
     seqs, samples, weights = _sequences(units, dummy)
     real_tokens = sum(len(s.input_ids) for s in seqs) if samples else 0
     if padding_free:

@@ -25,6 +25,7 @@ from kubetune_trainer.data.formats import (
     RowError,
     TextExample,
     Turn,
+    UnpairedExample,
 )
 
 IGNORE = -100
@@ -77,7 +78,67 @@ class EncodedPrompt:
         return 0
 
 
-Encoded = EncodedSample | EncodedPair | EncodedPrompt
+@dataclass(frozen=True)
+class EncodedUnpaired:
+    """A completion with its desirability (KTO): labels on the completion only.
+
+    ``kl`` is the mismatched sequence of the KL reference point (this prompt with another
+    example's completion), set for a whole split by ``with_kl_completions``."""
+
+    sample: EncodedSample
+    desirable: bool
+    prompt_length: int
+    kl: EncodedSample | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.sample.truncated
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.sample.input_ids
+
+
+Encoded = EncodedSample | EncodedPair | EncodedPrompt | EncodedUnpaired
+
+
+def _prompt_length(sample: EncodedSample) -> int:
+    """Tokens before the first label (label 0 is always masked, so at least 1)."""
+    return next(i for i, label in enumerate(sample.labels) if label != IGNORE and i > 0)
+
+
+def unpair(pair: EncodedPair) -> list[EncodedUnpaired]:
+    """A pair as one desirable and one undesirable example (TRL's unpair_preference_dataset).
+
+    KTO needs only a per-example judgement, and a pair holds two: its chosen completion is
+    desirable and its rejected one undesirable, so preference data trains KTO as is."""
+    return [
+        EncodedUnpaired(pair.chosen, True, _prompt_length(pair.chosen)),
+        EncodedUnpaired(pair.rejected, False, _prompt_length(pair.rejected)),
+    ]
+
+
+def with_kl_completions(
+    examples: list[EncodedUnpaired], max_seq_length: int
+) -> list[EncodedUnpaired]:
+    """Give example ``i`` the KL sequence prompt_i + completion_(i-1) (cyclic).
+
+    TRL rotates the completions by one within each batch of a sequentially read dataset;
+    our batches are shuffled, so the rotation is over the split instead: each example's
+    mismatched partner is fixed, which lets the reference log-prob of its KL sequence be
+    computed once before training like the others."""
+    out = []
+    for i, example in enumerate(examples):
+        partner = examples[i - 1]
+        ids = (
+            example.sample.input_ids[: example.prompt_length]
+            + partner.sample.input_ids[partner.prompt_length :]
+        )
+        labels = [IGNORE] * example.prompt_length + partner.sample.labels[partner.prompt_length :]
+        truncated = len(ids) > max_seq_length
+        kl = EncodedSample(ids[:max_seq_length], labels[:max_seq_length], truncated)
+        out.append(EncodedUnpaired(example.sample, example.desirable, example.prompt_length, kl))
+    return out
 
 
 class Encoder:
@@ -109,6 +170,14 @@ class Encoder:
             return self._pair(example)
         if isinstance(example, PromptOnlyExample):
             return self._prompt(example)
+        if isinstance(example, UnpairedExample):
+            prompt_ids, completion_ids = self._prompt_completion(example.prompt, example.completion)
+            sample = self._sample(
+                prompt_ids + completion_ids,
+                [0] * len(prompt_ids) + [1] * len(completion_ids),
+                force_completion_only=True,
+            )
+            return EncodedUnpaired(sample, example.desirable, _prompt_length(sample))
         raise RowError(f"cannot encode {type(example).__name__}")
 
     # -- formats ----------------------------------------------------------------

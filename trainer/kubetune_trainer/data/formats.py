@@ -1,4 +1,5 @@
-"""The row formats and their checks: chat, promptCompletion, text, preference, promptOnly.
+"""The row formats and their checks: chat, promptCompletion, text, preference, unpaired,
+promptOnly.
 
 Each raw row (a dict) is turned into a typed example or rejected with a reason a human
 can act on ("messages[2].role 'bot' is not one of ..."). Column names come from the
@@ -25,6 +26,7 @@ DEFAULT_COLUMNS = {
     "chosen": "chosen",
     "rejected": "rejected",
     "answer": "answer",
+    "label": "label",
 }
 
 
@@ -66,8 +68,23 @@ class PromptOnlyExample:
     answer: str | None
 
 
+@dataclass(frozen=True)
+class UnpairedExample:
+    """One completion judged on its own (TRL's unpaired preference type, for KTO):
+    ``desirable`` is the row's boolean label."""
+
+    prompt: Turn
+    completion: Turn
+    desirable: bool
+
+
 Example = (
-    ChatExample | PromptCompletionExample | TextExample | PreferenceExample | PromptOnlyExample
+    ChatExample
+    | PromptCompletionExample
+    | TextExample
+    | PreferenceExample
+    | UnpairedExample
+    | PromptOnlyExample
 )
 
 
@@ -181,6 +198,23 @@ def parse_prompt_only(row: Mapping[str, Any], cols: Mapping[str, str]) -> Prompt
     return PromptOnlyExample(prompt, None if raw is None else str(raw))
 
 
+def parse_unpaired(row: Mapping[str, Any], cols: Mapping[str, str]) -> UnpairedExample:
+    """Prompt and completion as in promptCompletion, plus a JSON boolean label.
+
+    Strict on the label: "yes", 1 or "true" are refused rather than guessed, because a
+    flipped label trains the model towards the completion it should avoid."""
+    pair = parse_prompt_completion(row, cols)
+    label = _get(row, cols["label"])
+    if not isinstance(label, bool):
+        raise RowError(
+            f"{cols['label']} must be true (desirable) or false (undesirable), "
+            f"not {type(label).__name__} {label!r}"
+        )
+    if isinstance(pair.completion, list) and pair.completion[-1]["role"] != "assistant":
+        raise RowError("the completion must end with an assistant message")
+    return UnpairedExample(pair.prompt, pair.completion, label)
+
+
 Parser = Callable[[Mapping[str, Any], Mapping[str, str]], Example]
 
 PARSERS: dict[str, Parser] = {
@@ -189,6 +223,7 @@ PARSERS: dict[str, Parser] = {
     "text": parse_text,
     "preference": parse_preference,
     "promptOnly": parse_prompt_only,
+    "unpaired": parse_unpaired,
 }
 
 

@@ -15,9 +15,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolvedJob
 from kubetune.api.sources import DatasetSpec
-from kubetune_trainer.data.encode import Encoded, EncodedPair, EncodedSample, Encoder
+from kubetune_trainer.data.encode import (
+    Encoded,
+    EncodedPair,
+    EncodedPrompt,
+    EncodedSample,
+    EncodedUnpaired,
+    Encoder,
+    unpair,
+)
 from kubetune_trainer.data.formats import RowError, parse_row
 from kubetune_trainer.data.readers import iter_rows
 from kubetune_trainer.errors import InvalidDataError
@@ -94,9 +103,10 @@ class PreparedData:
 
 
 def encode_split(
-    path: Path, uri: str, split: str, data: DatasetSpec, encoder: Encoder
+    path: Path, uri: str, split: str, data: DatasetSpec, encoder: Encoder, unpaired: bool = False
 ) -> SplitData:
-    """Parse, check and tokenize every row of one split."""
+    """Parse, check and tokenize every row of one split; with ``unpaired`` (a method that
+    trains on unpaired examples, KTO) a preference row becomes two examples."""
     report = DataReport(split=split, uri=uri, skipped=data.skip_invalid_rows)
     mapping = data.field_mapping.model_dump(exclude_none=True) if data.field_mapping else {}
     examples: list[Encoded] = []
@@ -111,13 +121,24 @@ def encode_split(
             continue
         report.valid_rows += 1
         report.truncated_rows += int(encoded.truncated)
-        samples = (
-            [encoded.chosen, encoded.rejected] if isinstance(encoded, EncodedPair) else [encoded]
-        )
+        samples = _samples(encoded)
         report.tokens += sum(len(s.input_ids) for s in samples)
         report.label_tokens += sum(s.num_label_tokens for s in samples)
-        examples.append(encoded)
+        if unpaired and isinstance(encoded, EncodedPair):
+            examples.extend(unpair(encoded))
+        else:
+            examples.append(encoded)
     return SplitData(examples, report, [path])
+
+
+def _samples(encoded: Encoded) -> list[EncodedSample] | list[EncodedPrompt]:
+    if isinstance(encoded, EncodedPair):
+        return [encoded.chosen, encoded.rejected]
+    if isinstance(encoded, EncodedUnpaired):
+        return [encoded.sample]
+    if isinstance(encoded, EncodedPrompt):
+        return [encoded]  # no labels, counted for its length
+    return [encoded]
 
 
 def check_report(report: DataReport) -> None:
@@ -152,15 +173,16 @@ def prepare_data(job: ResolvedJob, tokenizer: Any) -> PreparedData:
     data = job.spec.dataset
     eval_split = data.eval_split or 0.0
     encoder = Encoder(tokenizer, data.max_seq_length, data.completion_only_loss)
+    unpaired = "unpaired" in METHOD_TRAITS[job.spec.method].formats
     train_path = resolve_location(data.train, InvalidDataError, what="dataset", repo_type="dataset")
-    train = encode_split(train_path, data.train, "train", data, encoder)
+    train = encode_split(train_path, data.train, "train", data, encoder, unpaired)
     check_report(train.report)
     evaluation: SplitData | None = None
     if data.eval:
         eval_path = resolve_location(
             data.eval, InvalidDataError, what="eval dataset", repo_type="dataset"
         )
-        evaluation = encode_split(eval_path, data.eval, "eval", data, encoder)
+        evaluation = encode_split(eval_path, data.eval, "eval", data, encoder, unpaired)
         check_report(evaluation.report)
     elif eval_split > 0 and len(train.examples) >= 2:
         keep, held = hold_out(train.examples, eval_split, job.spec.hyperparameters.seed)

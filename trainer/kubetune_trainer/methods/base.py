@@ -167,7 +167,12 @@ class Method(ABC):
         """What ``LossOutput.count`` counts, for the global normalisation of the loss."""
         return "pairs" if self.traits.preference_data else "tokens"
 
-    # -- hooks of the loop (no-ops: only methods with state of their own, DPO, use them)
+    # -- hooks of the loop (no-ops: only methods with state of their own use them)
+    def setup(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> None:
+        """Once before ``build``: what the method needs beyond the model (online RL
+        generates, so it keeps the tokenizer and loads its reference from ``model_dir``)."""
+        return None
+
     def prepare(self, engine: Engine, data: PreparedData, env: DistEnv, batch: MakeBatch) -> None:
         """Once before the first step (after a resume), on every rank."""
         return None

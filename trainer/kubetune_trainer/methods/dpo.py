@@ -1,12 +1,14 @@
 """Direct preference optimisation (the loss of TRL's ``DPOTrainer``), in our loop.
 
-The policy is the full model. The reference log-probabilities are computed once,
-before the first step, with the untouched policy (or ``rlhf.dpo.referenceModel`` when
-given) and kept per pair (two floats each; saved in checkpoints), as TRL does with
-``precompute_ref_log_probs``: no frozen second model occupies memory during training.
+The policy is the full model, or a LoRA adapter on the frozen base with ``peft.lora``
+(``methods/policy.py``). The reference log-probabilities are computed once, before the
+first step, with the untouched policy (a LoRA policy: the base with the adapter
+disabled) or ``rlhf.dpo.referenceModel`` when given, and kept per pair (two floats each;
+saved in checkpoints), as TRL does with ``precompute_ref_log_probs``
+(``methods/reference.py``): no frozen second model occupies memory during training.
 Losses follow TRL 1.16 ``DPOTrainer._compute_loss`` exactly: ``sigmoid`` (the DPO
 paper), ``hinge`` (SLiC) and ``ipo`` (per-token averaged log-ratios);
-``tests/trainer/test_dpo.py`` checks the numbers against TRL on the same batch.
+``tests/trainer/test_dpo_matches_trl.py`` checks the numbers against TRL on the same batch.
 Pairs are run padding-free (chosen and rejected flattened into one row with positions
 reset per sequence), which the preference methods of TRL do not do.
 """
@@ -23,10 +25,10 @@ from torch import nn
 
 from kubetune.api.resolve import ResolvedJob
 from kubetune.api.rlhf import DpoSettings
-from kubetune_trainer.data.batching import Batch, eval_micro_batches
-from kubetune_trainer.distributed.env import all_gather_objects
+from kubetune_trainer.data.batching import Batch
 from kubetune_trainer.methods.base import Forward, LossOutput, MakeBatch
 from kubetune_trainer.methods.full import FullFineTuning
+from kubetune_trainer.methods.reference import precompute_reference
 
 if TYPE_CHECKING:
     from kubetune_trainer.data.validate import PreparedData
@@ -80,41 +82,15 @@ class DpoMethod(FullFineTuning):
         """Log-probs of the reference policy for every pair, once, sharded by rank."""
         if self.reference:  # restored from a checkpoint
             return
-        ref_uri = self.settings.reference_model
-        if ref_uri:
-            from kubetune_trainer.models.load import resolve_model_dir
 
-            ref_model = self.load_reference(resolve_model_dir(ref_uri, what="reference model"))
-            ref_model.to(env.device).eval()
-            forward: Forward = ref_model
-            module: nn.Module = ref_model
-        else:
-            engine.eval()
-            forward, module = engine.forward, engine.model
-        splits = {"train": data.train.examples}
-        if data.eval is not None:
-            splits["eval"] = data.eval.examples
-        micro = self.job.spec.hyperparameters.micro_batch_size
-        reference: dict[str, torch.Tensor] = {}
-        for split, examples in splits.items():
-            rows: list[tuple[int, float, float]] = []
-            with torch.no_grad():
-                for ids in eval_micro_batches(len(examples), micro, env.world_size, env.rank):
-                    pairs = batch(examples, ids, "none")
-                    logps, _ = self.sequence_logps(forward, module, pairs)
-                    n = pairs.num_sequences // 2
-                    for k, unit in enumerate(ids):
-                        rows.append((unit, float(logps[k]), float(logps[n + k])))
-            table = torch.zeros((len(examples), 2), dtype=torch.float32)
-            for part in all_gather_objects(rows, env):
-                for unit, chosen, rejected in part:
-                    table[unit, 0] = chosen
-                    table[unit, 1] = rejected
-            reference[split] = table
-        if ref_uri:
-            del forward, module
-        self.reference = reference
-        engine.train()
+        def columns(forward: Forward, model: nn.Module, pairs: Batch) -> torch.Tensor:
+            logps, _ = self.sequence_logps(forward, model, pairs)
+            n = pairs.num_sequences // 2
+            return torch.stack([logps[:n], logps[n:]], dim=1)
+
+        self.reference = precompute_reference(
+            self, engine, data, env, batch, columns, 2, self.settings.reference_model
+        )
 
     def attach(self, batch: Batch, split: str) -> None:
         if split in self.reference:
@@ -179,7 +155,3 @@ class DpoMethod(FullFineTuning):
             "perplexity": math.exp(min(chosen_nll, 50.0)),
             "pairs": totals.get("count", 0.0),
         }
-
-    def load_reference(self, path: Path) -> nn.Module:
-        """A separate reference policy (``rlhf.dpo.referenceModel``)."""
-        return self.load_base(path, torch.float32)

@@ -182,13 +182,12 @@ class OnlineMethod(FullFineTuning):
         """Refuse a batch shape the update rule cannot split (before any generation)."""
         return None
 
-    def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
+    def setup(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> None:
         self.tokenizer, self.model_dir, self.load_dtype = tokenizer, model_dir, load_dtype
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise InvalidConfigError(
                 "online RL needs a tokenizer with an EOS and a pad token (responses end at EOS)"
             )
-        return super().build(model_dir, tokenizer, load_dtype)
 
     def prepare(self, engine: Engine, data: PreparedData, env: DistEnv, batch: MakeBatch) -> None:
         """Load what scores and anchors the policy: reward, reference, critic, judge."""

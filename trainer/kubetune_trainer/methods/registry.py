@@ -1,4 +1,4 @@
-"""Method name -> implementation."""
+"""Method name -> implementation (the LoRA-policy variant with ``peft.lora`` where allowed)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from kubetune_trainer.methods.adapters import BottleneckAdapterMethod
 from kubetune_trainer.methods.base import Method
 from kubetune_trainer.methods.dpo import DpoMethod
 from kubetune_trainer.methods.full import FullFineTuning
+from kubetune_trainer.methods.kto import KtoMethod
 from kubetune_trainer.methods.lora import LoraMethod
 from kubetune_trainer.methods.online import GrpoMethod, PpoMethod, RlooMethod
+from kubetune_trainer.methods.orpo import OrpoMethod
+from kubetune_trainer.methods.policy import lora_policy, wants_lora_policy
 from kubetune_trainer.methods.reward import RewardModelMethod
 from kubetune_trainer.methods.virtual_tokens import PrefixTuning, PromptTuning
 
@@ -25,6 +28,8 @@ METHODS: dict[str, type[Method]] = {
     "ppo": PpoMethod,
     "grpo": GrpoMethod,
     "rloo": RlooMethod,
+    "kto": KtoMethod,
+    "orpo": OrpoMethod,
 }
 
 
@@ -34,6 +39,8 @@ def get_method(job: ResolvedJob) -> Method:
     cls = METHODS.get(name)
     if cls is None:
         raise UnsupportedError(f"method {name} is not supported by this trainer")
+    if wants_lora_policy(job):
+        cls = lora_policy(cls)
     method = cls(job)
     method.name = name
     return method

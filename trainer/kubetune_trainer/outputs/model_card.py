@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from kubetune.api.methods import METHOD_TRAITS
+from kubetune.api.methods import METHOD_TRAITS, SavedAs, saved_as
 
 
 def _fmt(value: Any) -> str:
@@ -110,21 +110,27 @@ def _curves_section(curves: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _how_to_load(method: str, base_uri: str) -> str:
-    saved_as = METHOD_TRAITS[method].saved_as
-    if saved_as == "peft-adapter":
+def _saved_as(job: dict[str, Any]) -> SavedAs:
+    """What the output holds: a method with a LoRA policy (``peft.lora``) saves an adapter."""
+    spec = (job.get("resolvedJob") or {}).get("spec") or {}
+    lora = bool((spec.get("peft") or {}).get("lora"))
+    return saved_as(job["method"], lora)
+
+
+def _how_to_load(saved: SavedAs, base_uri: str) -> str:
+    if saved == "peft-adapter":
         return (
             "```python\nfrom peft import AutoPeftModelForCausalLM\n"
             'model = AutoPeftModelForCausalLM.from_pretrained("<this directory>")\n```\n'
             f"(the adapter config names the base model; the base came from `{base_uri}`.)\n"
         )
-    if saved_as == "bottleneck-adapter":
+    if saved == "bottleneck-adapter":
         return (
             "Bottleneck adapters (kubetune's own; not mergeable):\n\n"
             "```python\nfrom kubetune_trainer.methods.adapters import load_bottleneck_adapter\n"
             'model = load_bottleneck_adapter(base_dir, "<this directory>")\n```\n'
         )
-    if saved_as == "reward-model":
+    if saved == "reward-model":
         return (
             "```python\nfrom transformers import AutoModelForSequenceClassification\n"
             'model = AutoModelForSequenceClassification.from_pretrained("<this directory>")\n```\n'
@@ -142,7 +148,8 @@ def render_model_card(lineage: dict[str, Any]) -> str:
     evaluation = lineage["evaluation"]
     software = lineage["software"]
     method = job["method"]
-    library = "peft" if METHOD_TRAITS[method].saved_as == "peft-adapter" else "transformers"
+    saved = _saved_as(job)
+    library = "peft" if saved == "peft-adapter" else "transformers"
     front = [
         "---",
         f"base_model: {json.dumps(base['uri'])}",
@@ -166,6 +173,8 @@ def render_model_card(lineage: dict[str, Any]) -> str:
     t = training
     revision = f" (revision {base['revision']})" if base.get("revision") else ""
     resumed = t.get("resumedFromStep")
+    lora_policy = METHOD_TRAITS[method].lora_option and saved == "peft-adapter"
+    policy = " (policy: a LoRA adapter on the frozen base)" if lora_policy else ""
     summary = "\n".join(
         [
             f"- steps: {t.get('steps')} ({_fmt(t.get('epochs', 0.0))} epochs), "
@@ -181,7 +190,7 @@ def render_model_card(lineage: dict[str, Any]) -> str:
     )
     body = f"""# {job["name"]}
 
-Fine-tuned by kubetune with method **{method}** from `{base["uri"]}`{revision}.
+Fine-tuned by kubetune with method **{method}**{policy} from `{base["uri"]}`{revision}.
 
 ## Training
 
@@ -216,5 +225,5 @@ The complete record is in `lineage.json`.
 
 ## How to load
 
-{_how_to_load(method, base["uri"])}"""
+{_how_to_load(saved, base["uri"])}"""
     return "\n".join(front) + body
