@@ -189,3 +189,25 @@ def test_ppo_with_a_lora_policy_uses_the_base_as_reference_and_writes_an_adapter
     assert log[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # LoRA B starts at 0
     assert max(r["objective/kl"] for r in log) > 1e-3  # the adapter moved the policy
     assert "LoRA adapter" in (out / "README.md").read_text()
+
+
+def test_validation_shows_memory_per_role_and_refuses_a_causal_lm_as_reward_model(
+    tiny_model: Path, prompts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from kubetune.contract import ExitCode
+    from tests.trainer.helpers import run_trainer
+
+    out = tmp_path / "out"
+    doc = rl_job("ppo", tiny_model, prompts, out)
+    config = write_config(doc, tmp_path / "job.json")
+    proc = run_trainer(config, out, "--validate-only")
+    assert proc.returncode == ExitCode.SUCCESS, proc.stderr[-2000:]
+    for role in ("policy", "reference", "value", "kv-cache"):
+        assert f"{role} " in proc.stdout.split("memory per process", 1)[1], proc.stdout
+    assert "reward 0.00 GiB" not in proc.stdout  # a verifiable reward loads no model
+
+    doc["spec"]["rlhf"]["reward"] = {"model": str(tiny_model)}  # an SFT model, not an RM
+    config = write_config(doc, tmp_path / "job.json")
+    proc = run_trainer(config, out, "--validate-only")
+    assert proc.returncode == ExitCode.INVALID_CONFIG
+    assert "not a sequence classifier" in proc.stdout + proc.stderr

@@ -16,11 +16,20 @@ from pathlib import Path
 from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.data.batching import BatchPlan
-from kubetune_trainer.data.validate import prepare_data
+from kubetune_trainer.data.validate import PreparedData, prepare_data
 from kubetune_trainer.errors import InvalidConfigError
 from kubetune_trainer.evaluation.data import load_set
+from kubetune_trainer.methods.online import OnlineMethod
+from kubetune_trainer.methods.policy import wants_lora_policy
 from kubetune_trainer.methods.registry import get_method
-from kubetune_trainer.models.load import inspect_model_dir, load_tokenizer, resolve_model_dir
+from kubetune_trainer.models.load import (
+    ModelInfo,
+    inspect_model_dir,
+    load_tokenizer,
+    resolve_model_dir,
+)
+from kubetune_trainer.rl.memory import ModelShape, describe, estimate_roles
+from kubetune_trainer.rl.scoring import build_check
 
 
 def validate_job(job: ResolvedJob, output_dir: Path) -> str:
@@ -37,6 +46,7 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
     tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
     data = prepare_data(job, tokenizer)
     evaluation = _check_evaluation(job)
+    online = _check_online(job, info, data)
     _check_output(output_dir)
     plan = BatchPlan(
         num_units=len(data.train.examples),
@@ -63,6 +73,7 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         f"{spec.dataset.max_seq_length} tokens), {eval_part}; {steps} optimizer steps planned "
         f"({plan.steps_per_epoch} per epoch) on {derived.world_size} processes"
         + (f"; {evaluation}" if evaluation else "")
+        + (f"; {online}" if online else "")
         + ("; " + "; ".join(notes) if notes else "")
     )
 
@@ -88,6 +99,79 @@ def _check_evaluation(job: ResolvedJob) -> str:
         f"evaluation: {sets} set{'s' * (sets != 1)}, {rows} prompt{'s' * (rows != 1)}, "
         f"{gates} gate{'s' * (gates != 1)}"
     )
+
+
+def _check_online(job: ResolvedJob, policy: ModelInfo, data: PreparedData) -> str:
+    """PPO, GRPO, RLOO: the reward, value and held-out models are reachable, well-formed and
+    speak the policy's vocabulary; the batch splits into PPO's mini-batches; and the memory
+    of each colocated role, estimated from the configs."""
+    spec = job.spec
+    if not METHOD_TRAITS[spec.method].online:
+        return ""
+    rlhf = spec.rlhf
+    assert rlhf is not None and rlhf.reward is not None and rlhf.generation is not None
+    method = get_method(job)
+    if isinstance(method, OnlineMethod):
+        method.check_plan(job.derived.gradient_accumulation_steps)
+    if rlhf.reward.verifiable is not None:
+        try:  # an invalid regex fails here, not at the first step
+            build_check(rlhf.reward.verifiable)
+        except ValueError as exc:
+            raise InvalidConfigError(f"rlhf.reward.verifiable: {exc}") from exc
+    vocab = _vocab_size(policy.path)
+    shapes: dict[str, ModelShape] = {}
+    named = {
+        "reward model": rlhf.reward.model,
+        "value model": rlhf.ppo.value_model if rlhf.ppo and spec.method == "ppo" else None,
+        "held-out reward model": rlhf.guards.held_out_reward_model if rlhf.guards else None,
+    }
+    for what, uri in named.items():
+        if not uri:
+            continue
+        info = inspect_model_dir(resolve_model_dir(uri, what=what))
+        if _vocab_size(info.path) != vocab:
+            raise InvalidConfigError(
+                f"the {what} {uri} has a vocabulary of {_vocab_size(info.path)} tokens, the "
+                f"policy {vocab}: it must share the policy's tokenizer to score its responses"
+            )
+        scorer = what != "value model"  # a value model may start from any decoder
+        if scorer and not any(a.endswith("ForSequenceClassification") for a in info.architectures):
+            raise InvalidConfigError(
+                f"the {what} {uri} is a {', '.join(info.architectures) or info.model_type}, "
+                "not a sequence classifier: train one with method reward (a causal LM would "
+                "get a random score head)"
+            )
+        shapes[what] = _shape(info)
+    value: ModelShape | None = None
+    if spec.method == "ppo":
+        value = shapes.get("value model") or shapes.get("reward model") or _shape(policy)
+    gen = rlhf.generation
+    samples = gen.samples_per_prompt or 1
+    longest = max((len(e.input_ids) for e in data.train.examples), default=0)
+    dtype_bytes = 4 if spec.hyperparameters.precision == "fp32" else 2
+    lora = spec.peft.lora.r if wants_lora_policy(job) and spec.peft and spec.peft.lora else None
+    roles = estimate_roles(
+        _shape(policy),
+        dtype_bytes=dtype_bytes,
+        lora_rank=lora,
+        reward=shapes.get("reward model"),
+        value=value,
+        sequences_per_chunk=spec.hyperparameters.micro_batch_size * samples,
+        tokens_per_sequence=longest + gen.max_new_tokens,
+    )
+    return describe(roles)
+
+
+def _vocab_size(path: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(path), "vocab_size", 0) or 0)
+
+
+def _shape(info: ModelInfo) -> ModelShape:
+    from transformers import AutoConfig
+
+    return ModelShape.from_config(AutoConfig.from_pretrained(info.path), info.num_parameters)
 
 
 def _check_output(output_dir: Path) -> None:
