@@ -158,18 +158,19 @@ def test_ppo_resumes_its_critic_and_kl_controller_from_a_checkpoint(
     assert first[3]["objective/kl_coef"] != pytest.approx(0.05, rel=1e-6)
 
 
-def test_distributed_grpo_on_two_processes(
+def test_distributed_ppo_on_two_processes(
     tiny_model: Path, prompts: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    """DDP for the policy, an all-reduce per update for the critic, global statistics."""
     out = tmp_path / "out"
-    doc = rl_job("grpo", tiny_model, prompts, out, steps=3)
+    doc = rl_job("ppo", tiny_model, prompts, out, steps=3, rlhf={"ppo": {"miniBatches": 1}})
     doc["spec"]["resources"] = {"nodes": 1, "gpusPerNode": 2}
     config = write_config(doc, tmp_path / "job.json", nproc=2)
     proc = run_torchrun(config, out, 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = train_log(out)
     assert [r["step"] for r in log] == [1, 2, 3]
-    assert all(r["reward/mean"] >= 0.0 and r["objective/kl"] >= -1e-4 for r in log)
+    assert all(0.0 <= r["reward/mean"] <= 1.0 and "critic/vf_explained_var" in r for r in log)
     assert "rank 1" not in proc.stderr or "Traceback" not in proc.stderr
     assert (out / "model.safetensors").exists()
     assert read_json(out / "eval_results.json")["tuned"]["prompts"] == 16

@@ -595,7 +595,12 @@ class PpoMethod(OnlineMethod):
         pad = int(self.tokenizer.pad_token_id)
         hp = self.job.spec.hyperparameters
         lr = self.settings.value_learning_rate or 10.0 * float(hp.learning_rate or 1e-6)
-        self.critic = Critic(load_classifier(path, torch.float32, pad), env, lr, hp.max_grad_norm)
+        # every rank must start from the same critic: a new score head is drawn from the
+        # RNG, which the loop has already seeded per rank for sampling
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hp.seed)
+            critic = load_classifier(path, torch.float32, pad)
+        self.critic = Critic(critic, env, lr, hp.max_grad_norm)
         super().prepare(engine, data, env, batch)
 
     def _restore(self, directory: Path) -> None:
