@@ -10,6 +10,12 @@ imports, allocator state and peak RSS are its own. Settings (all variants):
   step in micro-batches of 4; learning rate 3e-3 constant; 40 RL steps; GRPO/RLOO 4
   samples per prompt, PPO 1 sample and 2 PPO epochs with adaptive KL (target 4, horizon
   200); seed 42; 1 process, ``torch.set_num_threads(2)``.
+* baseline: TRL 1.16 ``GRPOTrainer`` on the same model, prompts, reward function and batch
+  (32 completions = 8 prompts x 4, one update per batch, 40 steps), at its defaults
+  (learning rate 1e-6 with linear decay, beta 0) and tuned to our GRPO's settings
+  (3e-3 constant, beta 0.04). Its held-out reward is measured the same way (one sample per
+  prompt at temperature 1, 3 new tokens); its logged per-token KL is scaled by the 3
+  tokens of a completion to read as ours (per response).
 * memory: a ~25M-parameter Llama (vocab 2048, hidden 512, 8 layers), PPO, 3 RL steps of
   8 prompts x 32 new tokens, full weights vs LoRA r=16 (reference = base under the adapter).
   Peak RSS of the process (``ru_maxrss``) and its RSS before training starts.
@@ -41,6 +47,18 @@ CURVE_VARIANTS: dict[str, dict[str, Any]] = {
     "ppo": {
         "method": "ppo",
         "rlhf": {"ppo": {"epochs": 2}, "kl": {"adaptive": {"target": 4.0, "horizon": 200}}},
+    },
+}
+#: the baseline: TRL's GRPOTrainer on the same model, prompts, reward and batch shape, at
+#: its defaults (learning rate 1e-6, linear decay, beta 0: no reference model) and tuned to
+#: our GRPO's settings (3e-3 constant, beta 0.04)
+TRL_VARIANTS: dict[str, dict[str, Any]] = {
+    "trl-grpo-defaults": {},
+    "trl-grpo-tuned": {
+        "learning_rate": 3e-3,
+        "beta": 0.04,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
     },
 }
 MEMORY_VARIANTS: dict[str, dict[str, Any]] = {
@@ -152,6 +170,87 @@ def run_variant(name: str, root: Path) -> dict[str, Any]:
     }
 
 
+def _held_out_reward(model: Any, tokenizer: Any, prompts: list[str]) -> float:
+    """One sample per held-out prompt at temperature 1 (as our evaluation), digit reward."""
+    import re
+
+    import torch
+
+    torch.manual_seed(1234)
+    hits = 0
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**ids, do_sample=True, max_new_tokens=3, temperature=1.0, top_k=0)
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        hits += bool(re.search("[0-9]", text))
+    return hits / len(prompts)
+
+
+def run_trl(name: str, root: Path) -> dict[str, Any]:
+    """In this (fresh) process: TRL's GRPOTrainer with the same task and batch shape."""
+    import re
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from kubetune_trainer.assets.sample_data import count_prompt_rows
+
+    torch.set_num_threads(2)
+    tiny, _ = _models(root)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    held_out = [r["prompt"] for r in count_prompt_rows(16, seed=32)]
+    base_reward = _held_out_reward(model, tokenizer, held_out)
+    train_set = Dataset.from_list([{"prompt": r["prompt"]} for r in count_prompt_rows(48, seed=31)])
+
+    def digit(completions: list[str], **_: Any) -> list[float]:
+        return [1.0 if re.search("[0-9]", c) else 0.0 for c in completions]
+
+    args = GRPOConfig(
+        output_dir=str(root / "runs" / name),
+        per_device_train_batch_size=32,  # 8 prompts x 4 samples, one update per batch
+        num_generations=4,
+        max_completion_length=3,
+        max_steps=40,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=42,
+        **TRL_VARIANTS[name],
+    )
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=digit, args=args, train_dataset=train_set,
+        processing_class=tokenizer,
+    )  # fmt: skip
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    steps = [h for h in trainer.state.log_history if "reward" in h]
+    tuned_reward = _held_out_reward(trainer.model, tokenizer, held_out)
+    completion_tokens = 3
+    return {
+        "variant": name,
+        "seconds": seconds,
+        "steps": len(steps),
+        "step_seconds_mean": seconds / max(len(steps), 1),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB,
+        "rss_before_training_mib": rss_before / MB,
+        "eval": {"base": {"reward_mean": base_reward}, "tuned": {"reward_mean": tuned_reward}},
+        "curves": {
+            "reward/mean": [h["reward"] for h in steps],
+            # TRL logs the per-token mean KL; x tokens per completion = ours (per response)
+            "objective/kl": [h.get("kl", 0.0) * completion_tokens for h in steps],
+        },
+        "generation_tokens_per_second": None,
+        "generation_time_share": None,
+    }
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -160,7 +259,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, (ax_reward, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.6))
     for res in results:
-        if res["variant"] not in CURVE_VARIANTS:
+        if res["variant"] not in CURVE_VARIANTS and res["variant"] not in TRL_VARIANTS:
+            continue
+        if "curves" not in res:
             continue
         xs = list(range(1, res["steps"] + 1))
         ax_reward.plot(xs, res["curves"]["reward/mean"], label=res["variant"])
@@ -183,9 +284,11 @@ def main() -> None:
     root = CACHE / "rl"
     root.mkdir(parents=True, exist_ok=True)
     if args.variant:
-        print(json.dumps(run_variant(args.variant, root)))
+        run = run_trl if args.variant in TRL_VARIANTS else run_variant
+        print(json.dumps(run(args.variant, root)))
         return
-    names = args.only.split(",") if args.only else [*CURVE_VARIANTS, *MEMORY_VARIANTS]
+    every = [*CURVE_VARIANTS, *TRL_VARIANTS, *MEMORY_VARIANTS]
+    names = args.only.split(",") if args.only else every
     results = []
     for name in names:
         env = dict(os.environ, OMP_NUM_THREADS="2", KUBETUNE_METRICS="on")
@@ -206,7 +309,7 @@ def main() -> None:
         tuned = res["eval"].get("tuned", {}).get("reward_mean")
         print(
             f"{name}: {res['seconds']:.1f}s, eval reward {base} -> {tuned}, gen share "
-            f"{res['generation_time_share']:.2f}, peak RSS {res['peak_rss_mib']:.0f} MiB"
+            f"{res['generation_time_share']}, peak RSS {res['peak_rss_mib']:.0f} MiB"
         )
     args.out.write_text(
         json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "results": results}, indent=2)

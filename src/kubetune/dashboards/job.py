@@ -124,6 +124,70 @@ def _loss() -> list[PanelBuilder]:
     ]
 
 
+def _online_rl() -> list[PanelBuilder]:
+    """PPO, GRPO, RLOO (empty for other methods): what the field watches for reward hacking."""
+
+    def rl(field: str) -> str:
+        return f"max({_m('kubetune_trainer_rl_' + field)})"
+
+    guards = _m("kubetune_trainer_rl_guard_warnings_total")
+    return [
+        timeseries(
+            "Reward",
+            "Mean and standard deviation of the rewards of the step's responses (reward/mean, "
+            "reward/std).",
+            COUNT,
+            [Query(rl("reward_mean"), "mean"), Query(rl("reward_std"), "std")],
+        ),
+        timeseries(
+            "KL to the reference",
+            "Mean KL of a response to the frozen reference (objective/kl, nats) and the KL "
+            "coefficient in use (objective/kl_coef). KL climbing while the reward rises is "
+            "the policy leaving the reference; the KL ceiling guard stops the run.",
+            COUNT,
+            [Query(rl("objective_kl"), "KL"), Query(rl("objective_kl_coef"), "coefficient")],
+        ),
+        timeseries(
+            "Response length and entropy",
+            "Mean response length in tokens (response_length/mean) and per-token entropy "
+            "(objective/entropy). A length drifting away from the first steps' suggests a "
+            "reward model with a length bias; entropy collapsing, a policy that stopped "
+            "exploring.",
+            COUNT,
+            [
+                Query(rl("response_length_mean"), "length"),
+                Query(rl("objective_entropy"), "entropy"),
+            ],
+        ),
+        timeseries(
+            "Update health",
+            "Share of tokens where PPO's clipped objective bound (policy/clipfrac), approximate "
+            "KL of the update to the sampling policy (policy/approxkl) and, for PPO, the "
+            "variance of the returns the critic explains (critic/vf_explained_var).",
+            COUNT,
+            [
+                Query(rl("policy_clipfrac"), "clipfrac"),
+                Query(rl("policy_approxkl"), "approx KL"),
+                Query(rl("critic_vf_explained_var"), "explained variance"),
+            ],
+        ),
+        timeseries(
+            "Generation",
+            "Share of each RL step spent sampling responses (generation/time_share) and the "
+            "generated tokens per second.",
+            RATIO,
+            [Query(rl("generation_time_share"), "time share")],
+        ),
+        stat(
+            "Guard warnings",
+            "Reward-hacking warnings so far (length drift, reward rising while a held-out "
+            "reward model's score falls); the reasons are in status.progress.warnings.",
+            COUNT,
+            [Query(f"sum({guards}) or vector(0)")],
+        ),
+    ]
+
+
 def _throughput() -> list[PanelBuilder]:
     return [
         timeseries(
@@ -266,8 +330,8 @@ def build() -> dashboard_model.Dashboard:
         new_dashboard(
             UID,
             "kubetune / FineTuneJob",
-            "One FineTuneJob: progress, loss, learning rate, throughput, step time, "
-            "memory, checkpoints, restarts, GPU-hours and goodput.",
+            "One FineTuneJob: progress, loss, learning rate, online-RL reward and KL, "
+            "throughput, step time, memory, checkpoints, restarts, GPU-hours and goodput.",
             tags=["job"],
         )
         .with_variable(
@@ -292,6 +356,7 @@ def build() -> dashboard_model.Dashboard:
         [
             ("Progress", _progress()),
             ("Loss", _loss()),
+            ("Online RL (PPO, GRPO, RLOO)", _online_rl()),
             ("Throughput and step time", _throughput()),
             ("Memory", _memory()),
             ("Checkpoints, restarts and GPU-hours", _checkpoints_and_restarts()),

@@ -30,6 +30,7 @@ from kubetune.api.resolve import ResolvedJob
 from kubetune.api.rlhf import GroupSettings, PpoSettings
 from kubetune_trainer.data.encode import EncodedPrompt
 from kubetune_trainer.distributed.env import all_gather_objects, all_reduce_sum
+from kubetune_trainer.distributed.precision import autocast
 from kubetune_trainer.errors import InvalidConfigError
 from kubetune_trainer.methods.base import Forward, LossOutput, MakeBatch
 from kubetune_trainer.methods.full import FullFineTuning
@@ -170,6 +171,7 @@ class OnlineMethod(FullFineTuning):
         self.heldout: ModelScorer | None = None
         self.reference: nn.Module | None = None
         self.env: DistEnv | None = None
+        self.engine: Engine | None = None
         self._saved_state: Path | None = None
 
     # -- the loop's view -------------------------------------------------------------
@@ -191,7 +193,7 @@ class OnlineMethod(FullFineTuning):
 
     def prepare(self, engine: Engine, data: PreparedData, env: DistEnv, batch: MakeBatch) -> None:
         """Load what scores and anchors the policy: reward, reference, critic, judge."""
-        self.env = env
+        self.env, self.engine = env, engine
         pad = int(self.tokenizer.pad_token_id)
         self.scorer = build_scorer(self.reward_spec, self.load_dtype, pad, env.device)
         if not _unwrap_peft(engine.unwrapped):
@@ -256,12 +258,17 @@ class OnlineMethod(FullFineTuning):
     ) -> tuple[Rollout, torch.Tensor, torch.Tensor, list[str]]:
         """Sample, then score with the reward and the reference: (rollout, raw scores,
         reference log-probs, decoded responses)."""
-        assert self.scorer is not None
+        assert self.scorer is not None and self.engine is not None and self.env is not None
         k = self.generation.num_return_sequences
-        rollout = generate_rollouts(
-            policy, self.tokenizer, [p.prompt_ids for p in prompts], self.generation, generator
-        )
-        ref = reference_logprobs(policy, rollout, self.generation.temperature, self.reference)
+        # the engine's mixed precision here too: old and reference log-probs must come from
+        # the same numerics as the update's, or the PPO ratio starts away from 1
+        engine = self.engine
+        with autocast(engine.precision, self.env.device, enabled=engine.uses_autocast):
+            rollout = generate_rollouts(
+                policy, self.tokenizer, [p.prompt_ids for p in prompts], self.generation, generator
+            )
+            temperature = self.generation.temperature
+            ref = reference_logprobs(policy, rollout, temperature, self.reference)
         texts = self._decode(rollout)
         answers = [p.answer for p in prompts for _ in range(k)]
         raw = self.scorer.score(rollout, texts, answers)
