@@ -19,11 +19,13 @@ from typing import Any
 import kopf
 
 from kubetune.api.intent import slim_managed_fields
+from kubetune.api.pipeline import PLURAL as PIPELINES
 from kubetune.api.rollout import PLURAL as ROLLOUTS
 from kubetune_operator import naming, queueing
 from kubetune_operator.controller import Controller
 from kubetune_operator.kube import Credentials
 from kubetune_operator.observed import NodeView, PodView
+from kubetune_operator.pipeline.runtime import PipelineController
 from kubetune_operator.rollout.runtime import RolloutController
 
 POD_SELECTOR = naming.LABEL_JOB  # server-side: the operator never receives unrelated pods
@@ -73,9 +75,11 @@ def build_registry(
     controller: Controller,
     credentials: Credentials,
     rollouts: RolloutController | None = None,
+    pipelines: PipelineController | None = None,
 ) -> kopf.OperatorRegistry:
     """A registry bound to ``controller`` (no module-level globals: tests build their own);
-    ModelRollouts are watched only with ``rollouts`` (where their API is served)."""
+    ModelRollouts are watched only with ``rollouts``, FineTunePipelines only with
+    ``pipelines`` (where their APIs are served)."""
     registry = kopf.OperatorRegistry()
     watch_nodes = controller.settings.watch_nodes
 
@@ -99,9 +103,13 @@ def build_registry(
         await controller.start()
         if rollouts is not None:
             await rollouts.start()
+        if pipelines is not None:
+            await pipelines.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        if pipelines is not None:
+            await pipelines.stop()
         if rollouts is not None:
             await rollouts.stop()
         await controller.stop()
@@ -136,6 +144,8 @@ def build_registry(
         controller.job_event(type, (namespace or "", name))
         if rollouts is not None:
             rollouts.job_event(namespace or "", name)
+        if pipelines is not None and kwargs.get("body") is not None:
+            pipelines.job_event(namespace or "", kwargs["body"])
 
     @kopf.on.event(
         "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT}, id="pod_event", registry=registry
@@ -193,6 +203,15 @@ def build_registry(
             bind(kwargs)
             assert rollouts is not None
             rollouts.event(type, (namespace or "", name), _slim(body))
+
+    if pipelines is not None:
+        # No index either: a pipeline is read fresh on each reconcile; its jobs come from
+        # the FineTuneJob index.
+        @kopf.on.event(naming.GROUP, naming.VERSION, PIPELINES, id="ftp_event", registry=registry)
+        async def ftp_event(type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
+            bind(kwargs)
+            assert pipelines is not None
+            pipelines.event(type, (namespace or "", name))
 
     if watch_nodes:
         last_ready: dict[str, bool] = {}

@@ -19,6 +19,7 @@ from kubetune_operator.handlers import build_registry
 from kubetune_operator.kube import ApiError, Credentials, KubeClient
 from kubetune_operator.leader import LeaderElector
 from kubetune_operator.metrics import OperatorMetrics
+from kubetune_operator.pipeline.runtime import PipelineController, pipelines_served
 from kubetune_operator.rollout.runtime import RolloutController, rollouts_served
 from kubetune_operator.settings import OperatorSettings
 
@@ -124,7 +125,10 @@ async def run(settings: OperatorSettings) -> int:
             rollouts = RolloutController(
                 client, settings, metrics.registry, controller.events, controller.cache.job
             )
-        registry = build_registry(controller, credentials, rollouts)
+        pipelines = None
+        if await pipelines_served(client):
+            pipelines = PipelineController(client, controller.events, controller.cache.job)
+        registry = build_registry(controller, credentials, rollouts, pipelines)
         if not stop.is_set():
             await kopf.operator(
                 registry=registry,

@@ -32,6 +32,8 @@ from kubetune.devcluster.testing import Cluster, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "kubetune.io_finetunejobs.yaml"
+#: installed with the operator as the chart does, so its pipeline controller runs
+PIPELINE_CRD = REPO / "crds" / "kubetune.io_finetunepipelines.yaml"
 RBAC = REPO / "operator" / "kubetune_operator" / "rbac.yaml"
 OPERATOR_NAMESPACE = "kubetune-system"
 SERVICE_ACCOUNT = "kubetune-operator"
@@ -227,22 +229,23 @@ def finish_pod(cluster: Cluster, namespace: str, pod: str, code: int, **kw: Any)
 def install(cluster: Cluster, workdir: Path) -> Path:
     """Install the CRD and the operator's RBAC; return a kubeconfig holding a token of the
     operator's ServiceAccount (bound to rbac.yaml, not cluster-admin)."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    # kubectl wait errors out (instead of waiting) while a new CRD has no conditions yet.
-    wait_until(
-        lambda: (
-            cluster.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "crd/finetunejobs.kubetune.io",
-                "--timeout=60s",
-                check=False,
-            ).returncode
-            == 0
-        ),
-        timeout=90,
-        what="the FineTuneJob CRD to be established",
-    )
+    for crd, name in ((CRD, "finetunejobs"), (PIPELINE_CRD, "finetunepipelines")):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        # kubectl wait errors out (instead of waiting) while a new CRD has no conditions yet.
+        wait_until(
+            lambda name=name: (
+                cluster.kubectl(
+                    "wait",
+                    "--for=condition=Established",
+                    f"crd/{name}.kubetune.io",
+                    "--timeout=60s",
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            timeout=90,
+            what=f"the {name} CRD to be established",
+        )
     if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode:
         cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     cluster.kubectl("apply", "-f", str(RBAC))

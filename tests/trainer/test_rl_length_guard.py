@@ -61,3 +61,12 @@ def test_length_paying_reward_model_trips_the_length_guard(
     assert f"baseline {baseline:.1f}" in warnings[0]
     exposition = (rl / "metrics.prom").read_text()
     assert 'kubetune_trainer_rl_guard_warnings_total{guard="length_drift"} 1.0' in exposition
+
+    # lineage runs through every stage into the final model card
+    lineage = json.loads((rl / "lineage.json").read_text())
+    assert lineage["upstream"]["model"]["job"]["method"] == "full"
+    assert lineage["upstream"]["model"]["outputDirectory"] == str(sft)
+    assert lineage["upstream"]["rewardModel"]["job"]["method"] == "reward"
+    assert lineage["upstream"]["rewardModel"]["datasets"][0]["uri"] == str(pref_data)
+    card = (rl / "README.md").read_text()
+    assert f"- started from: `{sft}`" in card and f"- reward model: `{rm}`" in card

@@ -1,5 +1,5 @@
 """Generate the CustomResourceDefinitions (FineTuneJob, FineTuneProfile,
-ClusterFineTuneProfile, ModelRollout) from the pydantic models.
+ClusterFineTuneProfile, ModelRollout, FineTunePipeline) from the pydantic models.
 
 The models are the single source of truth: types, enums, bounds, patterns, defaults,
 descriptions and CEL rules all come from them. pydantic emits JSON Schema 2020-12; the
@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kubetune.api import rollout
+from kubetune.api import pipeline, rollout
 from kubetune.api.job import (
     CATEGORIES,
     GROUP,
@@ -465,6 +465,8 @@ def render_crds() -> dict[str, str]:
         files[f"{GROUP}_{crd['spec']['names']['plural']}.yaml"] = _render(crd)
     rollouts = rollout_definition()
     files[f"{GROUP}_{rollouts['spec']['names']['plural']}.yaml"] = _render(rollouts)
+    pipelines = pipeline_definition()
+    files[f"{GROUP}_{pipelines['spec']['names']['plural']}.yaml"] = _render(pipelines)
     return files
 
 
@@ -523,6 +525,71 @@ def rollout_definition() -> dict[str, Any]:
         properties={
             "spec": structural_schema(rollout.ModelRolloutSpec),
             "status": structural_schema(rollout.ModelRolloutStatus),
+        },
+        required=["spec"],
+        status=True,
+    )
+
+
+# -- FineTunePipeline -----------------------------------------------------------------------
+_PIPELINE_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase."},
+    {
+        "name": "Stage",
+        "type": "string",
+        "jsonPath": ".status.currentStage",
+        "description": "The stage running (or that failed).",
+    },
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": ".status.message",
+        "priority": 1,
+        "description": "The latest state in words.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def pipeline_stage_spec_schema() -> dict[str, Any]:
+    """A stage's ``spec``: FineTuneJob's spec made partial as for profiles (types, enums
+    and bounds kept), but with ``method`` required and ``profile`` allowed."""
+    spec = partial_schema(structural_schema(FineTuneJobSpec))
+    spec["required"] = ["method"]
+    spec["description"] = (
+        "A partial FineTuneJob spec (see FineTuneJob.spec for every field): laid over the "
+        "pipeline's defaults, with the inputs' outputs wired in, it must be a valid "
+        "FineTuneJob spec. method is required."
+    )
+    return spec
+
+
+def pipeline_definition() -> dict[str, Any]:
+    """The FineTunePipeline CRD."""
+    spec = structural_schema(pipeline.FineTunePipelineSpec)
+    props = spec["properties"]
+    stage = props["stages"]["items"]["properties"]
+    stage["spec"] = {**pipeline_stage_spec_schema(), "description": stage["spec"]["description"]}
+    props["defaults"] = {
+        **profile_fragment_schema(),
+        "description": props["defaults"]["description"],
+    }
+    return _definition(
+        names={
+            "kind": pipeline.KIND,
+            "plural": pipeline.PLURAL,
+            "singular": pipeline.SINGULAR,
+            "shortNames": pipeline.SHORT_NAMES,
+            "categories": pipeline.CATEGORIES,
+        },
+        scope="Namespaced",
+        columns=_PIPELINE_COLUMNS,
+        description="FineTunePipeline runs fine-tuning stages in order (e.g. SFT, then a reward "
+        "model, then GRPO against it), one FineTuneJob per stage, each stage's output wired "
+        "into the stages that name it as an input.",
+        properties={
+            "spec": spec,
+            "status": structural_schema(pipeline.FineTunePipelineStatus),
         },
         required=["spec"],
         status=True,

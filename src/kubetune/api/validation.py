@@ -1,4 +1,5 @@
-"""Validate FineTuneJob (and ModelRollout) manifests with the same verdicts as the API server.
+"""Validate FineTuneJob (and ModelRollout, FineTunePipeline) manifests with the API server's
+verdicts.
 
 Three layers, none hand-duplicated: pydantic (types, enums, bounds, patterns — the
 source of the CRD schema), the CRD's CEL rules evaluated by :mod:`kubetune.api.cel`,
@@ -202,6 +203,10 @@ def validate_manifest(doc: Any, old: Mapping[str, Any] | None = None) -> Validat
         return ValidationReport(None, [Problem("", "a manifest must be a YAML mapping")])
     if doc.get("kind") == rollout_api.KIND:
         return validate_rollout_manifest(doc, old)
+    if doc.get("kind") == "FineTunePipeline":
+        from kubetune.api.pipeline_validation import validate_pipeline
+
+        return ValidationReport(None, validate_pipeline(doc)[1])
     errors = _envelope_problems(doc)
     try:
         job = parse_manifest(doc)

@@ -27,7 +27,7 @@ from kubetune.cli.run import run as run_command
 from kubetune.cli.serve import serve as serve_command
 
 #: The kinds ``kubetune validate`` checks; other documents in the same files are skipped.
-VALIDATED_KINDS = ("FineTuneJob", "ModelRollout")
+VALIDATED_KINDS = ("FineTuneJob", "ModelRollout", "FineTunePipeline")
 
 app = typer.Typer(
     name="kubetune",
@@ -118,8 +118,8 @@ def validate(
         Path | None, typer.Option(help="With --resolved: kubeconfig for reading profiles.")
     ] = None,
 ) -> None:
-    """Validate FineTuneJob and ModelRollout manifests as the API server would, and show
-    warnings (other kinds in the files are skipped).
+    """Validate FineTuneJob, ModelRollout and FineTunePipeline manifests as the API server
+    would, and show warnings (other kinds in the files are skipped).
 
     Problems are user text (patterns such as ``[a-z0-9]``, ``([prefix/]name)``): they
     are escaped so rich markup never eats their brackets.

@@ -224,7 +224,8 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run a FineTuneJob locally: validate, resolve, train with torchrun, keep the outputs."""
+    """Run a FineTuneJob (or every stage of a FineTunePipeline) locally: validate, resolve,
+    train with torchrun, keep the outputs."""
     if not local:
         console.print(
             "kubetune run needs --local (this command runs jobs on this machine); to run on a "
@@ -232,9 +233,60 @@ def run(
         )
         raise typer.Exit(2)
     require_extra("trainer", "run --local")
+    cache = cache_dir.resolve()
+    pvcs = (pvc_root or cache / "pvc").resolve()
+    if _is_pipeline(manifest):
+        from kubetune.cli.pipeline_run import run_pipeline
+
+        run_pipeline(
+            manifest,
+            nproc=nproc,
+            cache=cache,
+            pvcs=pvcs,
+            max_steps=max_steps,
+            fresh=fresh,
+            validate_only=validate_only,
+        )
+        return
+    job = _load_job(manifest)
+    run_job(
+        job,
+        nproc=nproc,
+        out=(output_dir or Path("runs") / str(job.metadata.name)).resolve(),
+        cache=cache,
+        pvcs=pvcs,
+        validate_only=validate_only,
+        max_steps=max_steps,
+        fresh=fresh,
+        prometheus_file_sd_dir=prometheus_file_sd_dir,
+    )
+
+
+def _is_pipeline(manifest: Path) -> bool:
+    from kubetune.api.validation import load_documents
+
+    return any(
+        isinstance(doc, dict) and doc.get("kind") == "FineTunePipeline"
+        for _, doc in load_documents(manifest)
+    )
+
+
+def run_job(
+    job: Any,
+    *,
+    nproc: int,
+    out: Path,
+    cache: Path,
+    pvcs: Path,
+    validate_only: bool = False,
+    max_steps: int | None = None,
+    fresh: bool = False,
+    prometheus_file_sd_dir: Path | None = None,
+) -> None:
+    """Train one validated FineTuneJob here, outputs in ``out`` (raises typer.Exit with the
+    trainer's code when it fails)."""
     from kubetune.api.resolve import ResolutionError, resolve
 
-    job = _load_job(manifest)
     if max_steps is not None:
         job.spec.hyperparameters.max_steps = max_steps
         job.spec.hyperparameters.epochs = None
@@ -251,10 +303,7 @@ def run(
             f"rounded to {resolved.derived.global_batch_size} for {nproc} processes"
         )
     name = resolved.name
-    out = (output_dir or Path("runs") / name).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir.resolve()
-    pvcs = (pvc_root or cache / "pvc").resolve()
 
     _seed_fixtures(resolved, pvcs)
 

@@ -198,6 +198,7 @@ def test_profile_crds_are_generated_next_to_the_job_crd() -> None:
         "kubetune.io_finetuneprofiles.yaml",
         "kubetune.io_clusterfinetuneprofiles.yaml",
         "kubetune.io_modelrollouts.yaml",
+        "kubetune.io_finetunepipelines.yaml",
     }
     namespaced, cluster = profile_definition(False), profile_definition(True)
     assert namespaced["spec"]["scope"] == "Namespaced" and cluster["spec"]["scope"] == "Cluster"

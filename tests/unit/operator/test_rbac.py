@@ -26,7 +26,8 @@ def docs(text: str) -> list[dict[str, Any]]:
 
 
 EXPECTED = {
-    "kubetune.io/finetunejobs": {"list", "watch", "delete"},
+    # create: a FineTunePipeline's stage jobs; delete also retries a failed stage's job
+    "kubetune.io/finetunejobs": {"list", "watch", "create", "delete"},
     "kubetune.io/finetunejobs/status": {"patch"},
     "kubetune.io/finetunejobs/finalizers": {"update"},
     "/pods": {"get", "list", "watch", "create", "delete", "patch"},
@@ -47,6 +48,10 @@ EXPECTED = {
     "kubetune.io/modelrollouts": {"get", "list", "watch", "patch"},
     "kubetune.io/modelrollouts/status": {"patch"},
     "gateway.networking.k8s.io/httproutes": {"get", "update"},  # the weights
+    # FineTunePipelines (pipeline/runtime.py): read fresh, status written, jobs owned.
+    "kubetune.io/finetunepipelines": {"get", "list", "watch"},
+    "kubetune.io/finetunepipelines/status": {"patch"},
+    "kubetune.io/finetunepipelines/finalizers": {"update"},
 }
 #: The read-only cluster-scoped grants (the rest may be per watched namespace).
 CLUSTER_WIDE = (

@@ -26,7 +26,8 @@ import torch
 from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.checkpoint.atomic import write_atomic
 from kubetune_trainer.curves import CurveRecorder, write_curves
-from kubetune_trainer.outputs.lineage import build_lineage, sha256_path
+from kubetune_trainer.errors import TrainerError
+from kubetune_trainer.outputs.lineage import build_lineage, sha256_path, upstream_record
 from kubetune_trainer.outputs.model_card import render_model_card
 
 if TYPE_CHECKING:
@@ -144,12 +145,42 @@ def write_outputs(
             "writtenAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+    upstream = _upstream(job, model_dir)
+    if upstream:
+        lineage["upstream"] = upstream
     title = f"{job.name}: {spec.method}, {run.steps} steps"
     curves = write_curves(run.curves, out, title)
     if curves is not None:
         lineage["curves"] = curves
     write_atomic(out / "lineage.json", json.dumps(lineage, indent=2, default=_nan_safe))
     write_atomic(out / "README.md", render_model_card(lineage))
+
+
+def _upstream(job: ResolvedJob, model_dir: Path) -> dict[str, Any]:
+    """Lineage of the kubetune outputs this job started from or was scored by, by role:
+    how a pipeline's stages (SFT -> reward model -> RL) reach the final model card."""
+    from kubetune_trainer.models.load import resolve_model_dir
+
+    rlhf = job.spec.rlhf
+    inputs: dict[str, str | None] = {
+        "rewardModel": rlhf.reward.model if rlhf and rlhf.reward else None,
+        "valueModel": rlhf.ppo.value_model if rlhf and rlhf.ppo else None,
+        "referenceModel": rlhf.dpo.reference_model if rlhf and rlhf.dpo else None,
+    }
+    found: dict[str, Any] = {}
+    record = upstream_record(model_dir)
+    if record is not None:
+        found["model"] = record
+    for role, uri in inputs.items():
+        if not uri:
+            continue
+        try:
+            record = upstream_record(resolve_model_dir(uri, what=role))
+        except TrainerError:
+            continue
+        if record is not None:
+            found[role] = record
+    return found
 
 
 def _nan_safe(value: Any) -> Any:

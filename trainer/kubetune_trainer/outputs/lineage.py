@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -118,3 +119,38 @@ def build_lineage(
         "outputs": outputs,
         "software": {"versions": package_versions(), "gitRevision": git_revision()},
     }
+
+
+#: job fields an upstream record keeps: enough to name and reproduce the stage, small
+#: enough that a long chain of stages stays a few kilobytes
+UPSTREAM_KEYS = ("name", "namespace", "method", "configHash")
+MAX_UPSTREAM_DEPTH = 16
+
+
+def upstream_record(model_dir: Path, depth: int = 0) -> dict[str, Any] | None:
+    """The compact lineage of a kubetune output used as an input (None for other models).
+
+    Keeps the job's identity, base model, datasets and final evaluation summary of that
+    stage, and its own ``upstream`` records: a pipeline's final model card walks back to
+    the first stage without embedding every resolved job.
+    """
+    path = model_dir / "lineage.json"
+    if depth >= MAX_UPSTREAM_DEPTH or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        job = record["job"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    compact: dict[str, Any] = {
+        "job": {k: job.get(k) for k in UPSTREAM_KEYS},
+        "baseModel": record.get("baseModel"),
+        "datasets": [
+            {k: d.get(k) for k in ("split", "uri", "sha256", "validRows")}
+            for d in record.get("datasets", [])
+        ],
+        "outputDirectory": str(model_dir),
+    }
+    if isinstance(record.get("upstream"), dict) and depth + 1 < MAX_UPSTREAM_DEPTH:
+        compact["upstream"] = record["upstream"]  # already compact, written by that stage
+    return compact

@@ -141,6 +141,40 @@ def _how_to_load(saved: SavedAs, base_uri: str) -> str:
     )
 
 
+_ROLE_NAMES = {
+    "model": "started from",
+    "rewardModel": "reward model",
+    "valueModel": "value model",
+    "referenceModel": "reference model",
+}
+
+
+def _upstream_lines(upstream: dict[str, Any], indent: int) -> list[str]:
+    lines = []
+    for role, record in upstream.items():
+        if not isinstance(record, dict):
+            continue
+        job = record.get("job") or {}
+        data = ", ".join(f"`{d.get('uri')}`" for d in record.get("datasets") or []) or "n/a"
+        base = (record.get("baseModel") or {}).get("uri")
+        lines.append(
+            f"{'  ' * indent}- {_ROLE_NAMES.get(role, role)}: `{record.get('outputDirectory')}`"
+            f", job {job.get('namespace')}/{job.get('name')} (method {job.get('method')}, "
+            f"config `{str(job.get('configHash'))[:12]}`), from `{base}` on {data}"
+        )
+        if isinstance(record.get("upstream"), dict):
+            lines += _upstream_lines(record["upstream"], indent + 1)
+    return lines
+
+
+def _upstream_section(upstream: Any) -> str:
+    """The kubetune stages before this one (a pipeline's SFT and reward model), nested."""
+    if not isinstance(upstream, dict) or not upstream:
+        return ""
+    lines = _upstream_lines(upstream, 0)
+    return "\nEarlier kubetune stages this model depends on:\n\n" + "\n".join(lines) + "\n"
+
+
 def render_model_card(lineage: dict[str, Any]) -> str:
     job = lineage["job"]
     base = lineage["baseModel"]
@@ -215,7 +249,7 @@ Invalid rows are listed with file, line and reason in `data_issues.jsonl` when p
 
 {_eval_table(evaluation)}
 {_gates_section(lineage.get("evaluationGates"))}## Lineage
-
+{_upstream_section(lineage.get("upstream"))}
 - base model sha256: `{base.get("sha256")}`
 - resolved job config sha256: `{job.get("configHash")}`
 - git revision: `{software.get("gitRevision") or "unknown"}`

@@ -1,0 +1,1 @@
+"""The FineTunePipeline controller: a pure planner (plan.py) and its runtime (runtime.py)."""
