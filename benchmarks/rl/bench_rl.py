@@ -237,7 +237,8 @@ def run_trl(name: str, root: Path) -> dict[str, Any]:
         "variant": name,
         "seconds": seconds,
         "steps": len(steps),
-        "step_seconds_mean": seconds / max(len(steps), 1),
+        # TRL's own per-step timer (generation, scoring, update), like our stepSeconds
+        "step_seconds_mean": sum(h.get("step_time", 0.0) for h in steps) / max(len(steps), 1),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB,
         "rss_before_training_mib": rss_before / MB,
         "eval": {"base": {"reward_mean": base_reward}, "tuned": {"reward_mean": tuned_reward}},
@@ -308,7 +309,8 @@ def main() -> None:
         base = res["eval"].get("base", {}).get("reward_mean")
         tuned = res["eval"].get("tuned", {}).get("reward_mean")
         print(
-            f"{name}: {res['seconds']:.1f}s, eval reward {base} -> {tuned}, gen share "
+            f"{name}: {res['seconds']:.1f}s, {res['step_seconds_mean']:.3f} s/step, "
+            f"eval reward {base} -> {tuned}, gen share "
             f"{res['generation_time_share']}, peak RSS {res['peak_rss_mib']:.0f} MiB"
         )
     args.out.write_text(
