@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
 from kubetune.api import pipeline as api
 from kubetune_operator import naming
+from kubetune_operator.discovery import kubetune_serves
 from kubetune_operator.events import EventRecorder
 from kubetune_operator.kube import ApiError, KubeClient
 from kubetune_operator.pipeline.plan import Actions, next_actions, stage_job_name
@@ -37,12 +36,7 @@ WORKERS = 2
 
 async def pipelines_served(client: KubeClient) -> bool:
     """Whether the API server serves kubetune.io FineTunePipelines (the CRD is installed)."""
-    try:
-        found = await client.get(f"/apis/{naming.GROUP}/{naming.VERSION}")
-    except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        logger.warning("FineTunePipeline controller off: cannot list %s: %s", naming.GROUP, exc)
-        return False
-    return any(r.get("name") == api.PLURAL for r in found.get("resources") or [])
+    return await kubetune_serves(client, api.PLURAL, api.KIND, logger)
 
 
 def owning_pipeline(job: Mapping[str, Any]) -> str | None:

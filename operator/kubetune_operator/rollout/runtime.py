@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from kubetune.api import rollout as api
 from kubetune_operator import naming
+from kubetune_operator.discovery import kubetune_serves
 from kubetune_operator.events import EventRecorder
 from kubetune_operator.kube import ApiError, KubeClient
 from kubetune_operator.rollout import analysis, route
@@ -59,14 +59,7 @@ WORKERS = 4
 
 async def rollouts_served(client: KubeClient) -> bool:
     """Whether the API server serves kubetune.io ModelRollouts (the CRD is installed)."""
-    try:
-        found = await client.get(f"/apis/{naming.GROUP}/{naming.VERSION}")
-    except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        logger.warning("ModelRollout controller off: cannot list %s: %s", naming.GROUP, exc)
-        return False
-    served = any(r.get("name") == api.PLURAL for r in found.get("resources") or [])
-    logger.info("ModelRollout controller %s", "on" if served else "off (CRD not installed)")
-    return served
+    return await kubetune_serves(client, api.PLURAL, "ModelRollout", logger)
 
 
 def _status_doc(status: api.ModelRolloutStatus | None) -> dict[str, Any]:
