@@ -27,6 +27,9 @@ def test_length_paying_reward_model_trips_the_length_guard(
         for r in rows
     ]
     pref_data = write_jsonl(long_wins, tmp_path / "pref.jsonl")
+    # an independent judge that prefers the brief answer: the held-out reward model
+    short_wins = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in long_wins]
+    judge_data = write_jsonl(short_wins, tmp_path / "judge.jsonl")
     prompts = write_jsonl(rows, tmp_path / "prompts.jsonl")
     hp = {
         "maxSteps": 30,
@@ -41,11 +44,20 @@ def test_length_paying_reward_model_trips_the_length_guard(
     train_in_process(sft_job, tmp_path)
     rm_job = manifest("reward", tiny_model, pref_data, "preference", rm, hyper=hp)
     train_in_process(rm_job, tmp_path)
+    judge = tmp_path / "judge"
+    judge_job = manifest("reward", tiny_model, judge_data, "preference", judge, hyper=hp)
+    train_in_process(judge_job, tmp_path)
 
     rlhf = {
         "reward": {"model": str(rm)},
         "generation": {"maxNewTokens": 12},
-        "guards": {"lengthDriftRatio": 2.0, "lengthBaselineSteps": 3, "lengthDriftSteps": 2},
+        "guards": {
+            "lengthDriftRatio": 2.0,
+            "lengthBaselineSteps": 3,
+            "lengthDriftSteps": 2,
+            "heldOutRewardModel": str(judge),
+            "divergenceWindow": 4,
+        },
     }
     rl_hp = dict(hp, maxSteps=16, learningRate=5e-4)
     doc = manifest("grpo", sft, prompts, "promptOnly", rl, hyper=rl_hp, rlhf=rlhf)
@@ -56,11 +68,16 @@ def test_length_paying_reward_model_trips_the_length_guard(
     assert baseline < 6.0  # the SFT policy answers briefly
     assert max(r["response_length/mean"] for r in log) > 2.0 * baseline
     warnings = json.loads((rl / "progress.json").read_text())["warnings"]
-    assert len(warnings) == 1, warnings  # one warning per episode, not one per step
-    assert "length bias of the reward model" in warnings[0]
-    assert f"baseline {baseline:.1f}" in warnings[0]
+    length = [w for w in warnings if "length bias of the reward model" in w]
+    assert len(length) == 1, warnings  # one warning per episode, not one per step
+    assert f"baseline {baseline:.1f}" in length[0]
+    # the training reward rises while the independent judge's score falls
+    assert any("held-out reward-model score fell" in w for w in warnings), warnings
+    heldout = [r["heldout_reward/mean"] for r in log]
+    assert heldout[-1] < heldout[0]
     exposition = (rl / "metrics.prom").read_text()
     assert 'kubetune_trainer_rl_guard_warnings_total{guard="length_drift"} 1.0' in exposition
+    assert 'kubetune_trainer_rl_guard_warnings_total{guard="reward_divergence"} 1.0' in exposition
 
     # lineage runs through every stage into the final model card
     lineage = json.loads((rl / "lineage.json").read_text())

@@ -35,7 +35,7 @@ Family = Literal["full", "peft", "preference", "reward", "rl"]
 SavedAs = Literal["model", "peft-adapter", "bottleneck-adapter", "reward-model"]
 DatasetFormat = Literal["chat", "promptCompletion", "text", "preference", "promptOnly", "unpaired"]
 SFT_FORMATS: tuple[DatasetFormat, ...] = ("chat", "promptCompletion", "text")
-RL_BLOCKS = ("rlhf", "rlhf.reward", "rlhf.generation", "rlhf.kl", "rlhf.guards")
+RL_BLOCKS = ("rlhf", "rlhf.reward", "rlhf.generation", "rlhf.kl", "rlhf.guards", "rlhf.roles")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from kubetune.api.rlhf import (
     OrpoSettings,
     PpoSettings,
     RlhfSpec,
+    RolesSpec,
 )
 from kubetune.api.training import (
     AdapterSettings,
@@ -92,6 +93,7 @@ _BLOCK_DEFAULTS: dict[str, type[ApiModel]] = {
     "rlhf.generation": GenerationSpec,
     "rlhf.kl": KlSpec,
     "rlhf.guards": GuardSpec,
+    "rlhf.roles": RolesSpec,
     "rlhf.ppo": PpoSettings,
     "rlhf.grpo": GroupSettings,
     "rlhf.rloo": GroupSettings,

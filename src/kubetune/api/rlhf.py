@@ -197,6 +197,17 @@ class GuardSpec(ApiModel):
     divergence_window: int = Field(default=8, ge=3, le=10000, description="Steps compared.")
 
 
+class RolesSpec(ApiModel):
+    """Where the models of online RL run. Colocated: every training process holds the
+    policy, reference, reward and value models and generates with its own policy replica.
+    Separate pod-sets per role (a generation server, a reward server) are future values."""
+
+    placement: Literal["colocated"] = Field(
+        default="colocated",
+        description="colocated (the only placement of this version): all roles in the gang.",
+    )
+
+
 class PpoSettings(ApiModel):
     """Proximal policy optimisation with a value model and GAE."""
 
@@ -280,6 +291,7 @@ class RlhfSpec(ApiModel):
     generation: GenerationSpec | None = Field(default=None, description="Rollout sampling.")
     kl: KlSpec | None = Field(default=None, description="KL penalty to the reference.")
     guards: GuardSpec | None = Field(default=None, description="Reward-hacking guards.")
+    roles: RolesSpec | None = Field(default=None, description="Where the RL models run.")
     ppo: PpoSettings | None = Field(default=None, description="PPO settings.")
     grpo: GroupSettings | None = Field(default=None, description="GRPO settings.")
     rloo: GroupSettings | None = Field(default=None, description="RLOO settings.")
