@@ -80,9 +80,7 @@ def crd(cluster: Cluster) -> str:
     if not CRD_PATH.is_file():
         pytest.fail(f"{CRD_PATH} is missing")
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}", timeout=75
-    )
+    cluster.wait_established(CRD_NAME)
     return CRD_NAME
 
 
@@ -146,8 +144,9 @@ def _mutate_unknown_field(doc: dict[str, Any]) -> tuple[str, str]:
 
 
 def _mutate_ppo(doc: dict[str, Any]) -> tuple[str, str]:
-    doc["spec"]["method"] = "ppo"
-    return "spec.method", _cel_message("self.method != 'ppo'")
+    doc["spec"]["method"] = "ppo"  # without rlhf.reward: nothing would pay the policy
+    doc["spec"]["dataset"]["format"] = "promptOnly"
+    return "spec.rlhf", _cel_message(") || (has(self.rlhf) && has(self.rlhf.reward))")
 
 
 def _mutate_epochs_and_max_steps(doc: dict[str, Any]) -> tuple[str, str]:
@@ -184,7 +183,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], tuple[str, str]]]] = [
     ("unknown-method", _mutate_method_sft),
     ("missing-model", _mutate_missing_model),
     ("unknown-field", _mutate_unknown_field),
-    ("ppo-refused-by-cel", _mutate_ppo),
+    ("ppo-without-reward-cel", _mutate_ppo),
     ("epochs-and-maxsteps-cel", _mutate_epochs_and_max_steps),
     ("name-too-long", _mutate_bad_name),
     ("output-escapes-claim", _mutate_output_escape),

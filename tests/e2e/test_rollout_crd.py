@@ -25,9 +25,7 @@ CRD_NAME = "modelrollouts.kubetune.io"
 @pytest.fixture(scope="module")
 def crd(cluster: Cluster) -> str:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}", timeout=75
-    )
+    cluster.wait_established(CRD_NAME)
     return CRD_NAME
 
 

@@ -100,6 +100,19 @@ NO_DATA_EXPECTED: dict[tuple[str, str, str], str] = {
     ("kubetune-job", "local", "Gang restarts"): (
         "restarts are counted by the operator; kubetune run --local has no operator or gang"
     ),
+    **{
+        ("kubetune-job", "*", title): (
+            "exported only by online RL (PPO, GRPO, RLOO); these runs are LoRA SFT. The "
+            "series names are checked against the metric contract in tests/unit/dashboards"
+        )
+        for title in (
+            "Reward",
+            "KL to the reference",
+            "Response length and entropy",
+            "Update health",
+            "Generation",
+        )
+    },
 }
 #: alert -> why it may fire during this healthy run (none may).
 FIRING_JUSTIFIED: dict[str, str] = {}

@@ -83,6 +83,28 @@ class Cluster:
             )
         return proc
 
+    def wait_established(self, crd: str, timeout: float = 90.0) -> None:
+        """Wait until ``crd`` (e.g. ``finetunejobs.kubetune.io``) is Established.
+
+        ``kubectl wait`` errors out instead of waiting while a just-created CRD has no
+        conditions yet (a busy API server can take a moment), so it is retried."""
+        wait_until(
+            lambda: (
+                self.kubectl(
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    f"crd/{crd}",
+                    check=False,
+                    timeout=45,
+                ).returncode
+                == 0
+            ),
+            timeout=timeout,
+            interval=0.5,
+            what=f"CRD {crd} to be established",
+        )
+
     def helm(
         self, *args: str, check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
