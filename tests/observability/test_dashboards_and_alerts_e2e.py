@@ -73,7 +73,7 @@ JOB = "obs-lora"
 FORBIDDEN_JOB = "obs-forbidden"
 #: Steps of the cluster job: enough that a pod can be deleted after the step-5 checkpoint
 #: while the gang still trains, so attempt 2 resumes from it.
-MAX_STEPS = 40
+MAX_STEPS = 120  # long enough that the resumed gang is sampled stepping (goodput)
 CHECKPOINT_STEPS = 5
 #: 2 GPUs for a few minutes spend well under 1% of this: the budget series exist, and the
 #: nearly-spent alert stays silent.
