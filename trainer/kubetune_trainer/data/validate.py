@@ -131,13 +131,12 @@ def encode_split(
     return SplitData(examples, report, [path])
 
 
-def _samples(encoded: Encoded) -> list[EncodedSample] | list[EncodedPrompt]:
+def _samples(encoded: Encoded) -> list[EncodedSample | EncodedPrompt]:
+    """The sequences a row stands for (a prompt has no labels: counted for its length)."""
     if isinstance(encoded, EncodedPair):
         return [encoded.chosen, encoded.rejected]
     if isinstance(encoded, EncodedUnpaired):
         return [encoded.sample]
-    if isinstance(encoded, EncodedPrompt):
-        return [encoded]  # no labels, counted for its length
     return [encoded]
 
 

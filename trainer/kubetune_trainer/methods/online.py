@@ -67,6 +67,7 @@ from kubetune_trainer.rl.rollout import (
     GenerationSettings,
     Rollout,
     generate_rollouts,
+    is_peft_model,
     masked_logprobs,
     reference_logprobs,
     response_logits,
@@ -114,14 +115,6 @@ class StepOutcome:
     samples: float
     metrics: dict[str, float]
     warnings: list[GuardWarning]
-
-
-def _unwrap_peft(model: nn.Module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
 
 
 class OnlineMethod(FullFineTuning):
@@ -196,7 +189,7 @@ class OnlineMethod(FullFineTuning):
         self.env, self.engine = env, engine
         pad = int(self.tokenizer.pad_token_id)
         self.scorer = build_scorer(self.reward_spec, self.load_dtype, pad, env.device)
-        if not _unwrap_peft(engine.unwrapped):
+        if not is_peft_model(engine.unwrapped):
             assert self.model_dir is not None
             reference = self.load_base(self.model_dir, self.load_dtype).to(env.device).eval()
             for param in reference.parameters():

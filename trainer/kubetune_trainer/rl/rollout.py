@@ -238,7 +238,7 @@ def sequence_logprobs(model: Any, rollout: Rollout, temperature: float) -> torch
     return masked_logprobs(response_logits(model, rollout, temperature), rollout)
 
 
-def _is_peft_model(model: nn.Module) -> bool:
+def is_peft_model(model: nn.Module) -> bool:
     try:
         from peft import PeftModel
     except ImportError:
@@ -263,7 +263,7 @@ def reference_logprobs(
     if reference_model is not None:
         with _eval_mode(reference_model):
             return sequence_logprobs(reference_model, rollout, temperature)
-    if _is_peft_model(model):
+    if is_peft_model(model):
         with _eval_mode(model), cast(Any, model).disable_adapter():
             return sequence_logprobs(model, rollout, temperature)
     raise ValueError(
