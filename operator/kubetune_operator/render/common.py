@@ -10,6 +10,7 @@ import kopf
 
 from kubetune.api import FineTuneJob
 from kubetune.api.job import FineTuneJobSpec
+from kubetune.api.locations import input_locations
 from kubetune.contract import paths
 from kubetune.contract.env import S3_CREDENTIAL_ENV
 from kubetune.contract.uris import Scheme, parse_uri, pvc_mount_path
@@ -130,9 +131,7 @@ class Storage:
 def storage(spec: FineTuneJobSpec, settings: OperatorSettings, *, with_output: bool) -> Storage:
     """PVC volumes (read-only unless the claim holds the output) mounted where the trainer
     looks for them: ``<pvc root>/<claim>``."""
-    inputs = [parse_uri(spec.model.uri), parse_uri(spec.dataset.train)]
-    if spec.dataset.eval:
-        inputs.append(parse_uri(spec.dataset.eval))
+    inputs = [parse_uri(uri) for uri in input_locations(spec)]
     claims = {uri.name: True for uri in inputs if uri.scheme is Scheme.PVC}  # -> read-only
     out = Storage()
     if with_output:

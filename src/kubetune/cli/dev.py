@@ -250,12 +250,11 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 def job_claims(spec: Any) -> list[str]:
     """The PVC claims a resolved FineTuneJob spec reads or writes (``pvc://<claim>/...``)."""
+    from kubetune.api.locations import input_locations
     from kubetune.contract.uris import Scheme, parse_uri
 
-    uris = [spec.model.uri, spec.dataset.train, spec.dataset.eval, spec.output.uri]
-    if spec.rlhf and spec.rlhf.dpo and spec.rlhf.dpo.reference_model:
-        uris.append(spec.rlhf.dpo.reference_model)
-    claims = {parse_uri(u).name for u in uris if u and parse_uri(u).scheme is Scheme.PVC}
+    uris = [*input_locations(spec), spec.output.uri]
+    claims = {parse_uri(u).name for u in uris if parse_uri(u).scheme is Scheme.PVC}
     return sorted(claims)
 
 

@@ -277,6 +277,27 @@ def test_shared_claim_for_data_and_output_is_writable_once(
     assert work["persistentVolumeClaim"]["readOnly"] is False
 
 
+def test_every_input_location_is_mounted_read_only(
+    manifest: Callable[..., Any], settings: OperatorSettings
+) -> None:
+    """Models named anywhere in the spec (reward, value, held-out judge), not just the base
+    model and data, are mounted: a missed claim fails the trainer hours in."""
+    job = load(
+        manifest,
+        method="ppo",
+        dataset={"train": "pvc://data/prompts.jsonl", "format": "promptOnly"},
+        rlhf={
+            "reward": {"model": "pvc://reward-models/rm-v3"},
+            "ppo": {"valueModel": "pvc://value-models/critic"},
+            "guards": {"heldOutRewardModel": "pvc://judges/rm-held-out"},
+        },
+    )
+    for pod in (render_worker_pod(job, 1, 0, settings), render_validation_pod(job, 1, settings)):
+        mounts = {m["mountPath"]: m.get("readOnly") for m in container(pod)["volumeMounts"]}
+        for claim in ("models", "data", "reward-models", "value-models", "judges"):
+            assert mounts[f"/mnt/pvc/{claim}"] is True, claim
+
+
 def test_s3_credentials_only_by_reference(
     manifest: Callable[..., Any], settings: OperatorSettings
 ) -> None:
