@@ -80,6 +80,7 @@ def test_local_lora_example_end_to_end(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr[-4000:]
     assert "built the tiny example model" not in again.stderr  # cached
+    assert "resuming from step 75" in again.stderr
     assert json.loads((out / "lineage.json").read_text())["training"]["resumedFromStep"] == 75
 
 
@@ -97,6 +98,51 @@ def test_local_validate_only_and_errors(tmp_path: Path) -> None:
     )
     refused = _kubetune("run", str(bad), "--local", *common, env=env)
     assert refused.returncode == 78 and "preference" in refused.stderr
+
+
+def _noise_free(stderr: str) -> None:
+    """torchrun's worker dump and a bar without a total are not for people to read."""
+    for noise in ("Traceback", "Root Cause", "ChildFailedError", "None steps"):
+        assert noise not in stderr, stderr[-3000:]
+
+
+def test_local_failures_say_one_clean_thing_and_a_rerun_says_it_resumes(tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(
+        (REPO / "examples/local/lora-sft.yaml")
+        .read_text()
+        .replace("pvc://datasets/sample-chat/train.jsonl", "pvc://datasets/mixed/train.jsonl")
+        .replace("    eval: pvc://datasets/sample-chat/eval.jsonl\n", "")
+    )
+    data = cache / "pvc" / "datasets" / "mixed" / "train.jsonl"
+    data.parent.mkdir(parents=True)
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    good = json.dumps({"messages": turns})
+    data.write_text("\n".join([good, '{"messages": "not a list"}', good, "{broken"] + [good] * 60))
+    common = ["--local", "--output-dir", str(out), "--cache-dir", str(cache)]
+
+    bad = _kubetune("run", str(manifest), *common, env=_env(tmp_path))
+    assert bad.returncode == 65
+    assert "failed (invalid data): 2 of 64 train rows are invalid" in bad.stderr
+    assert "train.jsonl:2" in bad.stderr
+    assert "train.jsonl:4" in bad.stderr
+    _noise_free(bad.stderr)
+
+    data.write_text("\n".join([good] * 64))
+    stop_env = _env(tmp_path) | {"KUBETUNE_STOP_AFTER_STEP": "2"}
+    stopped = _kubetune("run", str(manifest), *common, "--max-steps", "4", env=stop_env)
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert "stopped: stopped by KUBETUNE_STOP_AFTER_STEP=2 at step 2/4" in stopped.stderr
+    assert "step-000000002 is complete" in stopped.stderr
+    assert "local-lora-sft: stopped" in stopped.stderr
+    assert "run the same command again to resume" in stopped.stderr
+    _noise_free(stopped.stderr)
+
+    resumed = _kubetune("run", str(manifest), *common, "--max-steps", "4", env=_env(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 2" in resumed.stderr
+    _noise_free(resumed.stderr)
 
 
 def test_shipped_sample_data_is_reproducible(tmp_path: Path) -> None:

@@ -442,7 +442,12 @@ class Trainer:
                 self.curves.record_eval(self.state.step, self.state.base_eval["loss"], "base")
                 log.info("base model eval: %s", _short(self.state.base_eval))
 
-        self.progress.update(state="training", total_steps=total_steps, step=self.state.step)
+        self.progress.update(
+            state="training",
+            total_steps=total_steps,
+            step=self.state.step,
+            resumed_from_step=self.resumed_from,
+        )
         self.train_steps(engine, data, plan, total_steps)
         if self._last_ckpt_step != self.state.step:
             self.save_checkpoint(engine, self.state.step)

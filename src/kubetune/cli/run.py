@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from rich.table import Table
 
 from kubetune.cli.extras import require_extra
 from kubetune.contract import ExitCode, launch_command
+from kubetune.contract.display import duration, number
 from kubetune.contract.env import (
     CACHE_ENV,
     CONFIG_ENV,
@@ -75,52 +77,74 @@ def _load_job(manifest: Path) -> Any:
 
 
 def _seed_fixtures(resolved: Any, pvc_root: Path) -> None:
+    from kubetune.api.locations import input_locations
     from kubetune_trainer.assets.fixtures import seed_location
 
-    spec = resolved.spec
-    uris = [spec.model.uri, spec.dataset.train, spec.dataset.eval]
-    if spec.rlhf and spec.rlhf.dpo and spec.rlhf.dpo.reference_model:
-        uris.append(spec.rlhf.dpo.reference_model)
-    for uri in uris:
-        if uri:
-            with console.status(f"preparing {escape(uri)}"):
-                note = seed_location(uri, pvc_root)
-            if note:
-                console.print(f"[dim]{escape(note)}[/dim]")
+    for uri in input_locations(resolved.spec):
+        with console.status(f"preparing {escape(uri)}"):
+            note = seed_location(uri, pvc_root)
+        if note:
+            console.print(f"[dim]{escape(note)}[/dim]")
+
+
+def _read_progress(progress_file: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(progress_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _follow(proc: subprocess.Popen[bytes], progress_file: Path, name: str) -> None:
-    """Rich progress bar fed by the trainer's progress document."""
+    """Rich progress bar fed by the trainer's progress document; says once when the run
+    resumed from a checkpoint."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[steps]}"),
         TextColumn("{task.fields[details]}"),
         TimeElapsedColumn(),
     )
+    announced_resume = False
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"{escape(name)}: starting", total=None, details="")
-        while proc.poll() is None:
-            time.sleep(0.5)
-            try:
-                doc = json.loads(progress_file.read_text())
-            except (OSError, ValueError):
-                continue
+        task = bar.add_task(f"{escape(name)}: starting", total=None, details="", steps="")
+
+        def show(doc: dict[str, Any]) -> None:
+            nonlocal announced_resume
+            resumed = doc.get("resumedFromStep")
+            if resumed is not None and not announced_resume:
+                announced_resume = True
+                bar.console.print(
+                    f"resuming from step {resumed} (checkpoint step-{resumed:09d} in the "
+                    "output directory; --fresh starts over)",
+                    highlight=False,
+                )
             details = []
             if doc.get("loss") is not None:
                 details.append(f"loss {doc['loss']:.4f}")
             if doc.get("tokensPerSecond"):
-                details.append(f"{doc['tokensPerSecond']:.0f} tok/s")
+                details.append(f"{number(round(doc['tokensPerSecond']))} tok/s")
             if doc.get("etaSeconds") is not None and doc.get("state") == "training":
-                details.append(f"eta {doc['etaSeconds']:.0f}s")
+                details.append(f"eta {duration(doc['etaSeconds'])}")
             total = doc.get("totalSteps") or None
+            state = doc.get("state", "?")
+            if proc.returncode == ExitCode.RETRYABLE:  # checkpointed and stopped, not failed
+                state = "stopped"
             bar.update(
                 task,
-                description=escape(f"{name}: {doc.get('state', '?')}"),
+                description=escape(f"{name}: {state}"),
                 total=total,
                 completed=doc.get("step", 0),
+                steps=f"{doc.get('step', 0)}/{total} steps" if total else "",
                 details="  ".join(details),
             )
+
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if (doc := _read_progress(progress_file)) is not None:
+                show(doc)
+        if (doc := _read_progress(progress_file)) is not None:  # the final state
+            show(doc)
 
 
 def _summary(output_dir: Path) -> None:
@@ -135,8 +159,8 @@ def _summary(output_dir: Path) -> None:
                     before = base.get(key)
                     table.add_row(
                         key,
-                        f"{before:.4f}" if isinstance(before, int | float) else "-",
-                        f"{value:.4f}",
+                        number(before) if isinstance(before, int | float) else "-",
+                        number(value),
                     )
             console.print(table)
     _gates_summary(output_dir / "evaluation.json")
@@ -157,7 +181,7 @@ def _gates_summary(report_file: Path) -> None:
     report = json.loads(report_file.read_text())
 
     def fmt(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, int | float) else "-"
+        return number(value) if isinstance(value, int | float) else "-"
 
     table = Table(
         "metric", "baseline", "tuned", "delta", "lower", "upper", "n", title="evaluation gates"
@@ -355,7 +379,7 @@ def run_job(
                 _follow(proc, progress_file, name)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: the trainer checkpoints and stops[/yellow]")
-            proc.wait()
+            _wait_through_interrupts(proc)
     code = proc.returncode
     termination = out / "termination-log"
     message = termination.read_text().strip() if termination.exists() else ""
@@ -367,10 +391,57 @@ def run_job(
         else:
             _summary(out)
         return
+    _report_failure(code, message, log_file)
+    raise typer.Exit(code)
+
+
+def _wait_through_interrupts(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the trainer to finish its checkpoint; more Ctrl-C presses do not abandon it
+    (torchrun forwards each to the workers, which are already stopping)."""
+    while True:
+        try:
+            proc.wait()
+            return
+        except KeyboardInterrupt:
+            console.print("[yellow]still stopping: writing the checkpoint[/yellow]")
+
+
+#: outcomes the trainer explains in its one-paragraph termination message; the log tail
+#: (torchrun's worker tracebacks and "Root Cause" dump) adds nothing for them
+_EXPLAINED = {
+    ExitCode.INVALID_CONFIG,
+    ExitCode.INVALID_DATA,
+    ExitCode.MODEL_UNAVAILABLE,
+    ExitCode.NUMERICAL_DIVERGENCE,
+    ExitCode.UNSUPPORTED,
+}
+
+
+#: the termination message starts with the exception class and exit-code name, which the
+#: outcome line already says
+_ERROR_PREFIX = re.compile(r"^\w+ \([A-Z_]+\): ")
+
+
+def _report_failure(code: int, message: str, log_file: Path) -> None:
+    """One clean message per outcome; the log tail only when the trainer could not say."""
+    log_hint = f"full log: {escape(str(log_file))}"
+    message = _ERROR_PREFIX.sub("", message, count=1)
+    if code == ExitCode.RETRYABLE and message:
+        console.print(f"[yellow]stopped[/yellow]: {escape(message)}", highlight=False)
+        console.print(
+            f"run the same command again to resume (--fresh starts over); {log_hint}",
+            highlight=False,
+        )
+        return
+    if code in _EXPLAINED and message:
+        reason = ExitCode(code).name.lower().replace("_", " ")
+        console.print(f"[red]failed ({reason})[/red]: {escape(message)}", highlight=False)
+        console.print(log_hint, highlight=False)
+        return
     console.print(
         f"[red]trainer exited with {code}[/red]: {escape(message or '(no message)')}",
         highlight=False,
     )
     tail = log_file.read_text(errors="replace").splitlines()[-15:]
     console.print("\n".join(tail), markup=False, highlight=False)
-    raise typer.Exit(code)
+    console.print(log_hint, highlight=False)

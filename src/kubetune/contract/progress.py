@@ -39,6 +39,8 @@ class ProgressDocument(BaseModel):
     message: str | None = None
     #: reward-hacking guard findings of online RL, newest last
     warnings: list[str] | None = None
+    #: the checkpoint step this attempt resumed from (None: it started from the base model)
+    resumed_from_step: int | None = Field(default=None, ge=0)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

@@ -10,18 +10,14 @@ load the result.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from kubetune.api.methods import METHOD_TRAITS, SavedAs, saved_as
+from kubetune.contract.display import duration, number
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
-    return str(value)
+    return number(value)
 
 
 def _eval_table(evaluation: dict[str, Any]) -> str:
@@ -215,10 +211,10 @@ def render_model_card(lineage: dict[str, Any]) -> str:
             f"world size {t.get('worldSize')}, engine {t.get('engine')}, "
             f"precision {t.get('precision')}",
             f"- batching: {t.get('batching')}",
-            f"- tokens trained on: {t.get('tokensSeen')} (non-padding), "
-            f"samples: {t.get('samplesSeen')}",
+            f"- tokens trained on: {_fmt(t.get('tokensSeen'))} (non-padding), "
+            f"samples: {_fmt(t.get('samplesSeen'))}",
             f"- final training loss: {_fmt(t.get('finalLoss'))}",
-            f"- wall time of the last attempt: {_fmt(t.get('elapsedSeconds'))} s"
+            f"- wall time of the last attempt: {duration(t.get('elapsedSeconds'))}"
             + (f"; resumed from the checkpoint of step {resumed}" if resumed is not None else ""),
         ]
     )
