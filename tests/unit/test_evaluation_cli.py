@@ -31,7 +31,7 @@ def test_gate_table_and_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(run_cli, "console", console)
     run_cli._gates_summary(report)
     text = console.export_text()
-    assert "qa/exactMatch" in text and "0.2500" in text
+    assert "qa/exactMatch" in text and "│ 0.25 " in text
     assert "FAIL qa/exactMatch: tuned >= 1.1" in text
     assert "evaluation Failed: 1 of 1 gates failed" in text
     run_cli._gates_summary(tmp_path / "absent.json")  # no evaluation: prints nothing more

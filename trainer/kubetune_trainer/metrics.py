@@ -152,6 +152,12 @@ class TrainerMetrics:
             if spec.name.startswith(f"{p}_rl_") and spec.type == "gauge"
         }
         self.guard_warnings = counter(f"{p}_rl_guard_warnings_total")
+        self.continual_penalty = OptionalGauge(_spec(f"{p}_continual_penalty", "gauge"), r)
+        # mixture of experts (absent for dense models; set by kubetune_trainer.moe.report)
+        self.moe_expert_token_ratio = gauge(f"{p}_moe_expert_token_ratio")
+        self.moe_max_expert_token_ratio = gauge(f"{p}_moe_max_expert_token_ratio")
+        self.moe_routing_entropy = gauge(f"{p}_moe_routing_entropy_nats")
+        self.moe_aux_loss = OptionalGauge(_spec(f"{p}_moe_aux_loss", "gauge"), r)
         # 6 x parameters / (world size x peak): FLOP/s per GPU over its peak, per token/s.
         self._mfu_per_token_per_second: float | None = None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolvedJob
+from kubetune_trainer.continual.data import add_replay, describe_protection
 from kubetune_trainer.data.batching import BatchPlan
 from kubetune_trainer.data.validate import PreparedData, prepare_data
 from kubetune_trainer.errors import InvalidConfigError
@@ -28,6 +29,7 @@ from kubetune_trainer.models.load import (
     load_tokenizer,
     resolve_model_dir,
 )
+from kubetune_trainer.moe.training import check_moe_config
 from kubetune_trainer.rl.memory import ModelShape, describe, estimate_roles
 from kubetune_trainer.rl.scoring import build_check
 
@@ -40,11 +42,17 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         raise InvalidConfigError("peft.prompt.init text needs peft.prompt.initText")
     model_dir = resolve_model_dir(spec.model.uri, spec.model.revision)
     info = inspect_model_dir(model_dir, spec.model.trust_remote_code)
+    moe = check_moe_config(spec.moe, _read_config(model_dir), spec.model.uri)  # spec.moe
     dpo = spec.rlhf.dpo if spec.rlhf else None
     if dpo and dpo.reference_model:
         inspect_model_dir(resolve_model_dir(dpo.reference_model, what="reference model"))
     tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
     data = prepare_data(job, tokenizer)
+    protected = ""
+    if spec.continual is not None:  # protected tasks' rows are checked, replay is planned
+        before = len(data.train.examples)
+        tasks = add_replay(job, tokenizer, data)
+        protected = describe_protection(tasks, len(data.train.examples) - before)
     evaluation = _check_evaluation(job)
     online = _check_online(job, info, data)
     _check_output(output_dir)
@@ -74,6 +82,8 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         f"({plan.steps_per_epoch} per epoch) on {derived.world_size} processes"
         + (f"; {evaluation}" if evaluation else "")
         + (f"; {online}" if online else "")
+        + (f"; {protected}" if protected else "")
+        + (f"; {moe}" if moe else "")
         + ("; " + "; ".join(notes) if notes else "")
     )
 
@@ -160,6 +170,14 @@ def _check_online(job: ResolvedJob, policy: ModelInfo, data: PreparedData) -> st
         tokens_per_sequence=longest + gen.max_new_tokens,
     )
     return describe(roles)
+
+
+def _read_config(model_dir: Path) -> dict[str, object]:
+    """The model's config.json (inspect_model_dir has checked that it parses)."""
+    import json
+
+    value = json.loads((model_dir / "config.json").read_text())
+    return value if isinstance(value, dict) else {}
 
 
 def _vocab_size(path: Path) -> int:

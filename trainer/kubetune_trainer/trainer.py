@@ -40,6 +40,7 @@ from kubetune_trainer.checkpoint.state import (
     load_rng,
     save_rng,
 )
+from kubetune_trainer.continual.runner import ContinualLearning
 from kubetune_trainer.curves import CurveRecorder, write_curves
 from kubetune_trainer.data.batching import Batch, BatchPlan, collate, eval_micro_batches
 from kubetune_trainer.data.encode import Encoded, EncodedPrompt
@@ -66,10 +67,13 @@ from kubetune_trainer.metrics import MetricsServer, TrainerMetrics
 from kubetune_trainer.metrics_switch import Absorb, NullMetrics, metrics_enabled
 from kubetune_trainer.models.load import load_dtype, load_tokenizer, resolve_model_dir
 from kubetune_trainer.models.varlen_attention import padding_free_attention
+from kubetune_trainer.moe.report import record_metrics as record_moe_metrics
+from kubetune_trainer.moe.training import MoeTraining
 from kubetune_trainer.outputs.export import RunSummary, write_outputs
 from kubetune_trainer.progress import ProgressReporter
 from kubetune_trainer.rl.guards import GuardWarning
 from kubetune_trainer.signals import StopRequest
+from kubetune_trainer.vision.encode import saved_processor
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -135,6 +139,8 @@ class Trainer:
         self.stop = StopRequest()
         self.health = HealthMonitor(spec.health)
         self.method: Method = get_method(job)
+        self.continual = ContinualLearning.create(job, env)  # spec.continual, else None
+        self.moe: MoeTraining | None = None  # a MoE base (spec.moe; kubetune_trainer.moe)
         self.warnings: list[str] = []
         self.config_hash = job.config_hash()
         self.state = TrainerState(
@@ -308,6 +314,8 @@ class Trainer:
             self.state.save(staging)
             self.curves.save(staging)
             self.method.save_state(staging)
+            if self.continual is not None:
+                self.continual.save_state(staging)
             write_engine_info(engine, staging)
         barrier(self.env)
         final: Path | None = None
@@ -367,6 +375,8 @@ class Trainer:
         if not load_rng(latest, self.env.rank):
             seed_all(self.hp.seed + 7919 * self.env.rank + saved.step)
         self.method.load_state(latest)
+        if self.continual is not None:
+            self.continual.load_state(latest)
         self.curves.load(latest, saved.step)
         self.state = saved
         self.state.world_size = self.env.world_size
@@ -384,6 +394,8 @@ class Trainer:
         tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
         self.pad_token_id = int(tokenizer.pad_token_id)
         data = self.load_data(tokenizer)
+        if self.continual is not None:  # protected rows replayed among the new ones
+            self.continual.add_replay(tokenizer, data)
         # reward models pool each row's last token; virtual tokens are per sample
         self.padding_free = bool(spec.dataset.packing) and traits.packs
 
@@ -396,8 +408,11 @@ class Trainer:
         dtype = load_dtype(spec.model, precision, frozen_base=frozen_base)
         self.method.setup(model_dir, tokenizer, dtype)
         model = self.method.build(model_dir, tokenizer, dtype)
+        self.moe = MoeTraining.attach(self.job, model)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if self.moe is not None:  # expert selection trains rows of fused expert tensors
+            n_train = self.moe.trainable_parameters(model)
         self.metrics.parameters.set(n_params)
         self.metrics.trainable_parameters.set(n_train)
         self.metrics.set_flops_model(n_params, env.device, env.world_size)
@@ -425,10 +440,15 @@ class Trainer:
             self.method.check_plan(self.job.derived.gradient_accumulation_steps)
             updates = total_steps * self.method.updates_per_step
         engine = build_engine(model, env, precision, self.job, self.scheduler_factory(updates))
+        if self.moe is not None:
+            self.moe.bind_optimizer(getattr(engine, "optimizer", None))
         self.try_resume(engine)
         if self.resumed_from is None:
             seed_all(hp.seed + 7919 * env.rank)
         self.method.prepare(engine, data, env, self.batch)
+        if self.continual is not None:  # eval before training, theta*, Fisher
+            evaluate = functools.partial(self.evaluate, engine)
+            self.continual.prepare(engine, self.method, self.batch, evaluate)
         self.metrics.total_steps.set(total_steps)
 
         if data.eval is not None and self.state.base_eval is None:
@@ -463,6 +483,9 @@ class Trainer:
                 self.curves.record_eval(self.state.step, tuned["loss"], "tuned")
                 self.progress.update(eval_loss=tuned["loss"])
                 log.info("tuned model eval: %s", _short(tuned))
+        if self.continual is not None:  # forgetting of the protected tasks
+            evaluate = functools.partial(self.evaluate, engine)
+            eval_results["continual"] = self.continual.finish(evaluate, eval_results)
 
         self.progress.update(state="saving")
         evaluation: EvaluationSummary | None = None
@@ -487,13 +510,14 @@ class Trainer:
                 skipped_steps=self.health.skipped_steps,
                 eval_results=eval_results,
                 curves=self.curves,
+                moe=self.moe.card() if self.moe is not None else None,
             )
             write_outputs(
                 summary,
                 method=self.method,
                 model=engine.unwrapped,
                 state_dict=self.method.export_state_dict(engine.unwrapped, full),
-                tokenizer=tokenizer,
+                tokenizer=saved_processor(self.job, model_dir) or tokenizer,
                 model_dir=model_dir,
                 data=data,
             )
@@ -558,6 +582,10 @@ class Trainer:
                 loss, grad_norm, total_tokens, total_samples, lr = self.supervised_step(
                     engine, examples, plan, step, t0
                 )
+                if self.continual is not None:
+                    extra = self.continual.log_fields()
+                    if "continual/penalty" in extra and env.is_main:
+                        self.metrics.continual_penalty.set(extra["continual/penalty"])
             self.state.step = step + 1
             self.state.tokens_seen += int(total_tokens)
             self.state.samples_seen += int(total_samples)
@@ -615,8 +643,17 @@ class Trainer:
         for index, batch in enumerate(batches):
             last = index == len(batches) - 1
             with engine.sync_context(last):
-                out = method.loss(engine.forward, engine.model, batch)
-                engine.backward(out.loss_sum * scale, last)
+                if self.moe is None:
+                    out = method.loss(engine.forward, engine.model, batch)
+                else:  # record the routing; add the load-balancing loss
+                    with self.moe.capture():
+                        out = method.loss(engine.forward, engine.model, batch)
+                    out = self.moe.add_aux_loss(out, method.count(batch))
+                objective = out.loss_sum * scale
+                penalty = self.continual.penalty(engine) if self.continual and last else None
+                if penalty is not None:  # once per update; DDP averages it to itself
+                    objective = objective + penalty
+                engine.backward(objective, last)
             loss_sum += float(out.loss_sum.detach())
         tokens = sum(b.real_tokens for b in batches)
         samples = sum(b.samples for b in batches)
@@ -626,6 +663,8 @@ class Trainer:
         loss = total_loss / global_count if global_count > 0 else float("nan")
         lr = engine.learning_rate()
         grad_norm = self.apply_update(engine, step + 1, loss)
+        if self.moe is not None:  # expert load over the gang (a collective)
+            self.moe.finish_step(lambda values: all_reduce_sum(values, env))
         return loss, grad_norm, total_tokens, total_samples, lr
 
     def apply_update(self, engine: Engine, step: int, loss: float) -> float | None:
@@ -718,6 +757,9 @@ class Trainer:
         if extra:  # online RL: the field's names (objective/kl, policy/clipfrac, ...)
             m.record_rl(extra)
             record.update(extra)
+        if self.moe is not None and self.moe.last is not None:  # expert load (MoE bases)
+            record_moe_metrics(m, self.moe.last)
+            record.update(self.moe.last.log_fields())
         with log_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         gn = f"{grad_norm:.3f}" if grad_norm is not None else "n/a"

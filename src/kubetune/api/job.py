@@ -13,6 +13,7 @@ from kubetune.api.common import (
     EnvVar,
     LocalObjectReference,
 )
+from kubetune.api.continual import ContinualSpec, continual_rules
 from kubetune.api.evaluation import EvaluationSpec
 from kubetune.api.infra import (
     CheckpointSpec,
@@ -22,10 +23,12 @@ from kubetune.api.infra import (
     RunPolicy,
 )
 from kubetune.api.methods import METHOD_TRAITS, Method, cel_list, methods_where
+from kubetune.api.moe import MoeSpec, moe_spec_rules
 from kubetune.api.rlhf import RlhfSpec
 from kubetune.api.sources import DatasetSpec, ModelSource
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.api.training import HealthSpec, Hyperparameters, PeftSpec
+from kubetune.api.vision import VISION_RULES, VisionSettings
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
@@ -121,6 +124,7 @@ SPEC_RULES: list[dict[str, Any]] = [
         field_path=".distributed.strategy",
     ),
     _format_rule(),
+    *VISION_RULES,
     cel(
         "!(has(self.dataset.packing) && self.dataset.packing) || "
         f"self.method in {cel_list(methods_where(lambda t: t.packs))}",
@@ -193,6 +197,7 @@ SPEC_RULES: list[dict[str, Any]] = [
         f"profile {_IMMUTABLE} (the profiles were applied when the job was first resolved)",
         field_path=".profile",
     ),
+    *moe_spec_rules(),  # spec.moe (api/moe.py)
     cel(
         "oldSelf.runPolicy.suspend || (self.resources == oldSelf.resources && "
         "self.distributed == oldSelf.distributed)",
@@ -200,6 +205,7 @@ SPEC_RULES: list[dict[str, Any]] = [
         "(runPolicy.suspend: true)",
         field_path=".resources",
     ),
+    *continual_rules(),  # spec.continual (issue 16: continual learning)
 ]
 
 Image = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^\S+$")]
@@ -228,6 +234,17 @@ class FineTuneJobSpec(ApiModel):
     rlhf: RlhfSpec | None = Field(
         default=None, description="Settings of the RLHF stage; only with reward, ppo, dpo."
     )
+    vision: VisionSettings | None = Field(
+        default=None,
+        description="Vision-language fine-tuning (dataset.format visionChat): which parts of "
+        "the model train. Default with visionChat: frozen vision tower, trained projector.",
+    )
+    moe: MoeSpec | None = Field(
+        default=None,
+        description="Mixture-of-experts settings (router freeze, expert-selective training, "
+        "load-balancing loss); only for a MoE base model and methods full, lora, dpo, kto, "
+        "orpo.",
+    )
     resources: ResourcesSpec = Field(
         default_factory=ResourcesSpec, description="The gang of pods and its GPUs."
     )
@@ -245,6 +262,12 @@ class FineTuneJobSpec(ApiModel):
         "Promotable). Without it a succeeded job is promotable.",
     )
     health: HealthSpec = Field(default_factory=HealthSpec, description="Numerical health checks.")
+    continual: ContinualSpec | None = Field(
+        default=None,
+        description="Continual learning: earlier tasks whose eval loss must not rise "
+        "(forgetting is measured and reported), protected by replay and/or a regularizer "
+        "(EWC, L2-SP). Only with methods trained on language-modelling data.",
+    )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retries, deadlines, suspension, queueing."
     )

@@ -33,8 +33,12 @@ Family = Literal["full", "peft", "preference", "reward", "rl"]
 # How the trained result is written: a whole causal LM, a PEFT adapter, kubetune's
 # bottleneck adapter, or a sequence classifier (reward model).
 SavedAs = Literal["model", "peft-adapter", "bottleneck-adapter", "reward-model"]
-DatasetFormat = Literal["chat", "promptCompletion", "text", "preference", "promptOnly", "unpaired"]
+DatasetFormat = Literal[
+    "chat", "promptCompletion", "text", "preference", "promptOnly", "unpaired", "visionChat"
+]
 SFT_FORMATS: tuple[DatasetFormat, ...] = ("chat", "promptCompletion", "text")
+#: chat with images: vision-language models, trained fully or with LoRA (spec.vision)
+VISION_FORMATS: tuple[DatasetFormat, ...] = (*SFT_FORMATS, "visionChat")
 RL_BLOCKS = ("rlhf", "rlhf.reward", "rlhf.generation", "rlhf.kl", "rlhf.guards", "rlhf.roles")
 
 
@@ -84,7 +88,13 @@ class MethodTraits:
 METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
     {
         "full": MethodTraits(
-            "full", "full fine-tuning", 2e-5, (1e-5, 5e-5), weight_decay=0.01, packs=True
+            "full",
+            "full fine-tuning",
+            2e-5,
+            (1e-5, 5e-5),
+            weight_decay=0.01,
+            packs=True,
+            formats=VISION_FORMATS,
         ),
         "lora": MethodTraits(
             "peft",
@@ -95,6 +105,7 @@ METHOD_TRAITS: Mapping[str, MethodTraits] = MappingProxyType(
             blocks=("peft", "peft.lora"),
             mergeable=True,
             saved_as="peft-adapter",
+            formats=VISION_FORMATS,
         ),
         "qlora": MethodTraits(
             "peft",

@@ -76,6 +76,12 @@ class FieldMapping(ApiModel):
         description="Column with true (desirable) or false (undesirable) (format unpaired). "
         "Default label.",
     )
+    images: ColumnName | None = Field(
+        default=None,
+        description="Column with the row's images (format visionChat; optional): a list of "
+        "image bytes or paths, used in order by the image parts that name no image. "
+        "Default images.",
+    )
 
 
 class DatasetSpec(ApiModel):
@@ -95,6 +101,11 @@ class DatasetSpec(ApiModel):
                 "packing is not available for the preference, unpaired and promptOnly formats",
                 field_path=".packing",
             ),
+            cel(
+                "!(self.format == 'visionChat' && has(self.packing) && self.packing)",
+                "packing is not available for the visionChat format (each row carries images)",
+                field_path=".packing",
+            ),
         )
     }
 
@@ -109,7 +120,8 @@ class DatasetSpec(ApiModel):
         "(prompt and completion strings), text (plain text for continued pre-training), "
         "preference (prompt, chosen and rejected: reward models, DPO, ORPO, KTO), unpaired "
         "(prompt, completion and a true/false label: KTO), promptOnly (prompts, optionally "
-        "with a reference answer: PPO, GRPO, RLOO)."
+        "with a reference answer: PPO, GRPO, RLOO), visionChat (chat messages whose content "
+        "holds image and text parts: vision-language models, methods full and lora)."
     )
     field_mapping: FieldMapping | None = Field(
         default=None, description="Column names, when they differ from the format's defaults."

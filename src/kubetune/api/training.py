@@ -100,7 +100,10 @@ class LoraSettings(ApiModel):
         default_factory=lambda: ["all-linear"],
         min_length=1,
         max_length=64,
-        description="Module names to adapt (e.g. q_proj, v_proj), or all-linear.",
+        description="Module names to adapt (e.g. q_proj, v_proj), or all-linear. On a "
+        "mixture-of-experts base, experts names the expert projections (fused expert "
+        "tensors included) and all-linear covers them too; the router is never adapted "
+        "unless named.",
     )
     use_dora: bool = Field(
         default=False, description="Weight-decomposed LoRA (DoRA): better quality, slower."

@@ -131,6 +131,7 @@ def _o(
 _SPLIT = Label("split", "Dataset split: `train` or `eval`.")
 _NAMESPACE = Label("namespace", "The FineTuneJob's namespace.")
 _FINETUNEJOB = Label("finetunejob", "The FineTuneJob's name (the series vanishes with the job).")
+_MOE_LAYER = Label("layer", "The decoder layer of the MoE block (`0` to the model's depth).")
 _QUEUE = Label(
     "queue", 'The job\'s Kueue queue (label `kueue.x-k8s.io/queue-name`); `""` without one.'
 )
@@ -288,6 +289,45 @@ TRAINER_METRICS: Final[tuple[MetricSpec, ...]] = (
         "",
         "Reward-hacking guard warnings (length drift, reward/held-out divergence).",
         Label("guard", "`length_drift` or `reward_divergence`."),
+    ),
+    _t(
+        "kubetune_trainer_continual_penalty",
+        "gauge",
+        "",
+        "Continual learning: the EWC/L2-SP penalty of the last step, in loss units "
+        "(spec.continual.regularizer; absent without one).",
+    ),
+    # -- mixture of experts (absent for dense models); per optimizer step, all ranks --------
+    _t(
+        "kubetune_trainer_moe_expert_token_ratio",
+        "gauge",
+        "ratio",
+        "MoE: share of the top-k routing assignments each expert received in the last "
+        "step, averaged over the MoE layers (sums to 1 over experts; 1/E is balanced).",
+        Label("expert", "The expert's index in its layer (`0` to E-1; E is fixed per model)."),
+    ),
+    _t(
+        "kubetune_trainer_moe_max_expert_token_ratio",
+        "gauge",
+        "ratio",
+        "MoE: the busiest expert's share of a layer's routing assignments in the last step "
+        "(1/E is balanced; 1/top_k, the most one expert can take, is routing collapse).",
+        _MOE_LAYER,
+    ),
+    _t(
+        "kubetune_trainer_moe_routing_entropy_nats",
+        "gauge",
+        "",
+        "MoE: mean entropy of a layer's router distribution over experts in the last step, "
+        "in nats (0: one expert takes everything; ln E: uniform).",
+        _MOE_LAYER,
+    ),
+    _t(
+        "kubetune_trainer_moe_aux_loss",
+        "gauge",
+        "",
+        "MoE: load-balancing auxiliary loss of the last step, before its coefficient "
+        "(transformers' Switch-Transformer loss: top_k when balanced, larger when not).",
     ),
 )
 

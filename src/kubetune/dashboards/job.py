@@ -188,6 +188,36 @@ def _online_rl() -> list[PanelBuilder]:
     ]
 
 
+def _moe() -> list[PanelBuilder]:
+    """Mixture-of-experts bases (empty for dense models): expert load and routing entropy."""
+    share = _m("kubetune_trainer_moe_expert_token_ratio")
+    busiest = _m("kubetune_trainer_moe_max_expert_token_ratio")
+    entropy = _m("kubetune_trainer_moe_routing_entropy_nats")
+    return [
+        timeseries(
+            "Expert token share",
+            "Share of the routing assignments each expert received, averaged over the MoE "
+            "layers (1/E each when balanced), stacked to 1. One expert taking most of the "
+            "tokens is routing collapse.",
+            RATIO,
+            [
+                Query(f"max by (expert) ({share})", "expert {{expert}}"),
+            ],
+            stacked=True,
+        ),
+        timeseries(
+            "Busiest expert and routing entropy",
+            "Per MoE layer: the busiest expert's share (1/top_k at most) and the mean entropy "
+            "of the router in nats (ln E = uniform, 0 = always one expert).",
+            COUNT,
+            [
+                Query(f"max by (layer) ({busiest})", "busiest share, layer {{layer}}"),
+                Query(f"max by (layer) ({entropy})", "entropy, layer {{layer}}"),
+            ],
+        ),
+    ]
+
+
 def _throughput() -> list[PanelBuilder]:
     return [
         timeseries(
@@ -357,6 +387,7 @@ def build() -> dashboard_model.Dashboard:
             ("Progress", _progress()),
             ("Loss", _loss()),
             ("Online RL (PPO, GRPO, RLOO)", _online_rl()),
+            ("Mixture of experts", _moe()),
             ("Throughput and step time", _throughput()),
             ("Memory", _memory()),
             ("Checkpoints, restarts and GPU-hours", _checkpoints_and_restarts()),

@@ -222,6 +222,12 @@ def test_trainer_registry_is_the_contract() -> None:
     fields += ["reward/mean", "reward/std", "generation/tokens_per_second"]
     m.record_rl({field: 1.0 for field in [*fields, "generation/time_share", "not/exported"]})
     m.guard_warnings.labels(guard="length_drift").inc()
+    m.continual_penalty.set(0.5)  # spec.continual.regularizer
+    # mixture of experts (kubetune_trainer.moe.report)
+    from kubetune_trainer.moe.report import record_metrics
+    from kubetune_trainer.moe.routing import RoutingStats
+
+    record_metrics(m, RoutingStats([0, 1], [[0.5, 0.5], [0.25, 0.75]], [0.6, 0.5], 2.1))
     _check(m.registry, TRAINER_METRICS)
 
 

@@ -17,6 +17,14 @@ from kubetune.contract.uris import Scheme, parse_uri
 from kubetune_trainer.assets import sample_data as sd
 
 TINY_CHAT_MODEL = "models/kubetune-tiny-chat"
+TINY_VLM = "models/kubetune-tiny-vlm"
+# PVC path -> (rows, seed) of the synthetic colour task (images written next to the file)
+COLOUR_PATHS = {
+    "datasets/sample-colours/train.jsonl": (192, 201),
+    "datasets/sample-colours/eval.jsonl": (24, 202),
+}
+#: a Qwen3-MoE-style tiny model (8 experts, top 2) for examples/local/moe-lora.yaml
+TINY_MOE_MODEL = "models/kubetune-tiny-moe"
 
 # file name in examples/data -> (generator, count, seed)
 SAMPLE_FILES: dict[str, tuple[Callable[..., list[dict]], int, int]] = {
@@ -76,6 +84,27 @@ def build_tiny_chat_model(target: Path) -> Path:
     return ensure_tiny_model(target, spec, corpus)
 
 
+def build_tiny_moe_model(target: Path) -> Path:
+    from kubetune_trainer.models.tiny import default_corpus
+    from kubetune_trainer.models.tiny_moe import TinyMoeSpec, ensure_tiny_moe_model
+
+    corpus = default_corpus() + sd.corpus_from_rows(
+        sd.chat_rows(600, seed=7, max_items=SAMPLE_MAX_ITEMS)
+        + sd.preference_rows(200, seed=9, max_items=10)
+    )
+    spec = TinyMoeSpec(
+        family="qwen3_moe",
+        vocab_size=1024,
+        hidden_size=128,
+        expert_intermediate_size=128,
+        num_experts=8,
+        num_experts_per_tok=2,
+        num_hidden_layers=4,
+        seed=1234,
+    )
+    return ensure_tiny_moe_model(target, spec, corpus)
+
+
 def seed_location(uri: str, pvc_root: Path) -> str | None:
     """Create the content of a well-known example location if missing; says what it did."""
     location = parse_uri(uri)
@@ -89,6 +118,24 @@ def seed_location(uri: str, pvc_root: Path) -> str | None:
             return None
         build_tiny_chat_model(target)
         return f"built the tiny example model at {target}"
+    if rel == TINY_VLM:
+        if (target / "kubetune_tiny.json").exists():
+            return None
+        from kubetune_trainer.assets.vision_data import corpus
+        from kubetune_trainer.models.tiny_vlm import ensure_tiny_vlm
+
+        ensure_tiny_vlm(target, corpus())
+        return f"built the tiny example vision-language model at {target}"
+    if rel in COLOUR_PATHS and not target.exists():
+        from kubetune_trainer.assets.vision_data import write_colour_jsonl
+
+        write_colour_jsonl(target, *COLOUR_PATHS[rel])
+        return f"wrote sample image dataset {target}"
+    if rel == TINY_MOE_MODEL:
+        if (target / "kubetune_tiny.json").exists():
+            return None
+        build_tiny_moe_model(target)
+        return f"built the tiny mixture-of-experts example model at {target}"
     if rel in DATASET_PATHS and not target.exists():
         sd.write_jsonl(sample_rows(DATASET_PATHS[rel]), target)
         return f"wrote sample dataset {target}"

@@ -20,6 +20,7 @@ equals the loss of the samples run one by one. No compute is spent on padding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -142,7 +143,8 @@ class Batch:
 
 
 def _masked(sample: EncodedSample) -> EncodedSample:
-    return EncodedSample(sample.input_ids, [IGNORE] * len(sample.labels), sample.truncated)
+    # replace() keeps a subclass's extra fields (a vision sample's pixel values)
+    return dataclasses.replace(sample, labels=[IGNORE] * len(sample.labels))
 
 
 def _sequences(
@@ -230,8 +232,12 @@ def _collate(
         labels[row, :n] = torch.tensor(s.labels)
         mask[row, :n] = 1
     seq_ids = torch.arange(len(seqs))[:, None].expand(len(seqs), width).contiguous()
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    pixels = [p for s in seqs if (p := getattr(s, "pixel_values", None)) is not None]
+    if pixels:  # chat with images (vision/encode.py): the images of all rows, in order
+        inputs["pixel_values"] = torch.cat(pixels)
     return Batch(
-        inputs={"input_ids": ids, "attention_mask": mask},
+        inputs=inputs,
         labels=labels,
         sequence_ids=seq_ids,
         num_sequences=len(seqs),

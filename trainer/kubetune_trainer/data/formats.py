@@ -1,5 +1,5 @@
 """The row formats and their checks: chat, promptCompletion, text, preference, unpaired,
-promptOnly.
+promptOnly, visionChat.
 
 Each raw row (a dict) is turned into a typed example or rejected with a reason a human
 can act on ("messages[2].role 'bot' is not one of ..."). Column names come from the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 Message = dict[str, str]
@@ -27,6 +28,7 @@ DEFAULT_COLUMNS = {
     "rejected": "rejected",
     "answer": "answer",
     "label": "label",
+    "images": "images",
 }
 
 
@@ -78,8 +80,24 @@ class UnpairedExample:
     desirable: bool
 
 
+#: where an image comes from: a path relative to the row's file, or the image's bytes
+ImageRef = str | bytes
+
+
+@dataclass(frozen=True)
+class VisionChatExample:
+    """Chat whose contents are part lists; every image part is ``{"type": "image"}`` and
+    ``images`` holds the parts' images in order (read and checked by the vision encoder,
+    relative to ``base_dir``, the directory of the row's file)."""
+
+    messages: list[dict[str, Any]]
+    images: tuple[ImageRef, ...]
+    base_dir: Path | None = None
+
+
 Example = (
-    ChatExample
+    VisionChatExample
+    | ChatExample
     | PromptCompletionExample
     | TextExample
     | PreferenceExample
@@ -215,6 +233,61 @@ def parse_unpaired(row: Mapping[str, Any], cols: Mapping[str, str]) -> UnpairedE
     return UnpairedExample(pair.prompt, pair.completion, label)
 
 
+def _vision_content(value: Any, where: str, column: list[Any], images: list[ImageRef]) -> Any:
+    """A message content: a string, or parts whose images are moved to ``images``."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value:
+        raise RowError(f"{where}.content must be a string or a non-empty list of parts")
+    parts: list[dict[str, str]] = []
+    for index, part in enumerate(value):
+        here = f"{where}.content[{index}]"
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise RowError(f"{here}.text must be a string")
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image":
+            ref = part.get("image") or part.get("path")
+            if ref is None:  # the next image of the row's image column
+                if not column:
+                    raise RowError(f"{here} names no image and the image column has none left")
+                ref = column.pop(0)
+            if isinstance(ref, Mapping):  # Hugging Face Image feature: {bytes, path}
+                ref = ref.get("bytes") or ref.get("path")
+            if not isinstance(ref, str | bytes) or not ref:
+                raise RowError(f"{here}.image must be a relative path or image bytes")
+            images.append(ref)
+            parts.append({"type": "image"})
+        else:
+            raise RowError(f"{here}.type must be 'text' or 'image', not {kind!r}")
+    return parts
+
+
+def parse_vision_chat(row: Mapping[str, Any], cols: Mapping[str, str]) -> VisionChatExample:
+    """Chat in the transformers content-part convention; images by path or bytes."""
+    name = cols["messages"]
+    value = _get(row, name)
+    if not isinstance(value, list) or not value:
+        raise RowError(f"{name} must be a non-empty list of messages")
+    column = list(_get(row, cols["images"], required=False) or [])
+    images: list[ImageRef] = []
+    messages: list[dict[str, Any]] = []
+    for index, item in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(item, Mapping):
+            raise RowError(f"{where} must be an object with role and content")
+        if item.get("role") not in ROLES:
+            raise RowError(f"{where}.role {item.get('role')!r} is not one of {sorted(ROLES)}")
+        content = _vision_content(item.get("content"), where, column, images)
+        messages.append({"role": str(item["role"]), "content": content})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError(f"{name} has no assistant message to learn from")
+    if column:
+        raise RowError(f"{len(column)} image(s) in {cols['images']} have no image part")
+    return VisionChatExample(messages, tuple(images))
+
+
 Parser = Callable[[Mapping[str, Any], Mapping[str, str]], Example]
 
 PARSERS: dict[str, Parser] = {
@@ -224,6 +297,7 @@ PARSERS: dict[str, Parser] = {
     "preference": parse_preference,
     "promptOnly": parse_prompt_only,
     "unpaired": parse_unpaired,
+    "visionChat": parse_vision_chat,
 }
 
 

@@ -9,6 +9,7 @@ nothing is dropped or cut silently.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from kubetune_trainer.data.encode import (
     Encoder,
     unpair,
 )
-from kubetune_trainer.data.formats import RowError, parse_row
+from kubetune_trainer.data.formats import RowError, VisionChatExample, parse_row
 from kubetune_trainer.data.readers import iter_rows
 from kubetune_trainer.errors import InvalidDataError
 from kubetune_trainer.uris import resolve_location
@@ -115,7 +116,10 @@ def encode_split(
         try:
             if row.error is not None or row.value is None:
                 raise RowError(row.error or "empty row")
-            encoded = encoder.encode(parse_row(data.format, row.value, mapping))
+            example = parse_row(data.format, row.value, mapping)
+            if isinstance(example, VisionChatExample):  # image paths: relative to the file
+                example = dataclasses.replace(example, base_dir=Path(row.source).parent)
+            encoded = encoder.encode(example)
         except RowError as exc:
             report.issues.append(RowIssue(row.source, row.line, str(exc)))
             continue
@@ -171,7 +175,7 @@ def prepare_data(job: ResolvedJob, tokenizer: Any) -> PreparedData:
     """Resolve, read, validate and encode the train (and eval) data of a job."""
     data = job.spec.dataset
     eval_split = data.eval_split or 0.0
-    encoder = Encoder(tokenizer, data.max_seq_length, data.completion_only_loss)
+    encoder = _encoder(job, tokenizer)
     unpaired = "unpaired" in METHOD_TRAITS[job.spec.method].formats
     train_path = resolve_location(data.train, InvalidDataError, what="dataset", repo_type="dataset")
     train = encode_split(train_path, data.train, "train", data, encoder, unpaired)
@@ -196,6 +200,22 @@ def prepare_data(job: ResolvedJob, tokenizer: Any) -> PreparedData:
         evaluation = SplitData(held_examples, eval_report, train.files)
         train.examples = [train.examples[i] for i in keep]
     return PreparedData(train, evaluation)
+
+
+def _encoder(job: ResolvedJob, tokenizer: Any) -> Encoder:
+    """The text encoder, or for chat with images the model processor's (vision/)."""
+    from kubetune_trainer.vision import is_vision_job
+    from kubetune_trainer.vision.model import check_modality, model_dir_of
+
+    data = job.spec.dataset
+    model_dir = model_dir_of(job)
+    if model_dir is not None:
+        check_modality(job, model_dir)
+    if is_vision_job(job) and model_dir is not None:
+        from kubetune_trainer.vision.encode import vision_encoder
+
+        return vision_encoder(job, model_dir)
+    return Encoder(tokenizer, data.max_seq_length, data.completion_only_loss)
 
 
 def write_issues(reports: list[DataReport], path: Path) -> None:

@@ -193,14 +193,19 @@ class Method(ABC):
     def load_base(self, model_dir: Path, dtype: torch.dtype, **kwargs: Any) -> nn.Module:
         """The job's causal LM as every method loads it (remote-code policy, attention kernel)."""
         from kubetune_trainer.models.load import load_causal_lm
+        from kubetune_trainer.vision import is_vision_job, vision_settings
+        from kubetune_trainer.vision.model import freeze_parts
 
-        return load_causal_lm(
+        model = load_causal_lm(
             model_dir,
             dtype=dtype,
             trust_remote_code=self.job.spec.model.trust_remote_code,
             attn_implementation=self.attn_implementation,
             **kwargs,
         )
+        if is_vision_job(self.job):  # spec.vision: frozen tower, trained projector
+            freeze_parts(model, vision_settings(self.job))
+        return model
 
     @abstractmethod
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:

@@ -20,22 +20,36 @@ from torch import nn
 from kubetune.api.training import LoraSettings
 from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
 from kubetune_trainer.models.load import bitsandbytes_config, load_causal_lm
+from kubetune_trainer.moe.lora_targets import moe_lora_dropout, moe_lora_targets
+from kubetune_trainer.vision import is_vision_job, vision_settings
+from kubetune_trainer.vision.model import vision_lora_config
 
 
-def lora_config(settings: LoraSettings, task_type: str = "CAUSAL_LM") -> Any:
+def lora_config(
+    settings: LoraSettings, task_type: str = "CAUSAL_LM", model: nn.Module | None = None
+) -> Any:
+    """PEFT's config; given the ``model``, MoE-aware targets (``kubetune_trainer.moe``)."""
     from peft import LoraConfig
 
     targets: Any = list(settings.target_modules)
     if targets == ["all-linear"]:
         targets = "all-linear"
+    extra: dict[str, Any] = {}
+    dropout = settings.dropout
+    moe = moe_lora_targets(model, list(settings.target_modules)) if model is not None else None
+    if moe is not None:  # expert tensors via target_parameters; routers left out
+        targets = moe.target_modules
+        extra = {"target_parameters": moe.target_parameters or None}
+        dropout = moe_lora_dropout(moe, settings)
     return LoraConfig(
         task_type=task_type,
         r=settings.r,
         lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
+        lora_dropout=dropout,
         target_modules=targets,
         use_dora=settings.use_dora,
         bias="none",
+        **extra,
     )
 
 
@@ -92,7 +106,10 @@ class LoraMethod(PeftAdapterMethod):
             )
         elif self.job.spec.hyperparameters.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        return get_peft_model(model, lora_config(peft.lora), autocast_adapter_dtype=True)
+        config = lora_config(peft.lora, model=model)
+        if is_vision_job(self.job):  # LoRA on the language model, not the vision tower
+            config = vision_lora_config(model, peft.lora, vision_settings(self.job))
+        return get_peft_model(model, config, autocast_adapter_dtype=True)
 
     def merge(self, base_dir: Path, trained_dir: Path, out_dir: Path, tokenizer: Any) -> None:
         """Fold the adapter into a dense copy of the base model and save it."""

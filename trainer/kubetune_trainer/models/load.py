@@ -130,8 +130,11 @@ def load_causal_lm(
     quantization: Any = None,
     attn_implementation: str = "sdpa",
 ) -> Any:
-    """Load a causal LM from a local directory (safetensors only)."""
-    from transformers import AutoModelForCausalLM
+    """Load a causal LM from a local directory (safetensors only); a vision-language
+    model (config with a vision part) loads as one, for chat with images."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from kubetune_trainer.vision.model import is_vision_model_dir
 
     kwargs: dict[str, Any] = {
         "dtype": dtype,
@@ -143,7 +146,8 @@ def load_causal_lm(
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        auto = AutoModelForImageTextToText if is_vision_model_dir(path) else AutoModelForCausalLM
+        model = auto.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"cannot load the model in {path}: {exc}") from exc
     model.config.use_cache = False

@@ -239,11 +239,21 @@ def build_tiny_model(
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return publish_tiny(out_dir, model, tokenizer, spec)
+
+
+def publish_tiny(out_dir: Path, model: Any, preprocessor: Any, spec: Any) -> Path:
+    """Save a built tiny model with its tokenizer or processor, all at once.
+
+    The files go to a staging directory that is renamed into place, and
+    ``kubetune_tiny.json`` (the spec dataclass) marks a complete build, so an interrupted
+    build never leaves a half-written model that a later run would load.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        preprocessor.save_pretrained(staging)
         (staging / "kubetune_tiny.json").write_text(json.dumps(asdict(spec), indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -59,6 +59,8 @@ class RunSummary:
     eval_results: dict[str, Any]
     #: the run's curves (rank 0), drawn into the outputs and embedded in the card
     curves: CurveRecorder | None = None
+    #: a MoE base's expert load in the last step (kubetune_trainer.moe), for the card
+    moe: dict[str, Any] | None = None
 
 
 def write_outputs(
@@ -148,6 +150,8 @@ def write_outputs(
     upstream = _upstream(job, model_dir)
     if upstream:
         lineage["upstream"] = upstream
+    if run.moe:
+        lineage["moe"] = run.moe
     title = f"{job.name}: {spec.method}, {run.steps} steps"
     curves = write_curves(run.curves, out, title)
     if curves is not None:

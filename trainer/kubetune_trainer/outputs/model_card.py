@@ -14,6 +14,8 @@ from typing import Any
 
 from kubetune.api.methods import METHOD_TRAITS, SavedAs, saved_as
 from kubetune.contract.display import duration, number
+from kubetune_trainer.continual.card import continual_section
+from kubetune_trainer.moe.report import card_section as moe_card_section
 
 
 def _fmt(value: Any) -> str:
@@ -218,6 +220,7 @@ def render_model_card(lineage: dict[str, Any]) -> str:
             + (f"; resumed from the checkpoint of step {resumed}" if resumed is not None else ""),
         ]
     )
+    continual = continual_section(evaluation.get("continual"))  # spec.continual
     body = f"""# {job["name"]}
 
 Fine-tuned by kubetune with method **{method}**{policy} from `{base["uri"]}`{revision}.
@@ -233,7 +236,7 @@ Fine-tuned by kubetune with method **{method}**{policy} from `{base["uri"]}`{rev
 ## Training curves
 
 {_curves_section(lineage.get("curves"))}
-## Data
+{moe_card_section(lineage.get("moe"))}## Data
 
 | split | location | rows | used | skipped (invalid) | truncated | sha256 |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -244,7 +247,7 @@ Invalid rows are listed with file, line and reason in `data_issues.jsonl` when p
 ## Evaluation
 
 {_eval_table(evaluation)}
-{_gates_section(lineage.get("evaluationGates"))}## Lineage
+{continual}{_gates_section(lineage.get("evaluationGates"))}## Lineage
 {_upstream_section(lineage.get("upstream"))}
 - base model sha256: `{base.get("sha256")}`
 - resolved job config sha256: `{job.get("configHash")}`
