@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kubetune.contract.display import number
 from kubetune_trainer import curves
 from kubetune_trainer.curves import CHECKPOINT_FILE, CURVES_JSON, CURVES_PNG, CurveRecorder, Series
 from kubetune_trainer.errors import NumericalDivergenceError, PreemptedError
@@ -89,7 +90,7 @@ def test_a_run_leaves_its_curves_in_outputs_and_model_card(
 
     card = (out / "README.md").read_text()
     assert "![Training curves](training_curves.png)" in card
-    assert f"| final training loss | {logged[-1]['loss']:.4f} (step 6) |" in card
+    assert f"| final training loss | {number(logged[-1]['loss'])} (step 6) |" in card
     assert read_json(out / "lineage.json")["curves"]["image"] == CURVES_PNG
     assert not list(out.glob(".*.tmp-*"))  # written atomically: no temp file left
 

@@ -72,12 +72,17 @@ def test_length_paying_reward_model_trips_the_length_guard(
     assert len(length) == 1, warnings  # one warning per episode, not one per step
     assert f"baseline {baseline:.1f}" in length[0]
     # the training reward rises while the independent judge's score falls
-    assert any("held-out reward-model score fell" in w for w in warnings), warnings
+    diverged = [w for w in warnings if "held-out reward-model score fell" in w]
+    assert diverged, warnings  # one per episode: it re-arms once the scores agree again
     heldout = [r["heldout_reward/mean"] for r in log]
     assert heldout[-1] < heldout[0]
     exposition = (rl / "metrics.prom").read_text()
     assert 'kubetune_trainer_rl_guard_warnings_total{guard="length_drift"} 1.0' in exposition
-    assert 'kubetune_trainer_rl_guard_warnings_total{guard="reward_divergence"} 1.0' in exposition
+    divergence = f"{len(diverged)}.0"
+    assert (
+        f'kubetune_trainer_rl_guard_warnings_total{{guard="reward_divergence"}} {divergence}'
+        in (exposition)
+    )
 
     # lineage runs through every stage into the final model card
     lineage = json.loads((rl / "lineage.json").read_text())
