@@ -173,6 +173,7 @@ def map_progress(
         tokens_per_second=max(0.0, tps) if tps is not None else None,
         summary=step_summary(step, total, doc.state),
         warnings=[clip(w, 1024) for w in doc.warnings[-4:]] if doc.warnings else None,
+        dp_epsilon=max(0.0, dp) if (dp := _finite(doc.dp_epsilon)) is not None else None,
         last_update_time=sample.fetched_at if advanced else last_update,
     )
     checkpoint = previous_checkpoint

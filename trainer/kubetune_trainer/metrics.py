@@ -153,6 +153,9 @@ class TrainerMetrics:
         }
         self.guard_warnings = counter(f"{p}_rl_guard_warnings_total")
         self.continual_penalty = OptionalGauge(_spec(f"{p}_continual_penalty", "gauge"), r)
+        # differential privacy (absent without spec.differentialPrivacy)
+        self.dp_epsilon = OptionalGauge(_spec(f"{p}_dp_epsilon", "gauge"), r)
+        self.dp_target_epsilon = OptionalGauge(_spec(f"{p}_dp_target_epsilon", "gauge"), r)
         # mixture of experts (absent for dense models; set by kubetune_trainer.moe.report)
         self.moe_expert_token_ratio = gauge(f"{p}_moe_expert_token_ratio")
         self.moe_max_expert_token_ratio = gauge(f"{p}_moe_max_expert_token_ratio")

@@ -2,7 +2,8 @@
 
 Checks, in order, that the resolved config makes sense, the base (and DPO reference)
 model is reachable and well-formed (config, tokenizer, every safetensors header — no
-weights are loaded), the datasets and evaluation sets are reachable and every row parses
+weights are loaded), the data inputs' digests are on the approved allow-list when the
+job requires it, the datasets and evaluation sets are reachable and every row parses
 (and tokenizes), the evaluation's baseline and reward models are well-formed, and the
 output location is usable. The first failure raises the TrainerError whose
 exit code tells the operator what is wrong; success returns a one-paragraph summary.
@@ -17,7 +18,9 @@ from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.continual.data import add_replay, describe_protection
 from kubetune_trainer.data.batching import BatchPlan
+from kubetune_trainer.data.provenance import check_approved
 from kubetune_trainer.data.validate import PreparedData, prepare_data
+from kubetune_trainer.dp.budget import plan_privacy
 from kubetune_trainer.errors import InvalidConfigError
 from kubetune_trainer.evaluation.data import load_set
 from kubetune_trainer.methods.online import OnlineMethod
@@ -47,6 +50,7 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
     if dpo and dpo.reference_model:
         inspect_model_dir(resolve_model_dir(dpo.reference_model, what="reference model"))
     tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
+    provenance = check_approved(job)  # spec.dataset.provenance: digests before rows
     data = prepare_data(job, tokenizer)
     protected = ""
     if spec.continual is not None:  # protected tasks' rows are checked, replay is planned
@@ -65,6 +69,15 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         seed=hp.seed,
     )
     steps = plan.total_steps(hp.epochs, hp.max_steps)
+    privacy = ""
+    if spec.differential_privacy is not None:  # refuses plans that would exceed the budget
+        privacy = plan_privacy(
+            spec.differential_privacy,
+            len(data.train.examples),
+            derived.global_batch_size,
+            steps,
+            strict=True,
+        ).describe()
     train = data.train.report
     eval_part = (
         f"eval {data.eval.report.valid_rows} rows" if data.eval is not None else "no eval set"
@@ -74,6 +87,14 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         notes.append(f"packing does not apply to method {spec.method}: batches are padded")
     if spec.method == "qlora":
         notes.append("qlora needs a CUDA GPU with bitsandbytes at training time")
+    for report in data.reports:  # spec.dataPolicy: counts and kinds, never values
+        if report.personal_data is not None and spec.data_policy and spec.data_policy.personal_data:
+            counts = report.personal_data.counts
+            found = ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
+            notes.append(
+                f"personal data in {report.split} ({spec.data_policy.personal_data.action}): "
+                f"{found} in {report.personal_data.rows_with_findings} rows"
+            )
     return (
         f"validation passed: model {spec.model.uri} ({info.model_type}, "
         f"{info.num_parameters:,} parameters); train {train.valid_rows} of {train.rows} rows "
@@ -83,7 +104,9 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         + (f"; {evaluation}" if evaluation else "")
         + (f"; {online}" if online else "")
         + (f"; {protected}" if protected else "")
+        + (f"; {provenance}" if provenance else "")
         + (f"; {moe}" if moe else "")
+        + (f"; {privacy}" if privacy else "")
         + ("; " + "; ".join(notes) if notes else "")
     )
 

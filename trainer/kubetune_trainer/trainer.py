@@ -56,6 +56,12 @@ from kubetune_trainer.distributed.env import (
 )
 from kubetune_trainer.distributed.precision import resolve_precision
 from kubetune_trainer.distributed.strategy import Engine, build_engine, write_engine_info
+from kubetune_trainer.dp.budget import (
+    PrivacyBudgetExhaustedError,
+    PrivacyPlan,
+    plan_privacy,
+)
+from kubetune_trainer.dp.dpsgd import DpStep, dp_sgd_gradients, poisson_sample, trainable
 from kubetune_trainer.errors import InvalidConfigError, PreemptedError, TrainerError
 from kubetune_trainer.evaluation.runner import generation_model, run_evaluation
 from kubetune_trainer.health import HealthMonitor
@@ -142,6 +148,8 @@ class Trainer:
         self.continual = ContinualLearning.create(job, env)  # spec.continual, else None
         self.moe: MoeTraining | None = None  # a MoE base (spec.moe; kubetune_trainer.moe)
         self.warnings: list[str] = []
+        self.dp: PrivacyPlan | None = None  # spec.differentialPrivacy (kubetune_trainer.dp)
+        self._dp_last: DpStep | None = None
         self.config_hash = job.config_hash()
         self.state = TrainerState(
             world_size=env.world_size,
@@ -218,6 +226,15 @@ class Trainer:
                     report.truncated_rows,
                     self.job.spec.dataset.max_seq_length,
                 )
+                if report.personal_data is not None:  # counts and kinds, never values
+                    counts = report.personal_data.counts
+                    log.info(
+                        "%s data: personal data (%s): %s in %d rows",
+                        report.split,
+                        _personal_data_action(self.job),
+                        ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none",
+                        report.personal_data.rows_with_findings,
+                    )
             if any(r.issues for r in data.reports):
                 write_issues(data.reports, self.output_dir / "data_issues.jsonl")
             self.progress.update(
@@ -440,6 +457,8 @@ class Trainer:
             self.method.check_plan(self.job.derived.gradient_accumulation_steps)
             updates = total_steps * self.method.updates_per_step
         engine = build_engine(model, env, precision, self.job, self.scheduler_factory(updates))
+        if spec.differential_privacy is not None:
+            self.dp = self.plan_privacy(engine, len(data.train.examples), total_steps)
         if self.moe is not None:
             self.moe.bind_optimizer(getattr(engine, "optimizer", None))
         self.try_resume(engine)
@@ -450,6 +469,9 @@ class Trainer:
             evaluate = functools.partial(self.evaluate, engine)
             self.continual.prepare(engine, self.method, self.batch, evaluate)
         self.metrics.total_steps.set(total_steps)
+        if self.dp is not None and env.is_main:
+            self.metrics.dp_target_epsilon.set(self.dp.target_epsilon)
+            self.metrics.dp_epsilon.set(self.dp.epsilon(self.state.step))
 
         if data.eval is not None and self.state.base_eval is None:
             self.progress.update(state="evaluating", total_steps=total_steps)
@@ -511,6 +533,7 @@ class Trainer:
                 eval_results=eval_results,
                 curves=self.curves,
                 moe=self.moe.card() if self.moe is not None else None,
+                privacy=self.dp.record(self.state.step) if self.dp is not None else None,
             )
             write_outputs(
                 summary,
@@ -560,6 +583,8 @@ class Trainer:
         while self.state.step < total_steps:
             t0 = time.perf_counter()
             step = self.state.step
+            if self.dp is not None and self.dp.epsilon(step + 1) > self.dp.target_epsilon:
+                self.stop_at_privacy_budget(engine, step, total_steps)
             extra: dict[str, float] = {}
             if isinstance(method, OnlineMethod):
                 lr = engine.learning_rate()
@@ -586,6 +611,8 @@ class Trainer:
                     extra = self.continual.log_fields()
                     if "continual/penalty" in extra and env.is_main:
                         self.metrics.continual_penalty.set(extra["continual/penalty"])
+                if self.dp is not None:
+                    extra = self.dp_log_fields(step + 1)
             self.state.step = step + 1
             self.state.tokens_seen += int(total_tokens)
             self.state.samples_seen += int(total_samples)
@@ -634,6 +661,8 @@ class Trainer:
         """Forward/backward of this rank's micro-batches and one update: (loss, grad norm,
         global tokens, global samples, learning rate)."""
         env, method = self.env, self.method
+        if self.dp is not None:
+            return self.dp_step(engine, examples, step, t0)
         batches = [self.batch(examples, ids, "train") for ids in plan.micro_batches(step, env.rank)]
         self.metrics.data_wait.inc(time.perf_counter() - t0)
         local_count = sum(method.count(b) for b in batches)
@@ -667,9 +696,88 @@ class Trainer:
             self.moe.finish_step(lambda values: all_reduce_sum(values, env))
         return loss, grad_norm, total_tokens, total_samples, lr
 
+    # ------------------------------------------------------- differential privacy
+    def plan_privacy(self, engine: Engine, rows: int, total_steps: int) -> PrivacyPlan:
+        """spec.differentialPrivacy against this run: one process, no loss scaling."""
+        dp_spec = self.job.spec.differential_privacy
+        assert dp_spec is not None
+        if engine.name != "single":
+            raise InvalidConfigError(
+                f"differentialPrivacy runs in one process; this gang has {self.env.world_size} "
+                f"(engine {engine.name})"
+            )
+        if getattr(engine, "scaler", None) is not None:
+            raise InvalidConfigError(
+                "differentialPrivacy does not support fp16 loss scaling; set "
+                "hyperparameters.precision to bf16 or fp32"
+            )
+        dp = plan_privacy(
+            dp_spec, rows, self.job.derived.global_batch_size, total_steps, strict=False
+        )
+        log.info("%s", dp.describe())
+        if self.env.is_main:
+            self.progress.update(
+                dp_epsilon=dp.epsilon(self.state.step), dp_target_epsilon=(dp.target_epsilon)
+            )
+        return dp
+
+    def dp_step(
+        self, engine: Engine, examples: list[Encoded], step: int, t0: float
+    ) -> tuple[float, float | None, float, float, float]:
+        """One DP-SGD step (kubetune_trainer.dp.dpsgd): Poisson-sampled rows, each
+        row's gradient clipped, Gaussian noise once; then the usual update."""
+        dp = self.dp
+        assert dp is not None
+        ids = poisson_sample(len(examples), dp.sample_rate, self.hp.seed, step)
+        batches = [self.batch(examples, [i], "train") for i in ids]
+        self.metrics.data_wait.inc(time.perf_counter() - t0)
+        result = dp_sgd_gradients(
+            trainable(engine.unwrapped), engine.forward, engine.model, self.method, batches, dp
+        )
+        self._dp_last = result
+        if result.count > 0:
+            loss = result.loss_sum / result.count
+        else:  # an empty Poisson sample: the update is noise alone; the log repeats the loss
+            loss = self.state.last_loss if self.state.last_loss is not None else 0.0
+        lr = engine.learning_rate()
+        grad_norm = self.apply_update(engine, step + 1, loss)
+        return loss, grad_norm, result.tokens, result.samples, lr
+
+    def dp_log_fields(self, steps: int) -> dict[str, float]:
+        """The train log's privacy fields after ``steps`` steps; the gauge and progress."""
+        assert self.dp is not None
+        spent = self.dp.epsilon(steps)
+        fields = {"dp/epsilon": spent}
+        if self._dp_last is not None:
+            fields["dp/rows"] = self._dp_last.samples
+            fields["dp/clipped_fraction"] = self._dp_last.clipped_fraction
+            fields["dp/mean_row_grad_norm"] = self._dp_last.mean_row_norm
+        if self.env.is_main:
+            self.metrics.dp_epsilon.set(spent)
+            self.progress.update(dp_epsilon=spent)
+        return fields
+
+    def stop_at_privacy_budget(self, engine: Engine, step: int, total_steps: int) -> None:
+        """Stop before a step that would spend more than targetEpsilon: checkpoint, explain."""
+        assert self.dp is not None
+        if self._last_ckpt_step != step:
+            self.save_checkpoint(engine, step)
+        spent, after = self.dp.epsilon(step), self.dp.epsilon(step + 1)
+        message = (
+            f"differential privacy budget reached at step {step}/{total_steps}: epsilon spent "
+            f"{spent:.3f}, the next step would spend {after:.3f} > targetEpsilon "
+            f"{self.dp.target_epsilon:g} (delta {self.dp.delta:.3g}, noise multiplier "
+            f"{self.dp.noise_multiplier:g}); checkpoint {atomic.checkpoint_name(step)} is "
+            "complete. Raise noiseMultiplier or lower the steps; retrying would not help"
+        )
+        self.progress.update(state="failed", message=message[:1000])
+        raise PrivacyBudgetExhaustedError(message)
+
     def apply_update(self, engine: Engine, step: int, loss: float) -> float | None:
         """Clip, check health (before the update is applied), then step or skip."""
-        grad_norm = engine.clip_gradients(self.hp.max_grad_norm)
+        # DP-SGD clipped every row already; clipping the noisy sum again would change the
+        # update the accountant analysed (it would still be private, as post-processing)
+        grad_norm = engine.clip_gradients(math.inf if self.dp else self.hp.max_grad_norm)
         can_skip = engine.name != "deepspeed"
         verdict = self.health.check(step, loss, grad_norm, can_skip=can_skip)
         if verdict == "skip":
@@ -777,3 +885,9 @@ class Trainer:
 
 def _short(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+
+
+def _personal_data_action(job: ResolvedJob) -> str:
+    """spec.dataPolicy.personalData.action, for the log ('' without one)."""
+    policy = job.spec.data_policy
+    return policy.personal_data.action if policy and policy.personal_data else ""

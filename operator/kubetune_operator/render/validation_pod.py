@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubetune.api import FineTuneJob
-from kubetune.contract import paths
+from kubetune.contract import paths, provenance
 from kubetune.contract.env import (
     CONFIG_ENV,
     HF_OFFLINE_ENV,
@@ -26,6 +26,34 @@ from kubetune_operator.render import common
 from kubetune_operator.settings import OperatorSettings
 
 VALIDATE_COMMAND = ["python", "-m", TRAINER_MODULE, "--validate-only"]
+
+
+def allow_list_volumes(job: FineTuneJob) -> list[dict[str, Any]]:
+    """The ConfigMap of approved digests (``spec.dataset.provenance.allowListRef``), as an
+    ``optional`` volume: a missing ConfigMap or key must not leave the pod in
+    ContainerCreating; the trainer finds the file absent and fails validation saying so.
+    The operator never reads it (no ConfigMap rights needed in the job's namespace)."""
+    prov = job.spec.dataset.provenance
+    if prov is None or prov.allow_list_ref is None:
+        return []
+    return [
+        {
+            "name": provenance.VOLUME,
+            "configMap": {"name": prov.allow_list_ref.name, "optional": True},
+        }
+    ]
+
+
+def allow_list_mounts(job: FineTuneJob) -> list[dict[str, Any]]:
+    if not allow_list_volumes(job):
+        return []
+    return [
+        {
+            "name": provenance.VOLUME,
+            "mountPath": str(provenance.ALLOW_LIST_DIR),
+            "readOnly": True,
+        }
+    ]
 
 
 def render_validation_pod(
@@ -64,7 +92,12 @@ def render_validation_pod(
                 {"name": UNBUFFERED_ENV, "value": "1"},
             ],
             "resources": {"requests": dict(amounts), "limits": dict(amounts)},
-            "volumeMounts": [common.config_mount(), *common.scratch_mounts(), *store.mounts],
+            "volumeMounts": [
+                common.config_mount(),
+                *common.scratch_mounts(),
+                *store.mounts,
+                *allow_list_mounts(job),
+            ],
         },
     )
     pod_spec = common.pod_base_spec(spec, settings)
@@ -73,7 +106,12 @@ def render_validation_pod(
             "activeDeadlineSeconds": settings.validation_timeout_seconds,
             "terminationGracePeriodSeconds": 10,
             "containers": [container],
-            "volumes": [common.config_volume(name), *common.scratch_volumes(), *store.volumes],
+            "volumes": [
+                common.config_volume(name),
+                *common.scratch_volumes(),
+                *store.volumes,
+                *allow_list_volumes(job),
+            ],
         }
     )
     if settings.validation_node_selector:

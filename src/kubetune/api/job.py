@@ -14,6 +14,8 @@ from kubetune.api.common import (
     LocalObjectReference,
 )
 from kubetune.api.continual import ContinualSpec, continual_rules
+from kubetune.api.data_policy import DataPolicy, data_policy_rules
+from kubetune.api.differential_privacy import DifferentialPrivacySpec, privacy_rules
 from kubetune.api.evaluation import EvaluationSpec
 from kubetune.api.infra import (
     CheckpointSpec,
@@ -206,6 +208,8 @@ SPEC_RULES: list[dict[str, Any]] = [
         field_path=".resources",
     ),
     *continual_rules(),  # spec.continual (issue 16: continual learning)
+    *privacy_rules(),  # spec.differentialPrivacy (issue 17: DP-SGD)
+    *data_policy_rules(),  # spec.dataPolicy (issue 17: personal data)
 ]
 
 Image = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^\S+$")]
@@ -225,6 +229,12 @@ class FineTuneJobSpec(ApiModel):
     )
     model: ModelSource = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training and evaluation data.")
+    data_policy: DataPolicy | None = Field(
+        default=None,
+        description="Rules the training and evaluation data must follow, checked in the "
+        "validation pass before any GPU is requested (personal data: refuse, redact or "
+        "allow). Unset: no checks beyond the format's.",
+    )
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters, description="Optimisation settings."
     )
@@ -267,6 +277,12 @@ class FineTuneJobSpec(ApiModel):
         description="Continual learning: earlier tasks whose eval loss must not rise "
         "(forgetting is measured and reported), protected by replay and/or a regularizer "
         "(EWC, L2-SP). Only with methods trained on language-modelling data.",
+    )
+    differential_privacy: DifferentialPrivacySpec | None = Field(
+        default=None,
+        description="Differential privacy (DP-SGD): Poisson-sampled steps, every row's "
+        "gradient clipped to maxGradNorm, Gaussian noise, and an (epsilon, delta) budget the "
+        "run never exceeds. Only methods full and lora, on one GPU, without packing.",
     )
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retries, deadlines, suspension, queueing."

@@ -16,7 +16,8 @@ Resolution order, lowest precedence first (each later layer wins over the earlie
 5. the profile named by ``spec.profile`` (a FineTuneProfile of that name in the job's
    namespace, else the ClusterFineTuneProfile of that name, whatever its selector says):
    ``defaults``, then ``methods.<method>``;
-6. the job's own spec.
+6. the job's own spec (except a profile's ``dataset.provenance`` that requires approved
+   data: it replaces the job's own, :func:`locked_provenance`).
 
 Merging: objects merge key by key, recursively; lists and scalars replace (a profile's
 ``tolerations`` list is replaced whole by a job's, never concatenated); a null sets nothing.
@@ -311,15 +312,35 @@ def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[str, str
     return merged, sources
 
 
+def locked_provenance(defaults: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The profiles' ``dataset.provenance`` when it requires approved data: a job cannot
+    lower it (nor point it at another allow-list); see docs/provenance.md."""
+    dataset = defaults.get("dataset")
+    prov = dataset.get("provenance") if isinstance(dataset, Mapping) else None
+    if isinstance(prov, Mapping) and prov.get("requireApproved") is True:
+        return copy.deepcopy(dict(prov))
+    return None
+
+
 def overlay_spec(
     job_raw: Mapping[str, Any], defaults: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """``job_raw`` (a whole FineTuneJob) with its spec laid over ``defaults``, and the
-    leaves its own spec set (path -> :data:`JOB_SOURCE`)."""
+    leaves its own spec set (path -> :data:`JOB_SOURCE`).
+
+    One exception to "the job wins": a profile's ``dataset.provenance`` that requires
+    approved data replaces the job's own (:func:`locked_provenance`), so a platform team can
+    enforce approved provenance for a namespace."""
     own = job_raw.get("spec") or {}
     sources: dict[str, str] = {}
     _record(sources, own, "", JOB_SOURCE)
-    return {**job_raw, "spec": deep_merge(defaults, own)}, sources
+    spec = deep_merge(defaults, own)
+    locked = locked_provenance(defaults)
+    if locked is not None:
+        spec["dataset"] = {**(spec.get("dataset") or {}), "provenance": locked}
+        for path in [p for p in sources if p.startswith("dataset.provenance")]:
+            del sources[path]
+    return {**job_raw, "spec": spec}, sources
 
 
 def apply_profiles(

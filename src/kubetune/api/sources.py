@@ -7,10 +7,13 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
-from kubetune.api.common import LOCATION_HELP, Location, SecretReference
+from kubetune.api.common import LOCATION_HELP, DNSSubdomain, Location, SecretReference
 from kubetune.api.methods import DatasetFormat
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ConfigMapKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+]
 
 
 class ModelSource(ApiModel):
@@ -81,6 +84,45 @@ class FieldMapping(ApiModel):
         description="Column with the row's images (format visionChat; optional): a list of "
         "image bytes or paths, used in order by the image parts that name no image. "
         "Default images.",
+    )
+
+
+class AllowListReference(ApiModel):
+    """A ConfigMap in the job's namespace that lists approved input digests."""
+
+    name: DNSSubdomain = Field(description="Name of the ConfigMap in the job's namespace.")
+    key: ConfigMapKey | None = Field(
+        default=None,
+        description="Key of the ConfigMap holding the list (YAML {approved: [{sha256, name, "
+        "note}]}, a bare list of digests, or sha256sum output). Default approved.yaml.",
+    )
+
+
+class DatasetProvenance(ApiModel):
+    """Approved provenance: the job's data inputs must be on a platform team's digest
+    allow-list (see docs/provenance.md)."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "!(has(self.requireApproved) && self.requireApproved) || has(self.allowListRef)",
+                "requireApproved needs allowListRef (the ConfigMap of approved digests)",
+                field_path=".allowListRef",
+            ),
+        )
+    }
+
+    require_approved: bool = Field(
+        default=False,
+        description="Refuse the job, before any GPU is requested, when the sha256 of a data "
+        "input (train, eval, continual tasks' data, evaluation sets; a directory's digest for "
+        "a directory) is not on the allow-list. Without it the list is only recorded against "
+        "(lineage.json says which inputs are approved).",
+    )
+    allow_list_ref: AllowListReference | None = Field(
+        default=None,
+        description="The ConfigMap of approved sha256 digests (kubetune provenance approve "
+        "writes one). It is mounted into the validation pod only; the operator never reads it.",
     )
 
 
@@ -156,4 +198,9 @@ class DatasetSpec(ApiModel):
     )
     credentials_secret_ref: SecretReference | None = Field(
         default=None, description="Secret with storage credentials for s3:// locations."
+    )
+    provenance: DatasetProvenance | None = Field(
+        default=None,
+        description="Approved data provenance: an allow-list of input digests the job's "
+        "data must be on (a profile can set it for a team).",
     )

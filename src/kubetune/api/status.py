@@ -70,6 +70,12 @@ class Progress(ApiModel):
         description="Online RL: the newest reward-hacking guard warnings (response length "
         "drift, training reward rising while a held-out reward model's score falls).",
     )
+    dp_epsilon: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Differential privacy: the epsilon spent so far (spec."
+        "differentialPrivacy); training stops before it would exceed targetEpsilon.",
+    )
     last_update_time: datetime | None = Field(
         default=None, description="When the trainer last reported progress."
     )

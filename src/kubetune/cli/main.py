@@ -14,7 +14,9 @@ from kubetune.api.validation import load_documents, validate_manifest
 from kubetune.cli.dashboards import dashboards as dashboards_command
 from kubetune.cli.dev import app as dev_app
 from kubetune.cli.docs import app as docs_app
+from kubetune.cli.feedback import app as feedback_app
 from kubetune.cli.operator import app as operator_app
+from kubetune.cli.provenance import app as provenance_app
 from kubetune.cli.resolved import (
     ClusterProfiles,
     ProfileFiles,
@@ -192,7 +194,9 @@ app.command(name="serve")(serve_command)
 app.command(name="dashboards")(dashboards_command)
 app.add_typer(dev_app, name="dev")
 app.add_typer(docs_app, name="docs")
+app.add_typer(feedback_app, name="feedback")
 app.add_typer(operator_app, name="operator")
+app.add_typer(provenance_app, name="provenance")
 
 
 if __name__ == "__main__":

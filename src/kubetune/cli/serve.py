@@ -61,6 +61,20 @@ def serve(
         typer.Option(min=0.0, max=1.0, help="Share of responses scored by the reward model."),
     ] = 0.0,
     reward_seed: Annotated[int, typer.Option(help="Seed of the reward sampling.")] = 0,
+    feedback_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--feedback-log",
+            help="Append each /v1/feedback, with the prompt and response it rates, to this "
+            "JSONL file (mode 0600; input of `kubetune feedback build`).",
+        ),
+    ] = None,
+    feedback_log_max_mb: Annotated[
+        float,
+        typer.Option(
+            min=0.001, help="Rotate the feedback log (PATH.1, PATH.2, PATH.3) past this size."
+        ),
+    ] = 64.0,
     inject_latency_seconds: Annotated[
         float,
         typer.Option(min=0.0, help="FAULT INJECTION (tests/demo): seconds added to every request."),
@@ -116,5 +130,11 @@ def serve(
         faults=faults,
         reward_sample_rate=reward_sample_rate,
         reward_seed=reward_seed,
+        feedback_log=feedback_log,
+        feedback_log_max_bytes=max(1024, int(feedback_log_max_mb * 1024 * 1024)),
     )
+    if feedback_log is not None:
+        console.print(
+            f"feedback is logged with its prompts and responses to {escape(str(feedback_log))}"
+        )
     run(ModelServer(engine, settings, scorer), host, port)

@@ -21,6 +21,9 @@ STOP_AFTER_STEP_ENV = "KUBETUNE_STOP_AFTER_STEP"
 GIT_REVISION_ENV = "KUBETUNE_GIT_REVISION"
 #: Set by the launcher for its ranks: where each records its exit code.
 EXIT_DIR_ENV = "KUBETUNE_EXIT_DIR"
+#: Directory holding the approved-digest allow-list (spec.dataset.provenance.allowListRef):
+#: the validation pod mounts the ConfigMap there; tests and local runs point it elsewhere.
+PROVENANCE_DIR_ENV = "KUBETUNE_PROVENANCE_DIR"
 
 # Well-known variables the contract relies on.
 HF_OFFLINE_ENV = "HF_HUB_OFFLINE"

@@ -297,6 +297,21 @@ TRAINER_METRICS: Final[tuple[MetricSpec, ...]] = (
         "Continual learning: the EWC/L2-SP penalty of the last step, in loss units "
         "(spec.continual.regularizer; absent without one).",
     ),
+    # -- differential privacy (spec.differentialPrivacy; absent without it) ---------------
+    _t(
+        "kubetune_trainer_dp_epsilon",
+        "gauge",
+        "",
+        "Differential privacy: the epsilon spent so far (at the job's delta, by its "
+        "accountant) after the last optimizer step; training stops before it would exceed "
+        "kubetune_trainer_dp_target_epsilon.",
+    ),
+    _t(
+        "kubetune_trainer_dp_target_epsilon",
+        "gauge",
+        "",
+        "Differential privacy: the job's privacy budget (spec.differentialPrivacy.targetEpsilon).",
+    ),
     # -- mixture of experts (absent for dense models); per optimizer step, all ranks --------
     _t(
         "kubetune_trainer_moe_expert_token_ratio",

@@ -41,6 +41,9 @@ class ProgressDocument(BaseModel):
     warnings: list[str] | None = None
     #: the checkpoint step this attempt resumed from (None: it started from the base model)
     resumed_from_step: int | None = Field(default=None, ge=0)
+    #: differential privacy: epsilon spent so far, and the budget (spec.differentialPrivacy)
+    dp_epsilon: float | None = None
+    dp_target_epsilon: float | None = None
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

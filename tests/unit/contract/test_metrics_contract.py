@@ -223,6 +223,8 @@ def test_trainer_registry_is_the_contract() -> None:
     m.record_rl({field: 1.0 for field in [*fields, "generation/time_share", "not/exported"]})
     m.guard_warnings.labels(guard="length_drift").inc()
     m.continual_penalty.set(0.5)  # spec.continual.regularizer
+    m.dp_epsilon.set(1.5)  # spec.differentialPrivacy
+    m.dp_target_epsilon.set(8.0)
     # mixture of experts (kubetune_trainer.moe.report)
     from kubetune_trainer.moe.report import record_metrics
     from kubetune_trainer.moe.routing import RoutingStats

@@ -23,6 +23,11 @@ COLOUR_PATHS = {
     "datasets/sample-colours/train.jsonl": (192, 201),
     "datasets/sample-colours/eval.jsonl": (24, 202),
 }
+#: PVC path -> (rows, seed) of support chats with fake personal data (pii-redact.yaml)
+PII_CHAT_PATHS = {
+    "datasets/sample-pii-chat/train.jsonl": (240, 301),
+    "datasets/sample-pii-chat/eval.jsonl": (24, 302),
+}
 #: a Qwen3-MoE-style tiny model (8 experts, top 2) for examples/local/moe-lora.yaml
 TINY_MOE_MODEL = "models/kubetune-tiny-moe"
 
@@ -136,6 +141,11 @@ def seed_location(uri: str, pvc_root: Path) -> str | None:
             return None
         build_tiny_moe_model(target)
         return f"built the tiny mixture-of-experts example model at {target}"
+    if rel in PII_CHAT_PATHS and not target.exists():
+        from kubetune_trainer.privacy.fake import pii_chat_rows
+
+        sd.write_jsonl(pii_chat_rows(*PII_CHAT_PATHS[rel]), target)
+        return f"wrote sample dataset with fake personal data {target}"
     if rel in DATASET_PATHS and not target.exists():
         sd.write_jsonl(sample_rows(DATASET_PATHS[rel]), target)
         return f"wrote sample dataset {target}"

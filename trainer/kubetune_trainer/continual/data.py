@@ -20,6 +20,7 @@ from kubetune_trainer.data.encode import Encoded, Encoder
 from kubetune_trainer.data.validate import (
     DataReport,
     PreparedData,
+    check_personal_data,
     check_report,
     encode_split,
     hold_out,
@@ -55,19 +56,24 @@ def load_protected(job: ResolvedJob, tokenizer: Any) -> list[ProtectedData]:
     spec = job.spec
     assert spec.continual is not None
     out: list[ProtectedData] = []
+    policy = spec.data_policy.personal_data if spec.data_policy else None  # replayed rows train
     for index, task in enumerate(spec.continual.protected_tasks):
         ds = _as_dataset(task, spec.dataset)
         encoder = Encoder(tokenizer, ds.max_seq_length, ds.completion_only_loss)
         split = f"protected/{task.name}"
         path = resolve_location(task.train, InvalidDataError, what=split, repo_type="dataset")
-        train = encode_split(path, task.train, split, ds, encoder)
+        train = encode_split(path, task.train, split, ds, encoder, personal_data=policy)
         check_report(train.report)
+        check_personal_data(train.report, policy)
         if task.eval:
             eval_path = resolve_location(
                 task.eval, InvalidDataError, what=f"{split} eval", repo_type="dataset"
             )
-            held = encode_split(eval_path, task.eval, f"{split}/eval", ds, encoder)
+            held = encode_split(
+                eval_path, task.eval, f"{split}/eval", ds, encoder, personal_data=policy
+            )
             check_report(held.report)
+            check_personal_data(held.report, policy)
             out.append(ProtectedData(task.name, train.examples, held.examples, train.report))
             continue
         if len(train.examples) < 2:

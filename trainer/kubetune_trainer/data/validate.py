@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.data_policy import PersonalDataPolicy
 from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolvedJob
 from kubetune.api.sources import DatasetSpec
@@ -31,6 +32,7 @@ from kubetune_trainer.data.encode import (
 from kubetune_trainer.data.formats import RowError, VisionChatExample, parse_row
 from kubetune_trainer.data.readers import iter_rows
 from kubetune_trainer.errors import InvalidDataError
+from kubetune_trainer.privacy import NON_TEXT_KEYS, PersonalDataScan, redact_value, scan_value
 from kubetune_trainer.uris import resolve_location
 
 MAX_ISSUES_IN_MESSAGE = 10
@@ -61,6 +63,8 @@ class DataReport:
     label_tokens: int = 0
     issues: list[RowIssue] = field(default_factory=list)
     skipped: bool = False
+    #: personal data found (spec.dataPolicy.personalData; None without a policy)
+    personal_data: PersonalDataScan | None = None
 
     @property
     def invalid_rows(self) -> int:
@@ -81,7 +85,7 @@ class DataReport:
             "truncatedRows": self.truncated_rows,
             "tokens": self.tokens,
             "labelTokens": self.label_tokens,
-        }
+        } | ({"personalData": personal_data_summary(self)} if self.personal_data else {})
 
 
 @dataclass
@@ -104,19 +108,41 @@ class PreparedData:
 
 
 def encode_split(
-    path: Path, uri: str, split: str, data: DatasetSpec, encoder: Encoder, unpaired: bool = False
+    path: Path,
+    uri: str,
+    split: str,
+    data: DatasetSpec,
+    encoder: Encoder,
+    unpaired: bool = False,
+    personal_data: PersonalDataPolicy | None = None,
 ) -> SplitData:
     """Parse, check and tokenize every row of one split; with ``unpaired`` (a method that
-    trains on unpaired examples, KTO) a preference row becomes two examples."""
+    trains on unpaired examples, KTO) a preference row becomes two examples.
+
+    With a ``personal_data`` policy every text field of every row is scanned first; with
+    action redact the findings are replaced by placeholders before the row is parsed and
+    tokenized, so the model never sees them."""
     report = DataReport(split=split, uri=uri, skipped=data.skip_invalid_rows)
     mapping = data.field_mapping.model_dump(exclude_none=True) if data.field_mapping else {}
+    kinds = personal_data.kinds if personal_data else None
+    redacting = personal_data is not None and personal_data.action == "redact"
+    skip = NON_TEXT_KEYS | {mapping[k] for k in ("images", "label") if k in mapping}
+    if personal_data is not None:
+        report.personal_data = PersonalDataScan()
     examples: list[Encoded] = []
     for row in iter_rows(path, split=split):
         report.rows += 1
+        value = row.value
+        if report.personal_data is not None and value is not None:
+            if redacting:
+                value, found = redact_value(value, kinds, skip)
+            else:
+                found = scan_value(value, kinds, skip)
+            report.personal_data.add_row(row.source, row.line, found)
         try:
-            if row.error is not None or row.value is None:
+            if row.error is not None or value is None:
                 raise RowError(row.error or "empty row")
-            example = parse_row(data.format, row.value, mapping)
+            example = parse_row(data.format, value, mapping)
             if isinstance(example, VisionChatExample):  # image paths: relative to the file
                 example = dataclasses.replace(example, base_dir=Path(row.source).parent)
             encoded = encoder.encode(example)
@@ -158,6 +184,34 @@ def check_report(report: DataReport) -> None:
         raise InvalidDataError(f"the {report.split} set {report.uri} has no usable rows")
 
 
+def check_personal_data(report: DataReport, policy: PersonalDataPolicy | None) -> None:
+    """With action refuse, fail on any personal data: file, line and kind, never the value."""
+    scan = report.personal_data
+    if policy is None or policy.action != "refuse" or scan is None or not scan.findings:
+        return
+    shown = "\n".join(f"  {finding}" for finding in scan.findings[:MAX_ISSUES_IN_MESSAGE])
+    more = len(scan.findings) - MAX_ISSUES_IN_MESSAGE
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(scan.counts.items()))
+    raise InvalidDataError(
+        f"personal data in {scan.rows_with_findings} of {report.rows} {report.split} rows "
+        f"({kinds}) and dataPolicy.personalData.action is refuse (remove it, or set action "
+        f"redact to replace it with placeholders before training):\n{shown}{tail}"
+    )
+
+
+def personal_data_summary(report: DataReport) -> dict[str, Any]:
+    """Counts only: rows scanned, rows with findings, findings per kind."""
+    scan = report.personal_data
+    if scan is None:
+        return {}
+    return {
+        "rows": scan.rows,
+        "rowsWithFindings": scan.rows_with_findings,
+        "counts": dict(sorted(scan.counts.items())),
+    }
+
+
 def hold_out(examples: list[Encoded], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic train/eval index split; at least one row each way when possible."""
     n = len(examples)
@@ -178,15 +232,18 @@ def prepare_data(job: ResolvedJob, tokenizer: Any) -> PreparedData:
     encoder = _encoder(job, tokenizer)
     unpaired = "unpaired" in METHOD_TRAITS[job.spec.method].formats
     train_path = resolve_location(data.train, InvalidDataError, what="dataset", repo_type="dataset")
-    train = encode_split(train_path, data.train, "train", data, encoder, unpaired)
+    policy = job.spec.data_policy.personal_data if job.spec.data_policy else None
+    train = encode_split(train_path, data.train, "train", data, encoder, unpaired, policy)
     check_report(train.report)
+    check_personal_data(train.report, policy)
     evaluation: SplitData | None = None
     if data.eval:
         eval_path = resolve_location(
             data.eval, InvalidDataError, what="eval dataset", repo_type="dataset"
         )
-        evaluation = encode_split(eval_path, data.eval, "eval", data, encoder, unpaired)
+        evaluation = encode_split(eval_path, data.eval, "eval", data, encoder, unpaired, policy)
         check_report(evaluation.report)
+        check_personal_data(evaluation.report, policy)
     elif eval_split > 0 and len(train.examples) >= 2:
         keep, held = hold_out(train.examples, eval_split, job.spec.hyperparameters.seed)
         held_examples = [train.examples[i] for i in held]
@@ -238,6 +295,8 @@ __all__ = [
     "PreparedData",
     "RowIssue",
     "SplitData",
+    "check_personal_data",
     "check_report",
+    "personal_data_summary",
     "prepare_data",
 ]

@@ -26,9 +26,11 @@ import torch
 from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.checkpoint.atomic import write_atomic
 from kubetune_trainer.curves import CurveRecorder, write_curves
+from kubetune_trainer.data.provenance import provenance_section
 from kubetune_trainer.errors import TrainerError
 from kubetune_trainer.outputs.lineage import build_lineage, sha256_path, upstream_record
 from kubetune_trainer.outputs.model_card import render_model_card
+from kubetune_trainer.privacy.report import data_policy_record
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,6 +63,8 @@ class RunSummary:
     curves: CurveRecorder | None = None
     #: a MoE base's expert load in the last step (kubetune_trainer.moe), for the card
     moe: dict[str, Any] | None = None
+    #: spec.differentialPrivacy's settings and the epsilon spent (kubetune_trainer.dp)
+    privacy: dict[str, Any] | None = None
 
 
 def write_outputs(
@@ -147,11 +151,25 @@ def write_outputs(
             "writtenAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+    data_policy = data_policy_record(spec.data_policy, data.reports)  # spec.dataPolicy
+    personal = (data_policy or {}).get("personalData")
+    redactions = (
+        {role: split["counts"] for role, split in personal["splits"].items()}
+        if personal and personal["action"] == "redact"
+        else None
+    )
+    policy = {"personalData": {k: personal[k] for k in ("action", "kinds")}} if personal else None
+    # data provenance: digests, counts, filters, approval, redactions and the data policy
+    lineage["provenance"] = provenance_section(job, data, redactions=redactions, policy=policy)
     upstream = _upstream(job, model_dir)
     if upstream:
         lineage["upstream"] = upstream
     if run.moe:
         lineage["moe"] = run.moe
+    if run.privacy:
+        lineage["differentialPrivacy"] = run.privacy
+    if data_policy is not None:
+        lineage["dataPolicy"] = data_policy
     title = f"{job.name}: {spec.method}, {run.steps} steps"
     curves = write_curves(run.curves, out, title)
     if curves is not None:

@@ -7,7 +7,6 @@ timestamps. Hidden files and ``.cache`` are skipped.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -16,6 +15,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+# the digests moved to the contract (the CLI computes them too); re-exported here
+from kubetune.contract.digest import CHUNK as CHUNK
+from kubetune.contract.digest import sha256_file as sha256_file
+from kubetune.contract.digest import sha256_path as sha256_path
 from kubetune.contract.env import GIT_REVISION_ENV
 
 PACKAGES = (
@@ -30,28 +33,6 @@ PACKAGES = (
     "tokenizers",
     "safetensors",
 )
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_path(path: Path) -> str:
-    """Digest of a file, or of every file under a directory."""
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        digest.update(str(rel).encode() + b"\0" + sha256_file(file).encode() + b"\n")
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

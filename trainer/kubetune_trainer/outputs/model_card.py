@@ -3,7 +3,8 @@
 Hugging Face front matter (base model, library, tags) so hubs and registries index it,
 then what a reviewer needs: method and hyperparameters, the training curves (a picture and
 the final/best figures), data counts (including skipped
-and truncated rows), evaluation of tuned vs. base model, digests, versions, and how to
+and truncated rows), data provenance (every input's digest, filters, redactions,
+approval), evaluation of tuned vs. base model, digests, versions, and how to
 load the result.
 """
 
@@ -15,7 +16,9 @@ from typing import Any
 from kubetune.api.methods import METHOD_TRAITS, SavedAs, saved_as
 from kubetune.contract.display import duration, number
 from kubetune_trainer.continual.card import continual_section
+from kubetune_trainer.dp.card import privacy_section
 from kubetune_trainer.moe.report import card_section as moe_card_section
+from kubetune_trainer.privacy.report import personal_data_card_section
 
 
 def _fmt(value: Any) -> str:
@@ -139,6 +142,67 @@ def _how_to_load(saved: SavedAs, base_uri: str) -> str:
     )
 
 
+def _approval(record: dict[str, Any]) -> str:
+    approval = record.get("approval")
+    if not approval:
+        return "not checked"
+    if approval.get("approved") is None:
+        return "required, checked by the validation pod" if approval.get("required") else "n/a"
+    if approval["approved"]:
+        return "yes" + (f" ({approval['approvedAs']})" if approval.get("approvedAs") else "")
+    return "NO"
+
+
+def _provenance_section(prov: dict[str, Any] | None) -> str:
+    """lineage.json's ``provenance``: every data input's full digest, counts, filters,
+    redactions, approval, and the data policy."""
+    if not prov:
+        return ""
+    allow = prov.get("allowList")
+    if allow:
+        rule = (
+            "required: every data input's sha256 must be on"
+            if prov.get("requireApproved")
+            else "recorded against (not required)"
+        )
+        lines = [
+            f"Approved provenance {rule} ConfigMap `{allow['configMap']}` (key `{allow['key']}`)."
+        ]
+    else:
+        lines = ["No approved-provenance allow-list was required (dataset.provenance)."]
+    policy = prov.get("dataPolicy")
+    lines.append(
+        "Data policy: " + (f"`{json.dumps(policy, sort_keys=True)}`" if policy else "none") + "."
+    )
+    lines += [
+        "",
+        "| input | location | sha256 | rows (valid / invalid / skipped / truncated) "
+        "| redactions | approved |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    filters: list[str] = []
+    for r in prov.get("inputs") or []:
+        c = r.get("rows")
+        rows = (
+            f"{c['total']} ({c['valid']} / {c['invalid']} / {c['skippedInvalid']} / "
+            f"{c['truncated']})"
+            if c
+            else "not counted"
+        )
+        red = r.get("redactions") or {}
+        redactions = ", ".join(f"{k}: {v}" for k, v in sorted(red.items())) or "none"
+        kind = f" ({r['digestOf']})" if r.get("digestOf") == "directory" else ""
+        lines.append(
+            f"| {r['role']} | `{r['uri']}` | `{r.get('sha256') or 'n/a'}`{kind} | {rows} "
+            f"| {redactions} | {_approval(r)} |"
+        )
+        if r.get("filters"):
+            filters.append(f"- {r['role']}: " + "; ".join(r["filters"]))
+    if filters:
+        lines += ["", "Filters applied:", "", *filters]
+    return "## Data provenance\n\n" + "\n".join(lines) + "\n\n"
+
+
 _ROLE_NAMES = {
     "model": "started from",
     "rewardModel": "reward model",
@@ -221,6 +285,9 @@ def render_model_card(lineage: dict[str, Any]) -> str:
         ]
     )
     continual = continual_section(evaluation.get("continual"))  # spec.continual
+    data_sections = personal_data_card_section(lineage.get("dataPolicy")) + _provenance_section(
+        lineage.get("provenance")
+    )
     body = f"""# {job["name"]}
 
 Fine-tuned by kubetune with method **{method}**{policy} from `{base["uri"]}`{revision}.
@@ -236,7 +303,7 @@ Fine-tuned by kubetune with method **{method}**{policy} from `{base["uri"]}`{rev
 ## Training curves
 
 {_curves_section(lineage.get("curves"))}
-{moe_card_section(lineage.get("moe"))}## Data
+{moe_card_section(lineage.get("moe"))}{privacy_section(lineage.get("differentialPrivacy"))}## Data
 
 | split | location | rows | used | skipped (invalid) | truncated | sha256 |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -244,7 +311,7 @@ Fine-tuned by kubetune with method **{method}**{policy} from `{base["uri"]}`{rev
 
 Invalid rows are listed with file, line and reason in `data_issues.jsonl` when present.
 
-## Evaluation
+{data_sections}## Evaluation
 
 {_eval_table(evaluation)}
 {continual}{_gates_section(lineage.get("evaluationGates"))}## Lineage

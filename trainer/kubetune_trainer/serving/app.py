@@ -21,15 +21,26 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubetune_trainer.serving.faults import DEGENERATE_TEXT, FaultInjector, FaultSettings
+from kubetune_trainer.serving.feedback_log import (
+    DEFAULT_BACKUPS,
+    DEFAULT_MAX_BYTES,
+    Exchange,
+    ExchangeMemory,
+    FeedbackLog,
+    Prompt,
+    record,
+)
 from kubetune_trainer.serving.metrics import ServingMetrics
 from kubetune_trainer.serving.protocol import (
     BadRequest,
+    Feedback,
     Generation,
     GenerationRequest,
     chat_response,
@@ -71,6 +82,10 @@ class ServeSettings:
     faults: FaultSettings = field(default_factory=FaultSettings)
     reward_sample_rate: float = 0.0
     reward_seed: int = 0
+    #: JSONL log of feedback with its prompt and response (None: feedback is only counted)
+    feedback_log: Path | None = None
+    feedback_log_max_bytes: int = DEFAULT_MAX_BYTES
+    feedback_log_backups: int = DEFAULT_BACKUPS
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -96,6 +111,14 @@ class ModelServer:
         self._issued: OrderedDict[str, None] = OrderedDict()
         self._scoring: set[asyncio.Future[None]] = set()
         self.created = int(time.time())
+        self.feedback_log: FeedbackLog | None = None
+        self._exchanges = ExchangeMemory()
+        if settings.feedback_log is not None:
+            self.feedback_log = FeedbackLog(
+                settings.feedback_log,
+                settings.feedback_log_max_bytes,
+                settings.feedback_log_backups,
+            )
 
     # ----- application -----------------------------------------------------------------
 
@@ -128,7 +151,7 @@ class ModelServer:
             parsed = parse_completion(await _json(request))
         except BadRequest as exc:
             return self._bad_request(exc)
-        return await self._serve(arrival, parsed, chat=False)
+        return await self._serve(arrival, parsed, chat=False, asked=parsed.prompt)
 
     async def _chat(self, request: web.Request) -> web.Response:
         arrival = time.monotonic()
@@ -137,9 +160,12 @@ class ModelServer:
             prompt = _render(self.engine, messages)
         except BadRequest as exc:
             return self._bad_request(exc)
-        return await self._serve(arrival, GenerationRequest(prompt, chat=True, **sampling), True)
+        wanted = GenerationRequest(prompt, chat=True, **sampling)
+        return await self._serve(arrival, wanted, True, asked=messages)
 
-    async def _serve(self, arrival: float, parsed: GenerationRequest, chat: bool) -> web.Response:
+    async def _serve(
+        self, arrival: float, parsed: GenerationRequest, chat: bool, asked: Prompt
+    ) -> web.Response:
         decision = self.faults.decide()
         if decision.latency_s:
             await asyncio.sleep(decision.latency_s)
@@ -175,6 +201,8 @@ class ModelServer:
         m.generation_tokens.inc(gen.completion_tokens)
         ident = new_id("chatcmpl" if chat else "cmpl")
         self._remember(ident)
+        if self.feedback_log is not None:
+            self._exchanges.add(ident, Exchange(asked, gen.text, self.settings.model_name))
         if self.scorer is not None and self.sampler.draw():
             self._score_later(parsed.prompt, gen.text)
         shape = chat_response if chat else completion_response
@@ -209,7 +237,8 @@ class ModelServer:
         except BadRequest as exc:
             return self._bad_request(exc)
         counted_as = feedback.model or self.settings.model_name
-        self.metrics.feedback(feedback.rating, counted_as)
+        if feedback.rating is not None:  # a neutral score (3) is logged, not counted
+            self.metrics.feedback(feedback.rating, counted_as)
         known = feedback.id in self._issued
         body: dict[str, Any] = {
             "id": feedback.id,
@@ -217,9 +246,28 @@ class ModelServer:
             "model": counted_as,
             "known": known,
         }
+        if feedback.score is not None:
+            body["score"] = feedback.score
+        if self.feedback_log is not None:
+            body["logged"] = await self._log_feedback(feedback)
         if not known:
             body["message"] = "counted, but this server did not issue that completion id"
         return web.json_response(body)
+
+    async def _log_feedback(self, feedback: Feedback) -> bool:
+        """Append the feedback with its exchange; False when the exchange is not
+        remembered (another server's completion, or too old) or the write failed. The
+        content never reaches the server's own log: failures are logged by kind only."""
+        log_file = self.feedback_log
+        exchange = self._exchanges.get(feedback.id)
+        if log_file is None or exchange is None:
+            return False
+        line = record(feedback, exchange)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, log_file.append, line)
+        except OSError as exc:
+            log.error("cannot write the feedback log: %s", type(exc).__name__)
+            return False
 
     async def _models(self, _request: web.Request) -> web.Response:
         card = {

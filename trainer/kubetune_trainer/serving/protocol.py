@@ -60,11 +60,25 @@ class Generation:
 
 @dataclass(frozen=True)
 class Feedback:
-    """A user's rating of one completion, counted under ``model`` when the body names it."""
+    """A user's judgement of one completion, counted under ``model`` when the body names it.
+
+    ``rating`` is the thumb the metrics count: given as such, derived from a 1-5 ``score``
+    (4-5 positive, 1-2 negative, 3 neutral: None, not counted), or negative when the user
+    only sent a ``correction`` (a corrected answer says the original was wrong).
+    """
 
     id: str
-    rating: Rating
+    rating: Rating | None
     model: str | None
+    score: int | None = None
+    correction: str | None = None
+
+
+#: 1-5 scores at or above this count as positive, at or below NEGATIVE_SCORE as negative.
+POSITIVE_SCORE = 4
+NEGATIVE_SCORE = 2
+#: A correction is an answer: bounded like one.
+MAX_CORRECTION_CHARS = 20_000
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -157,20 +171,56 @@ def parse_chat(body: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
 
 
 def parse_feedback(body: Any) -> Feedback:
-    """A ``/v1/feedback`` body: ``{"id", "rating": "positive"|"negative", "model"?}``."""
+    """A ``/v1/feedback`` body: ``{"id", "rating"?, "score"?, "correction"?, "model"?}``.
+
+    ``rating`` is ``"positive"`` or ``"negative"`` (a thumb) or an integer 1-5 (the same as
+    ``score``); ``correction`` is the answer the user wanted. At least one of them is
+    required; a thumb that contradicts a score is refused rather than guessed.
+    """
     body = _object(body)
     ident = body.get("id")
     if not isinstance(ident, str) or not 0 < len(ident) <= 128:
         raise BadRequest("id must be a non-empty string of at most 128 characters")
     rating = body.get("rating")
-    if rating not in ("positive", "negative"):
-        raise BadRequest('rating must be "positive" or "negative"')
+    score = body.get("score")
+    if isinstance(rating, int) and not isinstance(rating, bool):
+        if score is not None and score != rating:
+            raise BadRequest("rating and score disagree; send one of them")
+        rating, score = None, rating
+    if rating is not None and rating not in ("positive", "negative"):
+        raise BadRequest('rating must be "positive", "negative" or an integer score 1-5')
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int)):
+        raise BadRequest("score must be an integer from 1 to 5")
+    if score is not None and not 1 <= score <= 5:
+        raise BadRequest("score must be an integer from 1 to 5")
+    correction = body.get("correction")
+    if correction is not None:
+        if not isinstance(correction, str) or not correction.strip():
+            raise BadRequest("correction must be a non-empty string")
+        if len(correction) > MAX_CORRECTION_CHARS:
+            raise BadRequest(f"correction is longer than {MAX_CORRECTION_CHARS} characters")
+    if rating is None and score is None and correction is None:
+        raise BadRequest('rating ("positive"/"negative" or 1-5), score or correction is required')
+    thumb: Rating | None = rating
+    if score is not None:
+        derived: Rating | None = (
+            "positive"
+            if score >= POSITIVE_SCORE
+            else "negative"
+            if score <= NEGATIVE_SCORE
+            else None
+        )
+        if rating is not None and derived is not None and rating != derived:
+            raise BadRequest(f"rating {rating!r} contradicts score {score}")
+        thumb = rating or derived
+    elif thumb is None:  # only a correction: the answer was wrong
+        thumb = "negative"
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not MODEL_NAME_PATTERN.match(model)):
         raise BadRequest(
             "model must be a served model name: 1-128 characters of letters, digits and ._:/@+-"
         )
-    return Feedback(id=ident, rating=rating, model=model)
+    return Feedback(id=ident, rating=thumb, model=model, score=score, correction=correction)
 
 
 def new_id(prefix: str) -> str:

@@ -1,0 +1,1 @@
+"""Differential privacy (``spec.differentialPrivacy``): DP-SGD and its privacy budget."""
