@@ -7,6 +7,7 @@ timestamps. Hidden files and folders (``.cache``, ``.git``) are skipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -14,8 +15,16 @@ CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    """The file's digest; a file unchanged since it was last hashed in this process
+    (same size and mtime) is not read again: lineage and provenance both ask for it."""
+    stat = path.stat()
+    return _sha256_file(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
