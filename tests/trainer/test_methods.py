@@ -162,6 +162,84 @@ def test_qlora_trains_on_gpu(tiny_model: Path, data_dir: Path, tmp_path: Path) -
     assert (out / "adapter_model.safetensors").exists()
 
 
+class MlpCalls:
+    """Calls of every decoder layer's MLP while training, split by whether they ran inside
+    a backward pass (only activation recomputation runs a layer there). A pre-hook of the
+    MLP, not a hook of the layer: transformers checkpoints the layer's ``forward`` (its
+    hooks stay outside the checkpoint), and torch stops a recomputation as soon as the last
+    saved tensor is back, inside the MLP, so post-forward hooks would not run either."""
+
+    def __init__(self) -> None:
+        self.in_forward = 0
+        self.in_backward = 0
+        self._backward_depth = 0
+
+    def pre_hook(self, module: torch.nn.Module, args: Any) -> None:
+        if not type(module).__name__.endswith("MLP") or not module.training:
+            return
+        if self._backward_depth:
+            self.in_backward += 1
+        elif torch.is_grad_enabled():
+            self.in_forward += 1
+
+    def watch_backward(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Tensor.backward (every engine's backward ends there) calls torch.autograd.backward
+        real = torch.autograd.backward
+
+        def backward(*args: Any, **kwargs: Any) -> None:
+            self._backward_depth += 1
+            try:
+                real(*args, **kwargs)
+            finally:
+                self._backward_depth -= 1
+
+        monkeypatch.setattr(torch.autograd, "backward", backward)
+
+
+GC_CASES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "lora": {"peft": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0}}},
+    "adapter": {"peft": {"adapter": {"bottleneckSize": 8}}},
+    "prompt": {"peft": {"prompt": {"numVirtualTokens": 4}}},
+    "dpo": {"fmt": "preference", "rlhf": {"dpo": {"beta": 0.5}}},
+    "reward": {"fmt": "preference"},
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "checkpointing"),
+    [(case, True) for case in GC_CASES] + [("lora", False), ("dpo", False)],
+)
+def test_gradient_checkpointing_recomputes_every_layer(
+    case: str,
+    checkpointing: bool,
+    tiny_model: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``gradientCheckpointing`` every decoder layer runs again during backward (its
+    activations were dropped and are recomputed); without it, never. Goes through the
+    whole loop, so a method that forgets to enable checkpointing fails here."""
+    spec = dict(GC_CASES[case])
+    fmt = spec.pop("fmt", "chat")
+    train, _ = _files(data_dir, fmt)
+    hyper = {"maxSteps": 1, "globalBatchSize": 4, "microBatchSize": 2}
+    if checkpointing:
+        hyper["gradientCheckpointing"] = True
+    doc = manifest(case, tiny_model, train, fmt, tmp_path / "out", hyper=hyper, **spec)
+    calls = MlpCalls()
+    calls.watch_backward(monkeypatch)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(calls.pre_hook)
+    try:
+        train_in_process(doc, tmp_path)
+    finally:
+        handle.remove()
+    layers = read_json(tiny_model / "config.json")["num_hidden_layers"]
+    assert calls.in_forward == 2 * layers  # 2 micro-batches of the one step
+    assert calls.in_backward == (calls.in_forward if checkpointing else 0)
+
+
 def test_gradient_checkpointing_and_bf16_autocast(
     tiny_model: Path, data_dir: Path, tmp_path: Path
 ) -> None:

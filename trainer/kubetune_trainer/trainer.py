@@ -424,7 +424,7 @@ class Trainer:
         frozen_base = traits.takes_peft or wants_lora_policy(self.job)
         dtype = load_dtype(spec.model, precision, frozen_base=frozen_base)
         self.method.setup(model_dir, tokenizer, dtype)
-        model = self.method.build(model_dir, tokenizer, dtype)
+        model = self.method.build_model(model_dir, tokenizer, dtype)
         self.moe = MoeTraining.attach(self.job, model)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -135,6 +135,13 @@ SPEC_RULES: list[dict[str, Any]] = [
         field_path=".dataset.packing",
     ),
     cel(
+        "self.method != 'prefix' || !has(self.hyperparameters.gradientCheckpointing) || "
+        "!self.hyperparameters.gradientCheckpointing",
+        "hyperparameters.gradientCheckpointing does not apply to method prefix: recomputing a "
+        "layer drops the prefix's key/value cache (use prompt tuning or LoRA to save memory)",
+        field_path=".hyperparameters.gradientCheckpointing",
+    ),
+    cel(
         "!self.output.mergeAdapter || "
         f"self.method in {cel_list(methods_where(lambda t: t.mergeable))} || "
         f"(self.method in {cel_list(methods_where(lambda t: t.lora_option))} && "

@@ -29,7 +29,7 @@ from torch import nn
 
 from kubetune.api.training import AdapterSettings
 from kubetune_trainer.errors import UnsupportedError
-from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
+from kubetune_trainer.methods.base import Method, save_tokenizer
 from kubetune_trainer.models.load import load_causal_lm
 
 ADAPTER_ATTR = "kubetune_adapter"
@@ -116,8 +116,6 @@ class BottleneckAdapterMethod(Method):
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         model = self.load_base(model_dir, load_dtype)
         add_adapters(model, self.settings)
-        if self.job.spec.hyperparameters.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         return model
 
     @contextlib.contextmanager

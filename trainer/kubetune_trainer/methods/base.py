@@ -211,6 +211,14 @@ class Method(ABC):
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         """Load the base model and make it trainable the method's way."""
 
+    def build_model(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
+        """``build``, then what applies to every method: gradient checkpointing when the
+        spec asks for it (one place, so no method can forget it)."""
+        model = self.build(model_dir, tokenizer, load_dtype)
+        if self.job.spec.hyperparameters.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
+
     @contextlib.contextmanager
     def base_behaviour(self, model: nn.Module) -> Iterator[None]:
         """Make the model behave like the untuned base (for the baseline evaluation)."""
@@ -278,11 +286,22 @@ class Method(ABC):
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant checkpointing: works with frozen inputs (PEFT) without hacks."""
+    """Non-reentrant checkpointing of every decoder layer: works with frozen inputs (PEFT)
+    without hacks. transformers 5 names it ``activation_checkpointing_enable`` (the
+    ``gradient_`` name is a deprecated alias); PEFT wrappers forward either."""
     target: Any = model
-    if not hasattr(target, "gradient_checkpointing_enable"):
-        return
-    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(target, "gradient_checkpointing_enable"):
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        from kubetune_trainer.errors import UnsupportedError
+
+        raise UnsupportedError(
+            f"hyperparameters.gradientCheckpointing: {type(model).__name__} cannot recompute "
+            "activations (it has no activation_checkpointing_enable)"
+        )
 
 
 def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_whole_model
+from kubetune_trainer.methods.base import Method, save_whole_model
 from kubetune_trainer.models.load import load_causal_lm
 
 
@@ -16,10 +16,7 @@ class FullFineTuning(Method):
     name = "full"
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
-        model = self.load_base(model_dir, load_dtype)
-        if self.job.spec.hyperparameters.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        return model
+        return self.load_base(model_dir, load_dtype)
 
     def save(
         self, model: nn.Module, state_dict: dict[str, torch.Tensor], out_dir: Path, tokenizer: Any

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kubetune.api.training import LoraSettings
-from kubetune_trainer.methods.base import Method, enable_gradient_checkpointing, save_tokenizer
+from kubetune_trainer.methods.base import Method, save_tokenizer
 from kubetune_trainer.models.load import bitsandbytes_config, load_causal_lm
 from kubetune_trainer.moe.lora_targets import moe_lora_dropout, moe_lora_targets
 from kubetune_trainer.vision import is_vision_job, vision_settings
@@ -104,8 +104,6 @@ class LoraMethod(PeftAdapterMethod):
                 use_gradient_checkpointing=self.job.spec.hyperparameters.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
-        elif self.job.spec.hyperparameters.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         config = lora_config(peft.lora, model=model)
         if is_vision_job(self.job):  # LoRA on the language model, not the vision tower
             config = vision_lora_config(model, peft.lora, vision_settings(self.job))

@@ -20,7 +20,6 @@ from kubetune_trainer.methods.base import (
     Forward,
     LossOutput,
     Method,
-    enable_gradient_checkpointing,
     save_whole_model,
 )
 from kubetune_trainer.models.load import load_sequence_classifier
@@ -30,15 +29,12 @@ class RewardModelMethod(Method):
     name = "reward"
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
-        model = load_sequence_classifier(
+        return load_sequence_classifier(
             model_dir,
             dtype=load_dtype,
             pad_token_id=int(tokenizer.pad_token_id),
             trust_remote_code=self.job.spec.model.trust_remote_code,
         )
-        if self.job.spec.hyperparameters.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        return model
 
     def scores(self, forward: Forward, batch: Batch) -> torch.Tensor:
         out = forward(**batch.inputs, use_cache=False)
