@@ -42,7 +42,13 @@ from kubetune_trainer.checkpoint.state import (
 )
 from kubetune_trainer.continual.runner import ContinualLearning
 from kubetune_trainer.curves import CurveRecorder, write_curves
-from kubetune_trainer.data.batching import Batch, BatchPlan, collate, eval_micro_batches
+from kubetune_trainer.data.batching import (
+    Batch,
+    BatchPlan,
+    collate,
+    eval_micro_batches,
+    padding_free_batches,
+)
 from kubetune_trainer.data.encode import Encoded, EncodedPrompt
 from kubetune_trainer.data.validate import PreparedData, prepare_data, write_issues
 from kubetune_trainer.distributed.env import (
@@ -413,8 +419,7 @@ class Trainer:
         data = self.load_data(tokenizer)
         if self.continual is not None:  # protected rows replayed among the new ones
             self.continual.add_replay(tokenizer, data)
-        # reward models pool each row's last token; virtual tokens are per sample
-        self.padding_free = bool(spec.dataset.packing) and traits.packs
+        self.padding_free = padding_free_batches(self.job)
 
         self.progress.update(state="loading")
         if self.padding_free:

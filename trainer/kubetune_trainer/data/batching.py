@@ -15,7 +15,11 @@ into one row with ``position_ids`` restarting at 0 for every sample and no atten
 mask. transformers (>= 4.5x, checked on 5.23) detects the restarts and builds a
 block-diagonal causal mask for SDPA/eager (varlen kernels for flash-attention), so no
 token attends across samples; ``tests/trainer/test_packing.py`` proves the packed loss
-equals the loss of the samples run one by one. No compute is spent on padding.
+equals the loss of the samples run one by one. No compute is spent on padding. Only
+the methods whose traits say ``packs`` (full, lora, qlora, adapter) run this way, and
+only with ``dataset.packing`` (on by default for their SFT formats); every other method
+and format (prefix/prompt tuning, reward, DPO, KTO, ORPO, online RL) is padded:
+:func:`padding_free_batches` is the one place that decides.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from functools import lru_cache
 
 import torch
 
+from kubetune.api.methods import METHOD_TRAITS
+from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.data.encode import (
     IGNORE,
     Encoded,
@@ -169,6 +175,14 @@ def _sequences(
     if not real:
         seqs = [_masked(s) for s in seqs]
     return seqs, (len(seqs) if real else 0), None
+
+
+def padding_free_batches(job: ResolvedJob) -> bool:
+    """Whether the job's micro-batches are padding-free rows (else right-padded rows):
+    ``dataset.packing`` (resolved: on for SFT formats of methods that pack) and a method
+    that can pack (virtual tokens are per sample, reward models pool each row's last
+    token, and the preference methods are refused packing by the API)."""
+    return bool(job.spec.dataset.packing) and METHOD_TRAITS[job.spec.method].packs
 
 
 def collate(
