@@ -36,8 +36,8 @@ def _worker(rank: int, store: str, out: str) -> None:
 
 def test_two_ranks_take_the_step_of_the_averaged_gradient(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    rank0 = torch.load(tmp_path / "rank0.pt")
-    rank1 = torch.load(tmp_path / "rank1.pt")
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
 
     # the reference: one process, the mean of both ranks' losses (= their mean gradient)
     single = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
