@@ -153,6 +153,10 @@ class Method(ABC):
     virtual_tokens: int = 0
     #: attention kernel for the trainable model (set by the loop: varlen when padding-free)
     attn_implementation: str = "sdpa"
+    #: no dropout in the trained model: TRL's trainers of the preference and reward methods
+    #: default to ``disable_dropout=True``, so the policy's log-probs are deterministic and
+    #: comparable with the reference's (computed in eval mode)
+    disable_dropout: bool = False
 
     def __init__(self, job: ResolvedJob) -> None:
         self.job = job
@@ -213,10 +217,13 @@ class Method(ABC):
 
     def build_model(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         """``build``, then what applies to every method: gradient checkpointing when the
-        spec asks for it (one place, so no method can forget it)."""
+        spec asks for it, no dropout where the method's TRL trainer turns it off (one
+        place, so no method and no LoRA-policy variant can forget either)."""
         model = self.build(model_dir, tokenizer, load_dtype)
         if self.job.spec.hyperparameters.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if self.disable_dropout:
+            disable_dropout_in_model(model)
         return model
 
     @contextlib.contextmanager
@@ -302,6 +309,17 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
             f"hyperparameters.gradientCheckpointing: {type(model).__name__} cannot recompute "
             "activations (it has no activation_checkpointing_enable)"
         )
+
+
+def disable_dropout_in_model(model: nn.Module) -> None:
+    """TRL's ``disable_dropout_in_model`` (every ``nn.Dropout`` to p=0), and also the
+    attention dropout that HF attention layers apply functionally from a float attribute
+    (not an ``nn.Dropout`` module, so TRL's version leaves it on)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:

@@ -68,6 +68,7 @@ def dpo_losses(
 
 class DpoMethod(FullFineTuning):
     name = "dpo"
+    disable_dropout = True  # TRL's default for this trainer
 
     def __init__(self, job: ResolvedJob) -> None:
         super().__init__(job)

@@ -70,6 +70,7 @@ def kl_reference_point(
 
 class KtoMethod(FullFineTuning):
     name = "kto"
+    disable_dropout = True  # TRL's default for this trainer
 
     def __init__(self, job: ResolvedJob) -> None:
         super().__init__(job)

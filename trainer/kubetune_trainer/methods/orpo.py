@@ -41,6 +41,7 @@ def odds_ratio_terms(
 
 class OrpoMethod(FullFineTuning):
     name = "orpo"
+    disable_dropout = True  # TRL's default for this trainer
 
     def __init__(self, job: ResolvedJob) -> None:
         super().__init__(job)

@@ -27,6 +27,7 @@ from kubetune_trainer.models.load import load_sequence_classifier
 
 class RewardModelMethod(Method):
     name = "reward"
+    disable_dropout = True  # TRL's default for this trainer
 
     def build(self, model_dir: Path, tokenizer: Any, load_dtype: torch.dtype) -> nn.Module:
         return load_sequence_classifier(
