@@ -3,8 +3,9 @@
 Why not ``transformers.Trainer``/TRL trainers: the contract needs control they do not
 give cheaply — atomic multi-rank checkpoints with a COMPLETE marker, exact resume of
 the data position without replaying a data loader, a health verdict *before* the
-update is applied, SIGTERM agreement across ranks, padding-free batches for every
-method (TRL's preference trainers pad) and logits only for target positions. The loop
+update is applied, SIGTERM agreement across ranks, padding-free batches for the
+methods that can pack (full, lora, qlora, adapter; the others pad, see
+``data.batching.padding_free_batches``) and logits only for target positions. The loop
 is ~400 lines; methods plug in through :class:`~kubetune_trainer.methods.base.Method`
 and strategies through :class:`~kubetune_trainer.distributed.strategy.Engine`.
 

@@ -1,9 +1,10 @@
 """The Helm chart's operator Deployment runs as real pods and runs a real job.
 
 The third set-up path (charts/kubetune/DEVCLUSTER.md), as a user runs it: ``helm install``
-the chart with ``examples/devcluster-values.yaml`` (operator replicas on the tainted
-real-pod nodes, in-cluster API access through the node agent: the projected ServiceAccount
-token, ``kubernetes.default.svc``); ``kubetune dev seed -f examples/devcluster-job.yaml |
+the chart with ``charts/kubetune/examples/devcluster-values.yaml`` (operator replicas on
+the tainted real-pod nodes, in-cluster API access through the node agent: the projected
+ServiceAccount token, ``kubernetes.default.svc``);
+``kubetune dev seed -f charts/kubetune/examples/devcluster-job.yaml |
 kubectl apply -f -``; the example job applied. The installed operator elects a leader,
 validates the job on a real node, runs the 2-pod gang, reads rank 0's real ``/progress``
 from its own pod, and the job Succeeds with its adapter on the output volume. ``helm

@@ -8,9 +8,11 @@ saved in checkpoints), as TRL does with ``precompute_ref_log_probs``
 (``methods/reference.py``): no frozen second model occupies memory during training.
 Losses follow TRL 1.16 ``DPOTrainer._compute_loss`` exactly: ``sigmoid`` (the DPO
 paper), ``hinge`` (SLiC) and ``ipo`` (per-token averaged log-ratios);
-``tests/trainer/test_dpo_matches_trl.py`` checks the numbers against TRL on the same batch.
-Pairs are run padding-free (chosen and rejected flattened into one row with positions
-reset per sequence), which the preference methods of TRL do not do.
+``tests/trainer/test_dpo_matches_trl.py`` checks the loss and per-pair log-probs against
+TRL on the batches a DPO job trains on. Pairs are not packed: chosen and rejected rows are
+right-padded to the longest row of the micro-batch, as in TRL (the API refuses
+``dataset.packing`` for preference methods). Dropout is off (``disable_dropout``), as
+TRL's ``DPOConfig`` defaults to.
 """
 
 from __future__ import annotations

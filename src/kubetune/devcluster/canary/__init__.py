@@ -1,7 +1,7 @@
 """The canary lab: a ModelRollout driven end to end on the dev cluster, with real parts.
 
-One harness behind the rollout e2e test, ``benchmarks/bench_rollout.py`` and the local demo
-(``kubetune dev canary``). For one :class:`Scenario` a :class:`CanaryLab` run:
+One harness behind the rollout e2e test, ``benchmarks/rollout/bench_rollout.py`` and the
+local demo (``kubetune dev canary``). For one :class:`Scenario` a :class:`CanaryLab` run:
 
 1. starts two ``kubetune serve`` processes on the tiny local model: the baseline (the base
    model) and the candidate (the base plus a LoRA adapter really trained by the trainer, or
