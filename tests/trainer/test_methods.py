@@ -44,6 +44,11 @@ CASES: dict[str, dict[str, Any]] = {
         },
     },
     "adapter": {"hyper": {"learningRate": 5e-3}, "peft": {"adapter": {"bottleneckSize": 16}}},
+    "adapter-houlsby": {
+        "method": "adapter",
+        "hyper": {"learningRate": 5e-3},
+        "peft": {"adapter": {"bottleneckSize": 16, "placement": "houlsby"}},
+    },
     "dpo": {"fmt": "preference", "hyper": {"learningRate": 1e-3}, "rlhf": {"dpo": {"beta": 0.5}}},
     "reward": {"fmt": "preference", "hyper": {"learningRate": 1e-3}},
 }

@@ -148,8 +148,13 @@ class VirtualTokenSettings(ApiModel):
 
 
 class AdapterSettings(ApiModel):
-    """Bottleneck adapter layers (method adapter), inserted after each decoder MLP."""
+    """Bottleneck adapter layers (method adapter), inserted in every decoder layer."""
 
+    placement: Literal["pfeiffer", "houlsby"] = Field(
+        default="pfeiffer",
+        description="Where the adapters go: pfeiffer, one per layer after the MLP; houlsby, "
+        "two per layer, after the attention and after the MLP (twice the parameters).",
+    )
     bottleneck_size: int = Field(
         default=64, ge=1, le=8192, description="Hidden size of the adapter bottleneck."
     )

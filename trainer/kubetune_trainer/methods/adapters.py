@@ -1,16 +1,20 @@
-"""Bottleneck adapters (Houlsby/Pfeiffer style), implemented here.
+"""Bottleneck adapters in Pfeiffer's or Houlsby's placement, implemented here.
 
 Why not a library: PEFT 0.21 has no bottleneck adapters and cannot register a new
 tuner type from outside (``register_peft_method`` only accepts names already in its
 ``PeftType`` enum), and the ``adapters`` package pins transformers ~=4.57, which we do
 not downgrade. The method is small enough to own: one module per decoder layer.
 
-Placement (Pfeiffer): after the MLP of every decoder layer, before the layer's residual
-add: ``mlp_out + scaling * up(act(down(mlp_out)))``. ``up`` is zero-initialised, so the
-adapted model starts exactly equal to the base model and training moves it away
-smoothly. The adapter is attached as a submodule of the MLP (``<mlp>.kubetune_adapter``)
-and applied by a forward hook, so base weight names are untouched (the base still
-loads/saves as a normal HF model) and ZeRO-3/FSDP see ordinary parameters.
+Placement (``peft.adapter.placement``): ``pfeiffer`` (the default; Pfeiffer et al. 2021)
+puts one adapter after the MLP of every decoder layer, ``houlsby`` (Houlsby et al. 2019)
+two, after the attention and after the MLP. Each sits before the layer's residual add:
+``out + scaling * up(act(down(out)))``. ``up`` is zero-initialised, so the adapted model
+starts exactly equal to the base model and training moves it away smoothly. An adapter
+is attached as a submodule of the block it follows (``<mlp>.kubetune_adapter``,
+``<self_attn>.kubetune_adapter``) and applied by a forward hook, so base weight names are
+untouched (the base still loads/saves as a normal HF model) and ZeRO-3/FSDP see ordinary
+parameters. The hooks run inside the decoder layer's forward, so gradient checkpointing
+recomputes them with the layer.
 
 Output: ``adapter_model.safetensors`` (adapter weights only) + ``kubetune_adapter.json``.
 Adapters cannot be merged into the base weights (the non-linearity is in the way).
@@ -36,6 +40,10 @@ ADAPTER_ATTR = "kubetune_adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "kubetune_adapter.json"
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+#: placement -> the blocks of a decoder layer (HF attribute names) followed by an adapter
+PLACEMENTS: dict[str, tuple[str, ...]] = {"pfeiffer": ("mlp",), "houlsby": ("self_attn", "mlp")}
+#: what ``kubetune_adapter.json`` called the Pfeiffer placement before Houlsby's existed
+_LEGACY_PLACEMENTS = {"after_mlp": "pfeiffer"}
 
 
 class BottleneckAdapter(nn.Module):
@@ -59,45 +67,51 @@ class BottleneckAdapter(nn.Module):
         return (delta * self.scaling).to(hidden.dtype)
 
 
-def _adapter_hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+def _adapter_hook(module: nn.Module, args: Any, output: Any) -> Any:
     adapter: BottleneckAdapter = getattr(module, ADAPTER_ATTR)
     if not adapter.enabled:
         return output
+    if isinstance(output, tuple):  # attention returns (hidden states, attention weights)
+        return (output[0] + adapter(output[0]), *output[1:])
     return output + adapter(output)
 
 
-def _mlps(model: nn.Module) -> list[nn.Module]:
-    """The MLP of every decoder layer (HF convention: ``<layer>.mlp``)."""
+def _sites(model: nn.Module, blocks: tuple[str, ...]) -> list[nn.Module]:
+    """The named blocks of every decoder layer, in layer order (HF convention:
+    ``<layer>.self_attn``, ``<layer>.mlp``)."""
     from kubetune_trainer.methods.base import find_pretrained
 
     inner = find_pretrained(model)
     layer_classes = set(getattr(inner, "_no_split_modules", None) or [])
-    mlps = []
+    sites = []
     for module in model.modules():
-        if type(module).__name__ in layer_classes and isinstance(
-            getattr(module, "mlp", None), nn.Module
-        ):
-            mlps.append(cast(nn.Module, module.mlp))
-    return mlps
+        if type(module).__name__ not in layer_classes:
+            continue
+        found = [getattr(module, name, None) for name in blocks]
+        if all(isinstance(block, nn.Module) for block in found):
+            sites.extend(cast(list[nn.Module], found))
+    return sites
 
 
 def add_adapters(model: nn.Module, settings: AdapterSettings) -> int:
-    """Freeze ``model`` and attach one trainable adapter per decoder layer."""
+    """Freeze ``model`` and attach the trainable adapters of ``settings.placement``; returns
+    how many (one or two per decoder layer)."""
     for param in model.parameters():
         param.requires_grad_(False)
     hidden = int(cast(Any, model).config.hidden_size)
-    mlps = _mlps(model)
-    if not mlps:
+    blocks = PLACEMENTS[settings.placement]
+    sites = _sites(model, blocks)
+    if not sites:
         raise UnsupportedError(
-            f"cannot place bottleneck adapters in {type(model).__name__}: no decoder layers "
-            "with an .mlp submodule were found"
+            f"cannot place {settings.placement} bottleneck adapters in {type(model).__name__}:"
+            f" no decoder layers with {' and '.join('.' + b for b in blocks)} submodules"
         )
     ref = next(model.parameters())
-    for mlp in mlps:
+    for site in sites:
         adapter = BottleneckAdapter(hidden, settings).to(device=ref.device, dtype=torch.float32)
-        mlp.add_module(ADAPTER_ATTR, adapter)
-        mlp.register_forward_hook(_adapter_hook)
-    return len(mlps)
+        site.add_module(ADAPTER_ATTR, adapter)
+        site.register_forward_hook(_adapter_hook)
+    return len(sites)
 
 
 def adapter_modules(model: nn.Module) -> list[BottleneckAdapter]:
@@ -150,7 +164,7 @@ class BottleneckAdapterMethod(Method):
             json.dumps(
                 {
                     "adapter_type": "bottleneck",
-                    "placement": "after_mlp",
+                    "placement": s.placement,
                     "bottleneck_size": s.bottleneck_size,
                     "non_linearity": s.non_linearity,
                     "scaling": s.scaling,
@@ -171,7 +185,9 @@ def load_bottleneck_adapter(base_dir: Path, trained_dir: Path) -> nn.Module:
     from safetensors.torch import load_file
 
     config = json.loads((trained_dir / ADAPTER_CONFIG).read_text())
+    placement = config.get("placement", "pfeiffer")
     settings = AdapterSettings(
+        placement=_LEGACY_PLACEMENTS.get(placement, placement),
         bottleneck_size=config["bottleneck_size"],
         non_linearity=config["non_linearity"],
         scaling=config["scaling"],
