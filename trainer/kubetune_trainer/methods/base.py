@@ -319,7 +319,7 @@ def disable_dropout_in_model(model: nn.Module) -> None:
         if isinstance(module, nn.Dropout):
             module.p = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
+            setattr(module, "attention_dropout", 0.0)  # noqa: B010 (typed Tensor | Module)
 
 
 def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
