@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_mask
 
 from kubetune_trainer.data.batching import collate
-from kubetune_trainer.data.encode import IGNORE, EncodedSample
+from kubetune_trainer.data.encode import IGNORE, Encoded, EncodedSample
 from kubetune_trainer.models import varlen_attention as va
 
 SIZES = (5, 17, 1, 40, 9)  # incl. a one-token sample; T = 72 is not a multiple of 128
@@ -79,7 +79,7 @@ def _model(layers: int) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     va.register_varlen_attention()
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[call-arg]  # attn_implementation: a config kwarg
         vocab_size=97,
         hidden_size=32,
         intermediate_size=64,
@@ -92,9 +92,9 @@ def _model(layers: int) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config)
 
 
-def _samples() -> list[EncodedSample]:
+def _samples() -> list[Encoded]:
     g = torch.Generator().manual_seed(1)
-    out = []
+    out: list[Encoded] = []
     for n in SIZES:
         ids = torch.randint(0, 97, (n,), generator=g).tolist()
         out.append(EncodedSample(ids, [IGNORE, *ids[1:]]))
