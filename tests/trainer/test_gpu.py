@@ -141,3 +141,19 @@ def test_ddp_nccl_two_processes_match_one(tiny_model: Path, data_dir: Path, tmp_
     assert moved  # training changed the weights
     for key, value in runs[1].items():
         torch.testing.assert_close(runs[2][key], value, rtol=1e-4, atol=1e-4)
+
+
+def test_qlora_with_deepspeed_zero2_on_gpu(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """The API allows QLoRA with ZeRO-1/2 (only the LoRA weights' optimizer state and
+    gradients are sharded; the 4-bit base stays whole): this is the check that it runs."""
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "out"
+    doc = _doc(tiny_model, data_dir, out, "qlora", distributed={"strategy": "deepspeed"})
+    doc["spec"]["hyperparameters"]["precision"] = "bf16"
+    proc = run_torchrun(write_config(doc, tmp_path / "job.json", nproc=1), out, 1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "adapter_model.safetensors").exists()
+    assert all(math.isfinite(r["loss"]) for r in train_log(out))

@@ -8,7 +8,8 @@ QLoRA's frozen base is bitsandbytes 4-bit storage, placed whole on each GPU by
 ``device_map``: DDP replicates it and DeepSpeed ZeRO-1/2 shard only the optimizer state
 and gradients of the LoRA weights, so both run it; FSDP and ZeRO-3 flatten and shard the
 base weights themselves, which packed 4-bit tensors (uint8 storage, per-block quant
-state held outside the parameter) do not survive.
+state held outside the parameter) do not survive. (QLoRA with ZeRO-2 has not run on a
+GPU yet: tests/trainer/test_gpu.py::test_qlora_with_deepspeed_zero2_on_gpu checks it.)
 """
 
 from __future__ import annotations
