@@ -193,6 +193,7 @@ def test_sharded_resume_reaches_the_uninterrupted_weights(
 
 @pytest.mark.gpu
 def test_deepspeed_zero3_bf16_on_gpu(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed")
     out = tmp_path / "out"
     doc = _doc(tiny_model, data_dir, out, distributed={"strategy": "deepspeed", "zeroStage": 3})
     doc["spec"]["hyperparameters"]["precision"] = "bf16"

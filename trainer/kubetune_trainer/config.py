@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from kubetune.api.combinations import QLORA_STRATEGY_MESSAGE, qlora_shards_base
 from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.errors import InvalidConfigError
@@ -29,6 +30,9 @@ def check_runnable(job: ResolvedJob) -> ResolvedJob:
             "the document is not resolved: learningRate/weightDecay are unset "
             "(the operator must pass kubetune.api.resolve.resolve(job))"
         )
+    dist = spec.distributed  # the API refuses it too; a hand-written document may not
+    if qlora_shards_base(spec.method, dist.strategy, dist.zero_stage):
+        raise InvalidConfigError(QLORA_STRATEGY_MESSAGE)
     for block in METHOD_TRAITS[spec.method].blocks:  # resolve() fills each of them
         parent, _, name = block.partition(".")
         holder = getattr(spec, parent)

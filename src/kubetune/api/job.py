@@ -7,6 +7,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from kubetune.api.base import ApiModel, cel, validations
+from kubetune.api.combinations import combination_rules
 from kubetune.api.common import (
     DNS_SUBDOMAIN_PATTERN,
     DNSSubdomain,
@@ -125,6 +126,7 @@ SPEC_RULES: list[dict[str, Any]] = [
         "deepspeed with zeroStage 1 or 2 (fsdp and ZeRO-3 shard the weights generation needs)",
         field_path=".distributed.strategy",
     ),
+    *combination_rules(),  # method x strategy x batch shape (api/combinations.py)
     _format_rule(),
     *VISION_RULES,
     cel(

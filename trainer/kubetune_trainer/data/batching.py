@@ -41,6 +41,7 @@ from kubetune_trainer.data.encode import (
     EncodedSample,
     EncodedUnpaired,
 )
+from kubetune_trainer.models.varlen_attention import LAYOUT_KWARG, PackedLayout
 
 
 @dataclass(frozen=True)
@@ -214,20 +215,21 @@ def _collate(
         seq_ids = torch.cat(
             [torch.full((len(s.input_ids),), i, dtype=torch.long) for i, s in enumerate(seqs)]
         )
-        lengths = torch.tensor([0] + [len(s.input_ids) for s in seqs])
-        bounds = torch.cumsum(lengths, 0, dtype=torch.int32)
-        longest = int(lengths.max())
+        layout = PackedLayout([len(s.input_ids) for s in seqs])
+        bounds = layout.cu_seq_lens()
         return Batch(
             # position restarts isolate samples for SDPA/eager (transformers builds a
-            # block mask); the cu_seq_lens/max_length kwargs drive varlen kernels
-            # (flash-attention 2, or kubetune_varlen on CPU) that need no mask at all.
+            # block mask); the other kwargs drive varlen kernels that need no mask:
+            # flash-attention 2 reads cu_seq_lens (device) + max_length (host int),
+            # kubetune_varlen the host-side layout, so no layer syncs with the device.
             inputs={
                 "input_ids": ids[None],
                 "position_ids": positions[None],
                 "cu_seq_lens_q": bounds,
                 "cu_seq_lens_k": bounds,
-                "max_length_q": longest,  # type: ignore[dict-item]
-                "max_length_k": longest,  # type: ignore[dict-item]
+                "max_length_q": layout.max_length,  # type: ignore[dict-item]
+                "max_length_k": layout.max_length,  # type: ignore[dict-item]
+                LAYOUT_KWARG: layout,  # type: ignore[dict-item]
             },
             labels=labels[None],
             sequence_ids=seq_ids[None],
