@@ -33,7 +33,7 @@ class PlanOutcome:
 def to_status(summary: PlanSummary) -> ResourcePlan:
     return ResourcePlan(
         peak_memory_bytes=summary.peak_memory_bytes,
-        memory_bytes=dict(summary.memory_bytes) or None,
+        memory_bytes={k[:64]: v for k, v in list(summary.memory_bytes.items())[:16]} or None,
         gpu=summary.gpu[:128] if summary.gpu else None,
         gpu_memory_bytes=summary.gpu_memory_bytes,
         fit=summary.fit,

@@ -165,8 +165,10 @@ class ResourcePlan(ApiModel):
     refused."""
 
     peak_memory_bytes: int = Field(ge=0, description="Estimated peak memory per GPU process.")
-    memory_bytes: dict[str, int] | None = Field(
+    memory_bytes: dict[Annotated[str, StringConstraints(max_length=64)], int] | None = Field(
         default=None,
+        max_length=16,
+        json_schema_extra={"maxProperties": 16},
         description="The estimate's parts in bytes: weights, gradients, optimizer, buffers, "
         "autocast copies, activations, logits (and the other models of online RL).",
     )
