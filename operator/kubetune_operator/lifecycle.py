@@ -48,6 +48,7 @@ from kubetune.api import FineTuneJob
 from kubetune.api.infra import RunPolicy
 from kubetune.api.resolve import ResolutionError, ResolvedJob, resolve
 from kubetune.api.status import (
+    CONDITION_FITS_GPU_MEMORY,
     CONDITION_PROMOTABLE,
     TERMINAL_PHASES,
     AppliedProfile,
@@ -57,7 +58,16 @@ from kubetune.api.status import (
 )
 from kubetune.api.validation import ValidationReport, validate_manifest
 from kubetune.contract.exit_codes import exit_reason
-from kubetune_operator import evaluation, goodput, naming, policy, queueing, tenancy
+from kubetune.contract.plan import without_plan
+from kubetune_operator import (
+    evaluation,
+    goodput,
+    naming,
+    policy,
+    queueing,
+    resource_plan,
+    tenancy,
+)
 from kubetune_operator.admission import Verdict, admit
 from kubetune_operator.failures import (
     Failure,
@@ -694,13 +704,15 @@ class _Decision:
         self.st.phase = "Validating"
         self.summary = "validating"
         if latest is not None and latest.phase == "Succeeded":
-            detail = latest.exit.message if latest.exit and latest.exit.message else None
+            raw = latest.exit.message if latest.exit and latest.exit.message else None
+            detail = without_plan(raw) if raw else None
             self._set(
                 CONDITION_VALIDATED,
                 "True",
                 Reason.VALIDATION_PASSED,
                 detail or f"model, dataset and config checked by pod {latest.name}",
             )
+            self._record_plan(raw)
             # The Completed pod stays (it holds nothing; `kubectl logs` shows what was
             # checked) until the job goes; the Queued Event reports the verdict.
             self._delete(p for p in runs if p is not latest)
@@ -809,6 +821,18 @@ class _Decision:
         if lost_at is not None:
             self.plan.requeue(self._seconds_until(lost_at))
         return False
+
+    def _record_plan(self, message: str | None) -> None:
+        """status.plan and FitsGPUMemory from the validation pod's estimate (a warning
+        when it does not fit, never a failure: it is an estimate)."""
+        result = resource_plan.outcome(message)
+        if result is None:
+            return
+        self.st.plan = result.status
+        before = get_condition(self.st, CONDITION_FITS_GPU_MEMORY)
+        self._set(CONDITION_FITS_GPU_MEMORY, result.condition, result.reason, result.message)
+        if result.event is not None and (before is None or before.reason != result.reason):
+            self.plan.event(*result.event)
 
     # -- the gang ---------------------------------------------------------------------------------
     def _ensure_config(self, attempt: int) -> ResolvedJob | None:

@@ -43,6 +43,11 @@ class Reason(StrEnum):
     VALIDATION_PENDING = "ValidationPending"
     VALIDATION_PASSED = "ValidationPassed"
     VALIDATION_DISABLED = "ValidationDisabled"
+    # The FitsGPUMemory condition (status.plan, from the validation pod's estimate).
+    FITS_GPU_MEMORY = "FitsGPUMemory"
+    TIGHT_GPU_MEMORY = "TightGPUMemory"
+    EXCEEDS_GPU_MEMORY = "ExceedsGPUMemory"
+    GPU_TYPE_UNKNOWN = "GPUTypeUnknown"
     # The gang.
     GANG_CREATED = "GangCreated"
     GANG_PENDING = "GangPending"

@@ -90,6 +90,8 @@ def test_local_validate_only_and_errors(tmp_path: Path) -> None:
     ok = _kubetune("run", "examples/local/dpo.yaml", "--local", "--validate-only", *common, env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "validation passed" in ok.stderr
+    assert "estimated peak memory" in ok.stderr, "kubetune plan's estimate, for people"
+    assert "kubetune-plan" not in ok.stderr, "the operator's JSON line is not shown"
     no_local = _kubetune("run", "examples/local/dpo.yaml", env=env)
     assert no_local.returncode == 2 and "--local" in no_local.stdout + no_local.stderr
     bad = tmp_path / "bad.yaml"

@@ -37,6 +37,35 @@ def test_good_job_passes(tiny_model: Path, data_dir: Path, tmp_path: Path) -> No
     assert not (tmp_path / "out" / "checkpoints").exists()  # nothing trained
 
 
+def test_the_resource_plan_rides_in_the_termination_message(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """kubetune plan's estimate from the mounted config.json and the tokenized data."""
+    from kubetune.contract.plan import parse_plan, without_plan
+
+    doc = manifest(
+        "full",
+        tiny_model,
+        data_dir / "text.jsonl",
+        "text",
+        tmp_path / "out",
+        resources={
+            "nodes": 1,
+            "gpusPerNode": 1,
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+        },
+    )
+    proc, message = _run(doc, tmp_path)
+    assert proc.returncode == ExitCode.SUCCESS, proc.stderr[-2000:]
+    plan = parse_plan(message)
+    assert plan is not None and plan.gpu == "L4" and plan.fit == "Fits"
+    assert plan.memory_bytes["weights"] > 0 and plan.memory_bytes["activations"] > 0
+    assert plan.tokens_per_epoch and plan.epoch_seconds is not None
+    human = without_plan(message)
+    assert human.startswith("validation passed") and "estimated peak memory" in human
+    assert "\n" not in human, "one human line, then the plan line"
+
+
 def test_env_flag_also_selects_validate_only(
     tiny_model: Path, data_dir: Path, tmp_path: Path
 ) -> None:

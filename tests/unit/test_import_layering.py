@@ -1,6 +1,7 @@
 """The layering the folder layout promises, checked on every import statement.
 
-Layers: the shared base (``kubetune.api``, ``kubetune.contract``) imports neither side;
+Layers: the shared base (``kubetune.api``, ``kubetune.contract``, ``kubetune.plan``)
+imports neither side;
 the operator and the trainer import the base but never each other; the CLI sits on
 top; the dev cluster is development tooling that only the CLI and tests use. Lazy
 imports inside functions count too: they are how a layer leaks without anyone noticing.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-BASE = ("kubetune.api", "kubetune.contract")
+BASE = ("kubetune.api", "kubetune.contract", "kubetune.plan")
 OPERATOR = ("kubetune_operator",)
 TRAINER = ("kubetune_trainer",)
 CLI = ("kubetune.cli",)
@@ -115,7 +116,7 @@ def test_checker_catches_a_forbidden_import() -> None:
 def test_base_and_operator_import_without_torch_or_the_other_side() -> None:
     """At run time too: the operator image has no torch, and the base pulls in no side."""
     probe = (
-        "import sys, kubetune.api, kubetune.contract, kubetune_operator.runner\n"
+        "import sys, kubetune.api, kubetune.contract, kubetune.plan, kubetune_operator.runner\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'torch', 'transformers', 'kubetune_trainer'})\n"
         "print(','.join(bad))\n"

@@ -128,11 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         job = load_job(paths.config)
         paths = TrainerPaths.from_env(output_dir=output_dir_for(job))
         if validate_only:
-            from kubetune_trainer.preflight import validate_job
+            from kubetune.contract.plan import encode_plan
+            from kubetune_trainer.preflight import check_job
 
-            message = validate_job(job, paths.output_dir)
+            message, plan = check_job(job, paths.output_dir)
             print(message, flush=True)
-            write_termination_message(message)
+            if plan is not None:  # the operator reads it from the line after the first
+                line = encode_plan(plan)
+                head = message.encode()[: MAX_MESSAGE - len(line.encode()) - 1]
+                write_termination_message(head.decode(errors="ignore") + "\n" + line)
+            else:
+                write_termination_message(message)
             record_exit(ExitCode.SUCCESS, message)
             return int(ExitCode.SUCCESS)
         from kubetune_trainer.run import run_training

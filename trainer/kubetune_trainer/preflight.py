@@ -6,16 +6,23 @@ weights are loaded), the data inputs' digests are on the approved allow-list whe
 job requires it, the datasets and evaluation sets are reachable and every row parses
 (and tokenizes), the evaluation's baseline and reward models are well-formed, and the
 output location is usable. The first failure raises the TrainerError whose
-exit code tells the operator what is wrong; success returns a one-paragraph summary.
+exit code tells the operator what is wrong; success returns a one-paragraph summary
+and the resource plan (peak GPU memory and time per epoch, ``kubetune.plan``), which
+the operator copies to ``status.plan``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from kubetune.api.methods import METHOD_TRAITS
 from kubetune.api.resolve import ResolvedJob
+from kubetune.contract.plan import PlanSummary, headline
+from kubetune.plan import ModelShape as PlanShape
+from kubetune.plan import ShapeError
+from kubetune.plan.report import make_plan
 from kubetune_trainer.continual.data import add_replay, describe_protection
 from kubetune_trainer.data.batching import BatchPlan
 from kubetune_trainer.data.provenance import check_approved
@@ -36,8 +43,16 @@ from kubetune_trainer.moe.training import check_moe_config
 from kubetune_trainer.rl.memory import ModelShape, describe, estimate_roles
 from kubetune_trainer.rl.scoring import build_check
 
+log = logging.getLogger(__name__)
+
 
 def validate_job(job: ResolvedJob, output_dir: Path) -> str:
+    """The one-paragraph summary of a successful validation (see :func:`check_job`)."""
+    return check_job(job, output_dir)[0]
+
+
+def check_job(job: ResolvedJob, output_dir: Path) -> tuple[str, PlanSummary | None]:
+    """Validate ``job``; the summary and the resource plan (None if it cannot be made)."""
     get_method(job)  # refuses unknown methods
     spec, hp, derived = job.spec, job.spec.hyperparameters, job.derived
     prompt = spec.peft.prompt if spec.peft else None
@@ -95,7 +110,8 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
                 f"personal data in {report.split} ({spec.data_policy.personal_data.action}): "
                 f"{found} in {report.personal_data.rows_with_findings} rows"
             )
-    return (
+    resources = _plan(job, model_dir, info.num_parameters, data)
+    message = (
         f"validation passed: model {spec.model.uri} ({info.model_type}, "
         f"{info.num_parameters:,} parameters); train {train.valid_rows} of {train.rows} rows "
         f"({train.skipped_rows} invalid skipped, {train.truncated_rows} truncated to "
@@ -109,6 +125,35 @@ def validate_job(job: ResolvedJob, output_dir: Path) -> str:
         + (f"; {privacy}" if privacy else "")
         + ("; " + "; ".join(notes) if notes else "")
     )
+    if resources is not None:
+        message += f"; {headline(resources)}"
+    return message, resources
+
+
+def _plan(
+    job: ResolvedJob, model_dir: Path, parameters: int, data: PreparedData
+) -> PlanSummary | None:
+    """Peak memory per GPU and time per epoch from the model's config.json and the
+    tokenized data; an estimate never fails validation (None, logged, when it cannot)."""
+    try:
+        shape = PlanShape.from_file(model_dir)
+    except ShapeError as exc:
+        log.warning("no resource plan: %s", exc)
+        return None
+    shape = shape.with_counted_parameters(parameters)  # exact, from the headers
+    tokens = labelled = 0
+    for example in data.train.examples:
+        tokens += len(example.input_ids)
+        labelled += sum(getattr(s, "num_label_tokens", 0) for s in _samples(example))
+    fraction = min(1.0, labelled / tokens) if tokens and labelled else 1.0
+    return make_plan(
+        job, shape, tokens_per_epoch=tokens or None, loss_token_fraction=fraction
+    ).summary()
+
+
+def _samples(example: object) -> list[object]:
+    pair = [getattr(example, "chosen", None), getattr(example, "rejected", None)]
+    return [s for s in pair if s is not None] or [example]
 
 
 def _check_evaluation(job: ResolvedJob) -> str:

@@ -33,6 +33,8 @@ CONDITION_FAILED = "Failed"
 CONDITION_CONFIG_WARNING = "ConfigWarning"
 #: Whether the tuned model may be rolled out (set when the job Succeeds; see evaluation.py).
 CONDITION_PROMOTABLE = "Promotable"
+#: Whether the validation pod's memory estimate fits the requested GPUs (status.plan).
+CONDITION_FITS_GPU_MEMORY = "FitsGPUMemory"
 
 
 class Condition(ApiModel):
@@ -156,6 +158,56 @@ class Lineage(ApiModel):
     image: str | None = Field(default=None, max_length=1024, description="Trainer image used.")
 
 
+class ResourcePlan(ApiModel):
+    """Peak GPU memory per process and time per epoch, estimated by the validation pod
+    from the model's config.json before any GPU is requested (``kubetune plan`` computes
+    the same on a laptop). An estimate: a job that does not fit is warned about, not
+    refused."""
+
+    peak_memory_bytes: int = Field(ge=0, description="Estimated peak memory per GPU process.")
+    memory_bytes: dict[Annotated[str, StringConstraints(max_length=64)], int] | None = Field(
+        default=None,
+        max_length=16,
+        json_schema_extra={"maxProperties": 16},
+        description="The estimate's parts in bytes: weights, gradients, optimizer, buffers, "
+        "autocast copies, activations, logits (and the other models of online RL).",
+    )
+    gpu: str | None = Field(
+        default=None,
+        max_length=128,
+        description="GPU product the estimate was compared with, from resources.nodeSelector "
+        "(nvidia.com/gpu.product or nvidia.com/gpu.memory); absent when not named.",
+    )
+    gpu_memory_bytes: int | None = Field(default=None, ge=0, description="That GPU's memory.")
+    fit: Literal["Fits", "Tight", "DoesNotFit", "Unknown"] = Field(
+        default="Unknown",
+        description="Fits (under 90% of the GPU's memory less 1 GiB), Tight (under 100%), "
+        "DoesNotFit, or Unknown (GPU product not named).",
+    )
+    setup: str | None = Field(
+        default=None, max_length=512, description="The settings the estimate assumed."
+    )
+    tokens_per_epoch: int | None = Field(
+        default=None, ge=0, description="Training tokens in one epoch (tokenized by the pod)."
+    )
+    tokens_per_second: float | None = Field(
+        default=None, ge=0.0, description="Throughput of the gang the time assumes."
+    )
+    throughput: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Where that throughput comes from (an assumed MFU x the GPU's peak).",
+    )
+    epoch_seconds: float | None = Field(
+        default=None, ge=0.0, description="Estimated seconds per epoch at that throughput."
+    )
+    suggestions: list[Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+        default=None,
+        max_length=5,
+        description="What to change, in order, when it does not fit, each with its estimate.",
+    )
+
+
 class AppliedProfile(ApiModel):
     """One profile layer laid under the job's spec (see ``kubetune.api.profiles``)."""
 
@@ -184,7 +236,7 @@ class FineTuneJobStatus(ApiModel):
         max_length=32,
         description="Standard conditions (Validated, Admitted, Running, Restarting, "
         "Suspended, Succeeded, Failed, ConfigWarning, ProgressKnown, ResourceConflict, "
-        "Promotable).",
+        "Promotable, FitsGPUMemory).",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
@@ -234,4 +286,9 @@ class FineTuneJobStatus(ApiModel):
         default=None,
         description="Evaluation of the tuned model against its baseline and the gates' "
         "verdicts; set when the job succeeds with spec.evaluation.",
+    )
+    plan: ResourcePlan | None = Field(
+        default=None,
+        description="Peak GPU memory and time per epoch estimated in the validation pass "
+        "(condition FitsGPUMemory; a Warning Event when it does not fit).",
     )

@@ -16,6 +16,7 @@ from kubetune.cli.dev import app as dev_app
 from kubetune.cli.docs import app as docs_app
 from kubetune.cli.feedback import app as feedback_app
 from kubetune.cli.operator import app as operator_app
+from kubetune.cli.plan import plan as plan_command
 from kubetune.cli.provenance import app as provenance_app
 from kubetune.cli.resolved import (
     ClusterProfiles,
@@ -189,6 +190,7 @@ def _print_resolved(
     return True
 
 
+app.command(name="plan")(plan_command)
 app.command(name="run")(run_command)
 app.command(name="serve")(serve_command)
 app.command(name="dashboards")(dashboards_command)

@@ -44,6 +44,7 @@ from kubetune.contract.env import (
     PVC_ROOT_ENV,
     TERMINATION_LOG_ENV,
 )
+from kubetune.contract.plan import without_plan
 
 console = Console(stderr=True)
 DEFAULT_CACHE = Path(".cache") / "kubetune"
@@ -384,10 +385,9 @@ def run_job(
     termination = out / "termination-log"
     message = termination.read_text().strip() if termination.exists() else ""
     if code == 0:
-        if validate_only:
-            console.print(
-                f"[green]{escape(message or 'validation passed')}[/green]", highlight=False
-            )
+        if validate_only:  # the human line; the JSON plan line is for the operator
+            human = without_plan(message)
+            console.print(f"[green]{escape(human or 'validation passed')}[/green]", highlight=False)
         else:
             _summary(out)
         return
