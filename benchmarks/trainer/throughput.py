@@ -1,32 +1,39 @@
-"""Throughput: our trainer vs. a plain TRL SFTTrainer (default settings), side by side.
+"""Throughput and peak memory: our trainer vs. TRL's SFTTrainer, defaults and tuned.
 
-Same model (a ~4M-parameter Llama-style decoder), same variable-length chat data, same
-batch (8 samples per step, one process), same number of steps, full fine-tuning with
-AdamW and bf16 mixed precision in both (TRL's configs default to ``bf16=True``, also on
-CPU; ours is set to ``precision: bf16`` to match). Only real (non-padding) tokens are
-counted for both; time is the training loop's wall time (data collation included for
-both, setup and evaluation excluded). Runs are interleaved over several rounds
-(alternating order) and the speed-up is the median of the per-round ratios, because
-the CPU is shared and noisy. Both wall-clock and process-CPU-time throughput are
-recorded; with ``--threads 1`` the CPU-time ratio is robust to other load on the
-machine (one thread: no spin-waiting, CPU time = work done).
+Every run is a fresh process (this script re-invokes itself with ``--child VARIANT``
+and reads one JSON line back), so no variant inherits another's allocator state,
+caches or warm-up; rounds run the variants in alternating order and every figure is
+the median over rounds of the ratio to TRL tuned measured in the same round. One torch
+thread (``OMP_NUM_THREADS=1`` and ``torch.set_num_threads(1)``): process CPU time is
+then the work done, robust to other load on the shared machine.
 
-Variants of ours:
-- ``kubetune`` (defaults, bf16): padding-free packed batches + loss (and LM-head logits)
-  on assistant tokens only;
-- ``kubetune-all-tokens``: ``completionOnlyLoss: false``, the same objective as TRL's
-  default (loss on every token), isolating the effect of padding-free batching;
-- ``kubetune-fp32``: our CPU default precision (``auto`` = fp32 on CPU) against TRL's
-  bf16 default — the conservative comparison.
+- throughput: real (non-padding) tokens per second of process CPU time of the training
+  loop (collation included, setup excluded); the wall-clock ratio is shown beside it;
+- peak memory: the largest resident set size sampled every 10 ms during the training
+  loop, minus the RSS just before the model is loaded (so weights, gradients, optimizer
+  state, activations and the data pipeline's share count; the interpreter and imported
+  libraries do not).
 
-    python benchmarks/trainer/throughput.py [--steps 16] [--rounds 3]
+Model: the 256-wide, 4-layer Llama-style decoder of the earlier benchmark with its
+vocabulary padded from the tokenizer's 2048 to 8192 entries (``--vocab``), so the
+vocabulary is 32x the hidden size as in real LLMs (Llama-3-8B: 128256 / 4096 = 31x),
+where the LM head and its logits dominate memory. The same weights for every variant.
+
+    python benchmarks/trainer/throughput.py [--rounds 3] [--steps 16] [--batch 8]
+    python benchmarks/trainer/throughput.py --check-loss   # our loss == TRL tuned's
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import shutil
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +41,13 @@ from typing import Any
 from common import CACHE, manifest, save_results, train, train_log
 
 MODEL_SPEC: dict[str, Any] = {
-    "vocab_size": 2048,
+    "vocab_size": 2048,  # the tokenizer's; the model's is padded to --vocab
     "hidden_size": 256,
     "intermediate_size": 688,
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
 }
-
 
 DISTRIBUTIONS = {
     # uniform 1..60 list items per task: lengths ~15-400 tokens
@@ -50,15 +56,68 @@ DISTRIBUTIONS = {
     "long-tail": {"max_items": 150, "multi_turn": 0.35, "long_tail": True},
 }
 
+#: every setting that differs between the variants (the rest is shared: same model,
+#: data, batch, steps, learning rate 1e-4, AdamW, bf16 autocast, one process)
+VARIANTS: dict[str, dict[str, str]] = {
+    "trl-defaults": {
+        "trainer": "TRL 1.16 SFTTrainer, SFTConfig defaults",
+        "batching": "padded to the longest sample",
+        "gradient checkpointing": "on (TRL default)",
+        "loss on": "every token (TRL default for chat data)",
+        "attention": "sdpa (transformers default), attention mask",
+        "LM head": "TRL fused head, every position (no Triton on CPU)",
+        "extra per step": "entropy + token accuracy",
+    },
+    "trl-tuned": {
+        "trainer": "TRL 1.16 SFTTrainer",
+        "batching": "padding_free=True (one packed row, position_ids + cu_seq_lens)",
+        "gradient checkpointing": "off",
+        "loss on": "assistant tokens (assistant_only_loss=True)",
+        "attention": "kubetune_varlen (ours, per-sample causal SDPA from cu_seq_lens)",
+        "LM head": "TRL fused head, every position (no Triton on CPU)",
+        "extra per step": "entropy + token accuracy (always on in TRL 1.16)",
+    },
+    "kubetune": {
+        "trainer": "kubetune trainer, defaults + precision bf16",
+        "batching": "padding-free packed row",
+        "gradient checkpointing": "off (default)",
+        "loss on": "assistant tokens (completionOnlyLoss default)",
+        "attention": "kubetune_varlen",
+        "LM head": "target positions only, chunked CE (1024 rows)",
+        "extra per step": "none",
+    },
+    "kubetune-full-logits": {
+        "trainer": "kubetune trainer, as `kubetune` but chunked CE off (ablation)",
+        "batching": "padding-free packed row",
+        "gradient checkpointing": "off (default)",
+        "loss on": "assistant tokens",
+        "attention": "kubetune_varlen",
+        "LM head": "target positions only, full [targets, vocab] logits + cross_entropy",
+        "extra per step": "none",
+    },
+}
+BASELINE = "trl-tuned"
 
-def setup(root: Path, distribution: str) -> tuple[Path, Path, list[dict[str, Any]]]:
+
+def setup(root: Path, distribution: str, vocab: int) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """The padded-vocabulary model and the data, built once and cached."""
     from kubetune_trainer.assets.sample_data import chat_rows, corpus_from_rows, write_jsonl
     from kubetune_trainer.models.tiny import TinyModelSpec, default_corpus, ensure_tiny_model
 
     rows = chat_rows(512, seed=2024, **DISTRIBUTIONS[distribution])  # type: ignore[arg-type]
     data = write_jsonl(rows, root / f"chat-{distribution}.jsonl")
     corpus = default_corpus() + corpus_from_rows(chat_rows(400, seed=7, max_items=60))
-    model = ensure_tiny_model(root / "model-4m", TinyModelSpec(seed=3, **MODEL_SPEC), corpus)
+    base = ensure_tiny_model(root / "model-4m", TinyModelSpec(seed=3, **MODEL_SPEC), corpus)
+    model = root / f"model-4m-vocab{vocab}"
+    if not (model / "config.json").exists():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(11)
+        lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        lm.resize_token_embeddings(vocab, mean_resizing=False)  # padded vocab, as real LLMs
+        lm.save_pretrained(model)
+        AutoTokenizer.from_pretrained(base).save_pretrained(model)
     return model, data, rows
 
 
@@ -83,20 +142,74 @@ def length_stats(model_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float
     }
 
 
-def run_trl(
-    model_dir: Path, rows: list[dict[str, Any]], steps: int, batch: int, work: Path
-) -> dict[str, float]:
+# -- measurement inside a child process --------------------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+class Meter:
+    """CPU/wall clock and a 10 ms RSS sampler around the training loop."""
+
+    def __init__(self) -> None:
+        self.rss_before_model = 0
+        self.peak = self.at_start = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def before_model(self) -> None:
+        self.rss_before_model = _rss()
+
+    def start(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.peak = self.at_start = _rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, _rss())
+
+    def stop(self) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    def result(self, tokens: float, padded: float) -> dict[str, float]:
+        return {
+            "tokens": tokens,
+            "seconds": self.wall,
+            "cpu_seconds": self.cpu,
+            "tokens_per_second": tokens / self.wall,
+            "tokens_per_cpu_second": tokens / self.cpu,
+            "padding_fraction": 1 - tokens / max(padded, tokens),
+            "peak_memory_bytes": self.peak - self.rss_before_model,
+            "setup_memory_bytes": self.at_start - self.rss_before_model,
+        }
+
+
+def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work: Path) -> Any:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    tuned = variant == "trl-tuned"
+    attn = "sdpa"
+    if tuned:
+        from kubetune_trainer.models.varlen_attention import register_varlen_attention
+
+        attn = register_varlen_attention()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    args = SFTConfig(
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=attn
+    )
+    config = SFTConfig(
         output_dir=str(work),
-        per_device_train_batch_size=batch,
-        max_steps=steps,
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps,
         learning_rate=1e-4,
         report_to=[],
         use_cpu=True,
@@ -104,152 +217,241 @@ def run_trl(
         logging_steps=10_000,
         seed=42,
         disable_tqdm=True,
+        # the tuned settings; the defaults variant keeps TRL's own
+        **(
+            {
+                "padding_free": True,
+                "max_length": None,  # TRL asks for it with padding_free; samples are <= 526 tokens
+                "gradient_checkpointing": False,
+                "assistant_only_loss": True,
+            }
+            if tuned
+            else {}
+        ),
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
+    return trainer, model
+
+
+def child_trl(
+    variant: str, model_dir: Path, rows: list[Any], args: Any, work: Path
+) -> dict[str, Any]:
+    from transformers import TrainerCallback
+
+    meter = Meter()
+    meter.before_model()
+    trainer, model = _trl_trainer(variant, model_dir, rows, args, work)
     counted = {"tokens": 0.0, "padded": 0.0}
 
-    def count(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        # counted at the model, not the collator: the Trainer collates one batch ahead
-        if module.training and kwargs.get("attention_mask") is not None:
-            counted["tokens"] += float(kwargs["attention_mask"].sum())
-            counted["padded"] += float(kwargs["attention_mask"].numel())
+    def count(module: Any, a: Any, kwargs: dict[str, Any]) -> None:
+        # at the model, not the collator: the Trainer collates one batch ahead
+        if not module.training:
+            return
+        mask = kwargs.get("attention_mask")
+        ids = kwargs["input_ids"]
+        counted["tokens"] += float(mask.sum()) if mask is not None else float(ids.numel())
+        counted["padded"] += float(ids.numel())
 
     model.register_forward_pre_hook(count, with_kwargs=True)
-    clock: dict[str, float] = {}
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a: Any, **k: Any) -> None:
-            clock["start"], clock["cpu_start"] = time.perf_counter(), time.process_time()
+            meter.start()
 
         def on_train_end(self, *a: Any, **k: Any) -> None:
-            clock["end"], clock["cpu_end"] = time.perf_counter(), time.process_time()
+            meter.stop()
 
     trainer.add_callback(Clock())
     trainer.train()
-    seconds = clock["end"] - clock["start"]
-    cpu = clock["cpu_end"] - clock["cpu_start"]
-    return {
-        "tokens": counted["tokens"],
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "tokens_per_second": counted["tokens"] / seconds,
-        "tokens_per_cpu_second": counted["tokens"] / cpu,
-        "padding_fraction": 1 - counted["tokens"] / max(counted["padded"], 1.0),
+    result = meter.result(counted["tokens"], counted["padded"])
+    result["settings"] = {
+        "gradient_checkpointing": trainer.args.gradient_checkpointing,
+        "bf16": trainer.args.bf16,
+        "padding_free": trainer.args.padding_free,
+        "assistant_only_loss": trainer.args.assistant_only_loss,
+        "attn_implementation": model.config._attn_implementation,
+        "optim": str(trainer.args.optim),
     }
+    return result
 
 
-def run_ours(
-    model_dir: Path,
-    data: Path,
-    steps: int,
-    batch: int,
-    work: Path,
-    all_tokens: bool,
-    precision: str = "bf16",
-) -> dict[str, float]:
+def child_ours(variant: str, model_dir: Path, data: Path, args: Any, work: Path) -> dict[str, Any]:
+    import kubetune_trainer.models.load as load
+    import kubetune_trainer.trainer as loop
+    from kubetune_trainer.methods.base import Method
+
+    if variant == "kubetune-full-logits":
+        Method.lm_head_chunk_size = None
     out = work / "out"
-    shutil.rmtree(out, ignore_errors=True)
     doc = manifest(
         "full",
         model_dir,
         data,
         out,
         hyper={
-            "maxSteps": steps,
-            "globalBatchSize": batch,
-            "microBatchSize": batch,
+            "maxSteps": args.steps,
+            "globalBatchSize": args.batch,
+            "microBatchSize": args.batch,
             "learningRate": 1e-4,
-            # TRL's configs default to bf16 mixed precision (also on CPU): compare like with like
-            "precision": precision,
+            "precision": "bf16",  # TRL's default, also on CPU: like with like
         },
-        dataset={"completionOnlyLoss": not all_tokens, "packing": True},
     )
-    import kubetune_trainer.trainer as loop
+    meter = Meter()
+    load_model, train_steps = load.load_causal_lm, loop.Trainer.train_steps
 
-    clock: dict[str, float] = {}
-    original = loop.Trainer.train_steps
+    def loading(*a: Any, **k: Any) -> Any:
+        if not meter.rss_before_model:  # the trained model, not a later reload for export
+            meter.before_model()
+        return load_model(*a, **k)
 
-    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        start, cpu_start = time.perf_counter(), time.process_time()
+    def timed(self: Any, *a: Any, **k: Any) -> Any:
+        meter.start()
         try:
-            return original(self, *args, **kwargs)
+            return train_steps(self, *a, **k)
         finally:
-            clock["seconds"] = time.perf_counter() - start
-            clock["cpu"] = time.process_time() - cpu_start
+            meter.stop()
 
+    load.load_causal_lm = loading  # type: ignore[assignment]
     loop.Trainer.train_steps = timed  # type: ignore[method-assign]
-    try:
-        train(doc, work)
-    finally:
-        loop.Trainer.train_steps = original  # type: ignore[method-assign]
+    train(doc, work)
     tokens = sum(r["tokens"] for r in train_log(out))
+    result = meter.result(tokens, tokens)
+    result["settings"] = {"lm_head_chunk_size": Method.lm_head_chunk_size}
+    return result
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    # every child imports the same libraries before the memory baseline, so lazy imports
+    # after the model load (ours or TRL's) are not counted as training memory
+    import accelerate  # noqa: F401
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+
+    import kubetune_trainer.run
+    import kubetune_trainer.trainer  # noqa: F401
+
+    root = CACHE / "throughput"
+    model, data, rows = setup(root, args.distribution, args.vocab)
+    work = root / f"work-{args.child}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        if args.child.startswith("trl"):
+            result = child_trl(args.child, model, rows, args, work)
+        else:
+            result = child_ours(args.child, model, data, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- the same objective --------------------------------------------------------------------
+def check_loss(args: argparse.Namespace) -> dict[str, float]:
+    """Our loss and TRL tuned's on the same 8 conversations, same weights, fp32."""
+    import torch
+
+    from kubetune_trainer.data.batching import collate
+    from kubetune_trainer.data.encode import Encoder
+    from kubetune_trainer.data.formats import ChatExample
+    from kubetune_trainer.methods.base import find_pretrained, token_logprobs
+    from kubetune_trainer.methods.chunked_ce import chunkable_head
+
+    torch.set_num_threads(1)
+    root = CACHE / "throughput"
+    model_dir, _, rows = setup(root, args.distribution, args.vocab)
+    rows = rows[: args.batch]
+    work = root / "work-check"
+    trainer, model = _trl_trainer("trl-tuned", model_dir, rows, args, work)
+    features = [trainer.train_dataset[i] for i in range(len(rows))]
+    trl_batch = trainer.data_collator(features)
+    model.train()
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(model, dict(trl_batch)))
+    encoder = Encoder(trainer.processing_class, 1024, completion_only_loss=True)
+    units = [encoder.encode(ChatExample(r["messages"])) for r in rows]
+    batch = collate(units, padding_free=True, pad_token_id=0, dummy=units[0])
+    with torch.no_grad():
+        lp = token_logprobs(model, batch, head=chunkable_head(find_pretrained(model)))
+    ours = float(-lp.logprobs.sum() / batch.label_tokens)
+    same_ids = torch.equal(batch.inputs["input_ids"].flatten(), trl_batch["input_ids"].flatten())
+    shutil.rmtree(work, ignore_errors=True)
     return {
-        "tokens": tokens,
-        "seconds": clock["seconds"],
-        "cpu_seconds": clock["cpu"],
-        "tokens_per_second": tokens / clock["seconds"],
-        "tokens_per_cpu_second": tokens / clock["cpu"],
-        "padding_fraction": 0.0,
+        "trl_tuned_loss": trl_loss,
+        "kubetune_loss": ours,
+        "abs_difference": abs(trl_loss - ours),
+        "target_tokens_ours": float(batch.label_tokens),
+        "target_tokens_trl": float((trl_batch["labels"] != -100).sum()),
+        "same_input_ids": float(same_ids),
     }
+
+
+# -- the parent: fresh processes, interleaved ------------------------------------------------
+def run_child(variant: str, distribution: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--distribution",
+        distribution,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--vocab",
+        str(args.vocab),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{variant} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return result
 
 
 def bench_distribution(distribution: str, args: argparse.Namespace) -> dict[str, Any]:
     root = CACHE / "throughput"
-    model, data, rows = setup(root, distribution)
-    runs: dict[str, list[dict[str, float]]] = {
-        "trl-sft-defaults": [],
-        "kubetune": [],
-        "kubetune-all-tokens": [],
-        "kubetune-fp32": [],
-    }
+    model, _, rows = setup(root, distribution, args.vocab)
+    names = list(VARIANTS)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for round_ in range(args.rounds):
-        order = list(runs) if round_ % 2 == 0 else list(reversed(runs))  # cancel drift
-        for name in order:
-            work = root / f"work-{name}"
-            shutil.rmtree(work, ignore_errors=True)
-            if name == "trl-sft-defaults":
-                result = run_trl(model, rows, args.steps, args.batch, work)
-            else:
-                result = run_ours(
-                    model,
-                    data,
-                    args.steps,
-                    args.batch,
-                    work,
-                    all_tokens=name.endswith("all-tokens"),
-                    precision="fp32" if name.endswith("fp32") else "bf16",
-                )
-            runs[name].append(result)
+        for name in names if round_ % 2 == 0 else reversed(names):  # cancel drift
+            r = run_child(name, distribution, args)
+            runs[name].append(r)
             print(
-                f"[{distribution}] round {round_ + 1} {name}: {result['tokens_per_second']:.0f} "
-                f"tok/s, {result['tokens_per_cpu_second']:.0f} tok/CPU-s "
-                f"({result['tokens']:.0f} tokens, {result['seconds']:.2f}s)",
+                f"[{distribution}] round {round_ + 1} {name}: "
+                f"{r['tokens_per_cpu_second']:.0f} tok/CPU-s, {r['tokens_per_second']:.0f} tok/s, "
+                f"peak {r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['tokens']:.0f} tokens)",
                 flush=True,
             )
-    median = {n: statistics.median(r["tokens_per_second"] for r in rs) for n, rs in runs.items()}
-    trl = runs["trl-sft-defaults"]
+    base = runs[BASELINE]
 
-    # the CPU is shared: compare runs of the same round (adjacent in time), then take
-    # the median of those paired ratios
     def paired(key: str) -> dict[str, float]:
+        # runs of the same round are adjacent in time: ratio per round, then the median
         return {
-            name: statistics.median(r[key] / t[key] for r, t in zip(rs, trl, strict=True))
-            for name, rs in runs.items()
+            n: statistics.median(r[key] / b[key] for r, b in zip(rs, base, strict=True))
+            for n, rs in runs.items()
         }
+
+    def median(key: str) -> dict[str, float]:
+        return {n: statistics.median(r[key] for r in rs) for n, rs in runs.items()}
 
     return {
         "lengths": length_stats(model, rows),
-        "median_tokens_per_second": median,
-        "median_tokens_per_cpu_second": {
-            n: statistics.median(r["tokens_per_cpu_second"] for r in rs) for n, rs in runs.items()
-        },
-        "speedup_vs_trl": paired("tokens_per_second"),
-        "speedup_vs_trl_cpu_time": paired("tokens_per_cpu_second"),
-        "trl_padding_fraction": statistics.median(
-            r["padding_fraction"] for r in runs["trl-sft-defaults"]
-        ),
+        "median_tokens_per_cpu_second": median("tokens_per_cpu_second"),
+        "median_tokens_per_second": median("tokens_per_second"),
+        "median_peak_memory_bytes": median("peak_memory_bytes"),
+        "padding_fraction": median("padding_fraction"),
+        "cpu_ratio_vs_baseline": paired("tokens_per_cpu_second"),
+        "wall_ratio_vs_baseline": paired("tokens_per_second"),
+        "memory_ratio_vs_baseline": paired("peak_memory_bytes"),
+        "settings": {n: rs[0]["settings"] for n, rs in runs.items()},
         "runs": runs,
     }
 
@@ -259,38 +461,51 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--vocab", type=int, default=8192, help="model vocabulary (padded)")
     parser.add_argument("--data", choices=[*DISTRIBUTIONS, "all"], default="all")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch threads (0 = default); 1 makes CPU-time ratios robust on a shared machine",
-    )
+    parser.add_argument("--check-loss", action="store_true", help="only compare the losses")
+    parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--distribution", choices=list(DISTRIBUTIONS), default="long-tail")
     args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.child:
+        return child(args)
+    if args.check_loss:
+        print(json.dumps(check_loss(args), indent=2))
+        return None
     names = list(DISTRIBUTIONS) if args.data == "all" else [args.data]
+    start = time.perf_counter()
     results = {name: bench_distribution(name, args) for name in names}
+    checks = {
+        name: check_loss(argparse.Namespace(**{**vars(args), "distribution": name}))
+        for name in names
+    }
     summary = {
-        "threads": args.threads or "default",
+        "threads": 1,
         "steps": args.steps,
         "batch": args.batch,
         "rounds": args.rounds,
+        "vocab": args.vocab,
         "model": MODEL_SPEC,
+        "baseline": BASELINE,
+        "variants": VARIANTS,
+        "loss_check": checks,
         "distributions": results,
+        "total_seconds": time.perf_counter() - start,
     }
     path = save_results("throughput", summary)
     for name, result in results.items():
-        print(
-            f"{name}: lengths {result['lengths']}, TRL padding {result['trl_padding_fraction']:.0%}"
-        )
-        for variant, value in result["median_tokens_per_second"].items():
-            speedup = result["speedup_vs_trl"][variant]
-            cpu = result["speedup_vs_trl_cpu_time"][variant]
-            print(f"  {variant:>22}: {value:8.0f} tok/s  x{speedup:.2f} wall, x{cpu:.2f} CPU time")
+        print(f"{name}: lengths {result['lengths']}")
+        for v in VARIANTS:
+            print(
+                f"  {v:>22}: {result['median_tokens_per_cpu_second'][v]:7.0f} tok/CPU-s "
+                f"x{result['cpu_ratio_vs_baseline'][v]:.2f} "
+                f"(wall x{result['wall_ratio_vs_baseline'][v]:.2f}), "
+                f"peak {result['median_peak_memory_bytes'][v] / 2**20:.0f} MiB "
+                f"x{result['memory_ratio_vs_baseline'][v]:.2f}"
+            )
+    print(json.dumps(checks, indent=2))
     print(f"results: {path}")
+    return None
 
 
 if __name__ == "__main__":

@@ -159,9 +159,20 @@ def test_flex_path_through_the_model_builds_one_mask_per_batch(
     torch.testing.assert_close(again, flex)
 
 
-def test_packed_rows_without_layout_are_refused(packed_batch: Any) -> None:
-    """Boundaries only as a (device) tensor would need a sync per layer: a clear error."""
-    model = _model(layers=1).eval()
+def test_host_boundaries_from_another_collator_are_used(packed_batch: Any) -> None:
+    """TRL's padding-free collator passes only ``cu_seq_lens_q`` (CPU): same logits."""
+    model = _model(layers=2).eval()
     inputs = {k: v for k, v in packed_batch.inputs.items() if k != va.LAYOUT_KWARG}
+    assert inputs["cu_seq_lens_q"].device.type == "cpu"
+    with torch.no_grad():
+        with_layout = model(**packed_batch.inputs, use_cache=False).logits
+        from_boundaries = model(**inputs, use_cache=False).logits
+    torch.testing.assert_close(from_boundaries, with_layout)
+
+
+def test_device_boundaries_without_layout_are_refused() -> None:
+    """Reading boundaries off a device in every layer would be a sync per layer: refused."""
+    on_device = torch.tensor([0, 3, 7], dtype=torch.int32, device="meta")
     with pytest.raises(ValueError, match="packed_layout"):
-        model(**inputs, use_cache=False)
+        va.layout_from_boundaries(on_device)
+    assert va.layout_from_boundaries(torch.tensor([0, 3, 7])).sizes == (3, 4)

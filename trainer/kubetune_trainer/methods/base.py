@@ -7,7 +7,9 @@ micro-batch, and saves/reloads its trained weights in Hugging Face format.
 Loss computation only projects the hidden states of positions that have a target onto
 the vocabulary (``logits_to_keep`` with a boolean mask, supported by transformers 5's
 decoder models): prompt tokens, padding and sample boundaries never touch the LM head,
-which is the largest matmul of a small model and a large share of a big one.
+which is the largest matmul of a small model and a large share of a big one. Where the
+head is a plain linear layer, the cross-entropy is also chunked (``methods/chunked_ce.py``):
+at most ``lm_head_chunk_size`` positions' logits exist at once, in forward and backward.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from kubetune.api.methods import METHOD_TRAITS, MethodTraits
 from kubetune.api.resolve import ResolvedJob
 from kubetune_trainer.data.batching import Batch
 from kubetune_trainer.data.encode import IGNORE, Encoded
+from kubetune_trainer.methods.chunked_ce import DEFAULT_CHUNK_SIZE, chunkable_head, chunked_lm_head
 
 if TYPE_CHECKING:
     from kubetune_trainer.data.validate import PreparedData
@@ -109,9 +112,20 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
 
 
 def token_logprobs(
-    forward: Forward, batch: Batch, *, virtual_tokens: int = 0, keep_supported: bool = True
+    forward: Forward,
+    batch: Batch,
+    *,
+    virtual_tokens: int = 0,
+    keep_supported: bool = True,
+    head: nn.Linear | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> TokenLogprobs:
-    """Log p(target) of every labelled position (labels shifted by one), memory-lean."""
+    """Log p(target) of every labelled position (labels shifted by one), memory-lean.
+
+    With ``head`` (the model's plain LM head, see :func:`chunkable_head`) the head returns
+    the target log-probabilities computed ``chunk_size`` positions at a time, so no
+    ``[targets, vocabulary]`` logits exist (the same values as the full cross-entropy).
+    """
     labels = batch.labels
     targets = labels[:, 1:]
     valid = targets != IGNORE
@@ -125,6 +139,12 @@ def token_logprobs(
         keep_model = torch.cat([pad, keep], dim=1)
     else:
         keep_model = keep
+    tgt = targets[valid]
+    seq = batch.sequence_ids[:, :-1][valid]
+    if head is not None and keep_supported and not dummy:
+        with chunked_lm_head(head, tgt, chunk_size):
+            out = forward(**batch.inputs, logits_to_keep=keep_model, use_cache=False)
+        return TokenLogprobs(out.logits.reshape(-1), seq, batch.num_sequences)
     if keep_supported:
         out = forward(**batch.inputs, logits_to_keep=keep_model, use_cache=False)
         logits = out.logits
@@ -140,8 +160,6 @@ def token_logprobs(
             torch.zeros(1, dtype=torch.long, device=logits.device),
             batch.num_sequences,
         )
-    tgt = targets[valid]
-    seq = batch.sequence_ids[:, :-1][valid]
     logp = -F.cross_entropy(logits.float(), tgt, reduction="none")
     return TokenLogprobs(logp, seq, batch.num_sequences)
 
@@ -157,6 +175,8 @@ class Method(ABC):
     #: default to ``disable_dropout=True``, so the policy's log-probs are deterministic and
     #: comparable with the reference's (computed in eval mode)
     disable_dropout: bool = False
+    #: target positions per LM-head chunk of the loss; None projects all at once (full logits)
+    lm_head_chunk_size: int | None = DEFAULT_CHUNK_SIZE
 
     def __init__(self, job: ResolvedJob) -> None:
         self.job = job
@@ -240,8 +260,16 @@ class Method(ABC):
     def logprobs(self, forward: Forward, model: nn.Module, batch: Batch) -> TokenLogprobs:
         if self._keep_supported is None:
             self._keep_supported = _accepts_logits_to_keep(model)
+        chunked = self.lm_head_chunk_size is not None
+        # looked up per call: the policy and, for DPO/KTO, the reference model come through here
+        head = chunkable_head(find_pretrained(model)) if chunked else None
         return token_logprobs(
-            forward, batch, virtual_tokens=self.virtual_tokens, keep_supported=self._keep_supported
+            forward,
+            batch,
+            virtual_tokens=self.virtual_tokens,
+            keep_supported=self._keep_supported,
+            head=head,
+            chunk_size=self.lm_head_chunk_size or DEFAULT_CHUNK_SIZE,
         )
 
     def loss(self, forward: Forward, model: nn.Module, batch: Batch) -> LossOutput:

@@ -185,6 +185,26 @@ def prefers_flex(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
+def layout_from_boundaries(boundaries: Any) -> PackedLayout | None:
+    """A layout from another collator's ``cu_seq_lens_q`` (e.g. TRL's padding-free one).
+
+    Only host boundaries are accepted: reading a device tensor here would be one sync per
+    layer, the cost :class:`PackedLayout` exists to avoid.
+    """
+    if boundaries is None:
+        return None
+    if isinstance(boundaries, torch.Tensor):
+        if boundaries.device.type != "cpu":
+            raise ValueError(
+                f"packed row without its {LAYOUT_KWARG!r} and with device-side boundaries: "
+                "build batches with kubetune_trainer.data.batching.collate (host-side sample "
+                "boundaries)"
+            )
+        boundaries = boundaries.tolist()
+    cuts = [int(c) for c in boundaries]
+    return PackedLayout([end - start for start, end in itertools.pairwise(cuts)])
+
+
 def varlen_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -198,12 +218,9 @@ def varlen_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """query [1, H, T, D], key/value [1, H_kv, T, D] -> output [1, T, H, D]."""
     layout = kwargs.get(LAYOUT_KWARG)
+    if layout is None and attention_mask is None:
+        layout = layout_from_boundaries(kwargs.get("cu_seq_lens_q"))
     if layout is None or query.shape[0] != 1 or attention_mask is not None:
-        if kwargs.get("cu_seq_lens_q") is not None and attention_mask is None:
-            raise ValueError(
-                f"packed row without its {LAYOUT_KWARG!r}: build batches with "
-                "kubetune_trainer.data.batching.collate (host-side sample boundaries)"
-            )
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
