@@ -174,7 +174,7 @@ def test_demo_learns_the_task_and_shows_before_and_after(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "built the small base model" in proc.stderr
     assert "before and after: held-out-tasks" in proc.stderr
-    assert "│ prompt" in proc.stderr and "│ expected" in proc.stderr
+    assert "┃ prompt" in proc.stderr and "┃ expected" in proc.stderr
     for leftover in (".0000", "epochs 3.0", " 0.0 s"):
         assert leftover not in proc.stderr, leftover
 
