@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job: LoRA fine-tuning of a small local model on 2 CPU processes.
+## The demo: fine-tuning teaches a small pre-trained model a new task on 2 CPU processes.
 demo: $(STAMP)
 	$(BIN)/kubetune validate examples/
-	$(BIN)/kubetune run examples/local/lora-sft.yaml --local
+	$(BIN)/kubetune run examples/local/demo.yaml --local
 
 ## Every test tier that runs without a GPU (unit, control-plane e2e, trainer).
 test: $(STAMP) cluster-binaries system-packages

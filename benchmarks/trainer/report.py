@@ -134,34 +134,86 @@ def memory(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _spread(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.3f} ± {stats['sd']:.3f} ({stats['min']:.3f}–{stats['max']:.3f})"
+
+
 def quality(data: dict[str, Any]) -> list[str]:
+    splits = data["splits"]
+    seeds = len(data["seeds"])
     lines = [
         "## Quality: PEFT improvement as a fraction of full fine-tuning's",
         "",
-        f"`python benchmarks/trainer/quality.py` — {data['date']}. Base: a "
-        f"{data['model']['hidden_size']}-wide, {data['model']['num_hidden_layers']}-layer model "
-        f"pre-trained for {data['pretraining']['steps']} steps on {data['pretraining']['corpus']} "
-        f"(offline, cached). Task: {data['task']}; {data['steps']} steps of {data['global_batch']} "
-        "samples per method; learning rate: best of a 2-point sweep per method. Eval loss on the "
-        "assistant tokens of the eval set.",
+        f"`python benchmarks/trainer/quality.py --steps {data['steps']} --seeds {seeds}` — "
+        f"{data['date']}, {data['wall_seconds'] / 60:.0f} min wall. Base: a "
+        f"{data['model']['hidden_size']}-wide, {data['model']['num_hidden_layers']}-layer Llama "
+        f"pre-trained for {data['pretraining']['steps']} steps "
+        f"({data['pretraining']['tokens']:,} tokens) on {data['pretraining']['corpus']} "
+        f"(offline, cached). Task: {data['task']}; three disjoint splits: {splits['train']} "
+        f"train, {splits['selection']} selection, {splits['eval']} eval conversations. Each "
+        f"method: {data['steps']} steps of {data['global_batch']} samples per run, "
+        f"{seeds} seeds per learning rate; the rate is the one with the lowest mean "
+        "*selection* loss; the table reports the *eval* split, which chose nothing. Loss: mean "
+        "NLL of the assistant tokens. Isolation: "
+        f"{data['isolation']}.",
         "",
-        "| method | trainable params | learning rate | eval loss before | eval loss after | improvement | fraction of full |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| method | trainable params | learning rate (sweep) | eval loss (base {data['base']['eval_loss']:.3f}): mean ± sd (min–max) | improvement | fraction of full |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in data["best"].items():
+        grid = ", ".join(f"{s['learning_rate']:g}" for s in data["sweeps"][name])
+        edge = " **edge**" if r["at_edge_of_sweep"] else ""
         lines.append(
-            f"| {name} | {r['trainable_parameters'] / 1e3:.1f} k | {r['learning_rate']:g} "
-            f"| {r['base_loss']:.3f} | {r['tuned_loss']:.3f} | {r['improvement']:.3f} "
+            f"| {name} | {r['trainable_parameters'] / 1e3:.1f} k | {r['learning_rate']:g}{edge} "
+            f"({grid}) | {_spread(r['eval_loss'])} | {r['improvement']:.3f} "
             f"| {r['fraction_of_full']:.0%} |"
         )
     lines += [
         "",
+        "Selection loss of every (method, learning rate), mean ± sd over seeds (the chosen "
+        "rate in bold):",
+        "",
+        "| method | " + " | ".join(["rate: selection loss"] * 1) + " |",
+        "| --- | --- |",
+    ]
+    for name, rows in data["sweeps"].items():
+        cells = []
+        for s in rows:
+            text = f"{s['learning_rate']:g}: {s['selection_loss']['mean']:.3f} ± {s['selection_loss']['sd']:.3f}"
+            cells.append(
+                f"**{text}**" if s["learning_rate"] == data["best"][name]["learning_rate"] else text
+            )
+        lines.append(f"| {name} | {'; '.join(cells)} |")
+    extended = {k: v for k, v in data.get("extended", {}).items() if v}
+    edges = [name for name, r in data["best"].items() if r["at_edge_of_sweep"]]
+    lines += [
+        "",
+        "Sweeps extended by one rate where the first optimum sat at an edge: "
+        + (
+            ", ".join(f"{k} ({', '.join(f'{x:g}' for x in v)})" for k, v in extended.items())
+            or "none"
+        )
+        + ". Optima still at an edge after that: "
+        + (
+            ", ".join(edges) + " (that method's figure may improve with a wider sweep)"
+            if edges
+            else "none"
+        )
+        + ".",
+        "",
         "Read with care: the base is tiny and only briefly pre-trained, and the budget is "
-        "short, which favours methods with many trainable parameters. The ordering (full > "
-        "LoRA > adapters > prefix ≈ prompt) matches the literature for learning a *new* "
-        "format; prompt/prefix tuning need strong base models and long training to close the gap.",
+        "short, which favours methods with many trainable parameters; prompt/prefix tuning "
+        "need strong base models and long training to close the gap. Full fine-tuning's "
+        "optimum at the top of its sweep means its improvement may be understated, so the "
+        "PEFT fractions are, if anything, upper bounds.",
         "",
     ]
+    if data.get("note"):
+        lines += [
+            f"Note: {data['note']} CPU time of all runs (excluding interpreter start-up): "
+            f"{data['cpu_seconds_in_runs'] / 60:.0f} min.",
+            "",
+        ]
     return lines
 
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from kubetune.contract.display import answer_text, prompt_text
 from tests.trainer.helpers import PYTHON, REPO, trainer_env
 
 
@@ -155,3 +156,40 @@ def test_shipped_sample_data_is_reproducible(tmp_path: Path) -> None:
         assert shipped.read_bytes() == generated.read_bytes(), generated.name
     total = sum(p.stat().st_size for p in (REPO / "examples" / "data").iterdir())
     assert total < 400_000
+
+
+def test_demo_learns_the_task_and_shows_before_and_after(tmp_path: Path) -> None:
+    """`make demo`'s job: from the small pre-trained base, LoRA learns the short-list tasks;
+    the held-out prompts are shown base | tuned | expected in the terminal and the card."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    proc = _kubetune(
+        "run",
+        "examples/local/demo.yaml",
+        "--local",
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        env=_env(tmp_path),
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "built the small base model" in proc.stderr
+    assert "before and after: held-out-tasks" in proc.stderr
+    assert "┃ prompt" in proc.stderr and "┃ expected" in proc.stderr
+    for leftover in (".0000", "epochs 3.0", " 0.0 s"):
+        assert leftover not in proc.stderr, leftover
+
+    report = json.loads((out / "evaluation.json").read_text())
+    exact = {m["name"]: m for m in report["metrics"]}["held-out-tasks/exactMatch"]
+    # the base cannot do the tasks; the tuned model does a good part of them
+    assert exact["baseline"] <= 0.1 and exact["tuned"] >= 0.25, exact
+    assert exact["ciLow"] > 0.0  # paired bootstrap: better, not by luck
+
+    rows = report["responses"]["held-out-tasks"]
+    first = rows[0]
+    assert f"│ {prompt_text(first['prompt'])}" in proc.stderr
+    card = (out / "README.md").read_text()
+    section = card.split("## Before and after", 1)[1].split("## Lineage", 1)[0]
+    assert "| prompt | base model | tuned model | expected |" in section
+    assert f"| {answer_text(first['reference'])} |" in section

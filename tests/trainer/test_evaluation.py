@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.contract.display import answer_text, prompt_text
 from kubetune.contract.evaluation import parse_termination_message
 from kubetune_trainer.checkpoint import atomic
 from kubetune_trainer.checkpoint.state import BASE_EVAL_EXAMPLES
@@ -149,6 +150,11 @@ def test_lora_run_with_gates(lora_run: Path, tiny_model: Path) -> None:
 
     card = (out / "README.md").read_text()
     assert "## Evaluation gates" in card and "qa/exactMatch" in card
+    before_after = card.split("## Before and after", 1)[1].split("## Lineage", 1)[0]
+    first = responses[0]
+    assert "| prompt | base model | tuned model | expected |" in before_after
+    cells = [prompt_text(first["prompt"]), answer_text(first["baseline"])]
+    assert "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" in before_after
     assert read_json(out / "lineage.json")["evaluationGates"]["verdict"] == "Failed"
 
     message = (out.parent / "out.termination-log").read_text()

@@ -33,7 +33,13 @@ from rich.table import Table
 
 from kubetune.cli.extras import require_extra
 from kubetune.contract import ExitCode, launch_command
-from kubetune.contract.display import duration, number
+from kubetune.contract.display import (
+    BEFORE_AFTER_ROWS,
+    answer_text,
+    duration,
+    number,
+    prompt_text,
+)
 from kubetune.contract.env import (
     CACHE_ENV,
     CONFIG_ENV,
@@ -165,6 +171,7 @@ def _summary(output_dir: Path) -> None:
                     )
             console.print(table)
     _gates_summary(output_dir / "evaluation.json")
+    _before_after(output_dir / "evaluation.json")
     console.print(
         f"[green]outputs in {escape(str(output_dir))}[/green] "
         f"(model card: {escape(str(output_dir / 'README.md'))})",
@@ -173,6 +180,28 @@ def _summary(output_dir: Path) -> None:
     curves = output_dir / "training_curves.png"
     if curves.exists():
         console.print(f"training curves: {escape(str(curves))}", highlight=False)
+
+
+def _before_after(report_file: Path) -> None:
+    """A few held-out prompts of each evaluation set, answered by the baseline and the tuned
+    model side by side (a tuned answer equal to the reference in green)."""
+    if not report_file.exists():
+        return
+    responses = json.loads(report_file.read_text()).get("responses") or {}
+    for name, rows in responses.items():
+        table = Table(
+            "prompt", "base model", "tuned model", "expected", title=f"before and after: {name}"
+        )
+        for row in rows[:BEFORE_AFTER_ROWS]:
+            tuned = answer_text(row["tuned"])
+            right = row["tuned"].strip() == row["reference"].strip()
+            table.add_row(
+                escape(prompt_text(row["prompt"])),
+                escape(answer_text(row["baseline"])),
+                f"[green]{escape(tuned)}[/green]" if right else escape(tuned),
+                escape(answer_text(row["reference"])),
+            )
+        console.print(table)
 
 
 def _gates_summary(report_file: Path) -> None:

@@ -40,3 +40,19 @@ def duration(seconds: float | int | None) -> str:
     if whole < 3600:
         return f"{whole // 60} min {whole % 60:02d} s"
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+#: rows of an evaluation set shown side by side (CLI and model card)
+BEFORE_AFTER_ROWS = 6
+
+
+def prompt_text(prompt: str) -> str:
+    """What a person typed: the last user turn of a ChatML-rendered prompt, else the prompt."""
+    if "<|im_start|>user\n" in prompt:
+        prompt = prompt.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+    return " ".join(prompt.split())
+
+
+def answer_text(response: str) -> str:
+    """A generated answer on one line (empty as an em dash, so a table cell never vanishes)."""
+    return " ".join(response.split()) or "—"

@@ -30,6 +30,17 @@ PII_CHAT_PATHS = {
 }
 #: a Qwen3-MoE-style tiny model (8 experts, top 2) for examples/local/moe-lora.yaml
 TINY_MOE_MODEL = "models/kubetune-tiny-moe"
+#: the demo's base: a tiny model pre-trained on English text (examples/local/lora-demo.yaml)
+SMALL_BASE_MODEL = "models/kubetune-small-base"
+#: PVC path -> demo data (short-list tasks): (kind, rows, seed); "prompts" is the
+#: evaluation set of held-out prompts (chat template rendered in) with references
+DEMO_PATHS = {
+    "datasets/demo-tasks/train.jsonl": ("chat", 4000, 601),
+    "datasets/demo-tasks/eval.jsonl": ("chat", 64, 602),
+    "datasets/demo-tasks/prompts.jsonl": ("prompts", 32, 603),
+}
+DEMO_MAX_ITEMS = 3
+DEMO_TASKS = ("reverse", "count")
 
 # file name in examples/data -> (generator, count, seed)
 SAMPLE_FILES: dict[str, tuple[Callable[..., list[dict]], int, int]] = {
@@ -110,6 +121,27 @@ def build_tiny_moe_model(target: Path) -> Path:
     return ensure_tiny_moe_model(target, spec, corpus)
 
 
+def demo_rows(rel: str) -> list[dict]:
+    """The demo's rows; held-out rows never repeat a training prompt."""
+    kind, count, seed = DEMO_PATHS[rel]
+    if kind == "chat":
+        rows = sd.chat_rows(
+            count, seed=seed, max_items=DEMO_MAX_ITEMS, multi_turn=0.0, kinds=DEMO_TASKS
+        )
+    else:
+        rows = sd.prompt_reference_rows(
+            count, seed=seed, max_items=DEMO_MAX_ITEMS, kinds=DEMO_TASKS
+        )
+    if rel.endswith("train.jsonl"):
+        return rows
+    _, train_count, train_seed = DEMO_PATHS["datasets/demo-tasks/train.jsonl"]
+    train = sd.chat_rows(
+        train_count, seed=train_seed, max_items=DEMO_MAX_ITEMS, multi_turn=0.0, kinds=DEMO_TASKS
+    )
+    seen = {m["content"] for row in train for m in row["messages"] if m["role"] == "user"}
+    return [row for row in rows if sd.user_prompt(row) not in seen]
+
+
 def seed_location(uri: str, pvc_root: Path) -> str | None:
     """Create the content of a well-known example location if missing; says what it did."""
     location = parse_uri(uri)
@@ -141,6 +173,16 @@ def seed_location(uri: str, pvc_root: Path) -> str | None:
             return None
         build_tiny_moe_model(target)
         return f"built the tiny mixture-of-experts example model at {target}"
+    if rel == SMALL_BASE_MODEL:
+        if (target / "kubetune_tiny.json").exists():
+            return None
+        from kubetune_trainer.models.small_base import build_small_base
+
+        build_small_base(target)
+        return f"built the small base model (pre-trained on English docstrings) at {target}"
+    if rel in DEMO_PATHS and not target.exists():
+        sd.write_jsonl(demo_rows(rel), target)
+        return f"wrote demo dataset {target}"
     if rel in PII_CHAT_PATHS and not target.exists():
         from kubetune_trainer.privacy.fake import pii_chat_rows
 

@@ -75,14 +75,19 @@ def number_words(n: int) -> str:
     return _TENS[tens] + ("" if ones == 0 else "-" + _ONES[ones])
 
 
-def _task(rng: random.Random, max_items: int, long_tail: bool = False) -> tuple[str, str, str]:
+TASKS = ("spell", "reverse", "sort", "count")
+
+
+def _task(
+    rng: random.Random, max_items: int, long_tail: bool = False, kinds: tuple[str, ...] = TASKS
+) -> tuple[str, str, str]:
     """(instruction, correct answer, corrupted answer).
 
     ``long_tail`` draws the list length from a log-normal distribution (median ~8 items,
     occasionally 100+), like the heavy-tailed lengths of real chat datasets; otherwise
     it is uniform in 1..max_items.
     """
-    kind = rng.choice(["spell", "reverse", "sort", "count"])
+    kind = rng.choice(list(kinds))
     if long_tail:
         n = min(max_items, max(1, int(rng.lognormvariate(math.log(8), 1.0))))
     else:
@@ -118,6 +123,7 @@ def chat_rows(
     max_items: int = 24,
     multi_turn: float = 0.2,
     long_tail: bool = False,
+    kinds: tuple[str, ...] = TASKS,
 ) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     rows = []
@@ -127,7 +133,7 @@ def chat_rows(
             messages.append({"role": "system", "content": SYSTEM_PROMPT})
         turns = 2 if rng.random() < multi_turn else 1
         for _ in range(turns):
-            prompt, answer, _ = _task(rng, max_items, long_tail)
+            prompt, answer, _ = _task(rng, max_items, long_tail, kinds)
             messages += [
                 {"role": "user", "content": prompt},
                 {"role": "assistant", "content": answer},
@@ -151,6 +157,31 @@ def text_rows(count: int, seed: int = 0, max_items: int = 24) -> list[dict[str, 
     for _ in range(count):
         prompt, answer, _ = _task(rng, max_items)
         rows.append({"text": f"{prompt}. Result: {answer}."})
+    return rows
+
+
+def chatml_prompt(instruction: str) -> str:
+    """A user turn rendered with the tiny models' ChatML template, ready for the answer."""
+    return f"<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def user_prompt(row: dict[str, Any]) -> str:
+    """The (last) user instruction of a chat row or of a rendered evaluation prompt."""
+    if "messages" in row:
+        return str([m for m in row["messages"] if m["role"] == "user"][-1]["content"])
+    text = str(row["prompt"])
+    return text.rsplit("<|im_start|>user\n", 1)[-1].split("<|im_end|>", 1)[0]
+
+
+def prompt_reference_rows(
+    count: int, seed: int = 0, max_items: int = 3, kinds: tuple[str, ...] = TASKS
+) -> list[dict[str, Any]]:
+    """An evaluation set (``spec.evaluation.sets``): rendered chat prompts and their answers."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        prompt, answer, _ = _task(rng, max_items, kinds=kinds)
+        rows.append({"prompt": chatml_prompt(prompt), "reference": answer})
     return rows
 
 

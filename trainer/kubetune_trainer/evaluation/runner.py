@@ -225,4 +225,4 @@ def write_report(output_dir: Path, summary: EvaluationSummary, samples: dict[str
         lineage = json.loads(lineage_file.read_text())
         lineage["evaluationGates"] = doc
         write_atomic(lineage_file, json.dumps(lineage, indent=2))
-        write_atomic(output_dir / "README.md", render_model_card(lineage))
+        write_atomic(output_dir / "README.md", render_model_card(lineage, samples))

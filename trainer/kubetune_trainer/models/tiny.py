@@ -194,7 +194,7 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Any:
     return wrapped
 
 
-def _model_config(spec: TinyModelSpec, tokenizer: Any) -> Any:
+def decoder_config(spec: TinyModelSpec, tokenizer: Any) -> Any:
     common: dict[str, Any] = {
         "vocab_size": len(tokenizer),
         "hidden_size": spec.hidden_size,
@@ -235,7 +235,7 @@ def build_tiny_model(
     spec = spec or TinyModelSpec()
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(corpus if corpus is not None else default_corpus(), spec.vocab_size)
-    config = _model_config(spec, tokenizer)
+    config = decoder_config(spec, tokenizer)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

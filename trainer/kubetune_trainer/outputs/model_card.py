@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from kubetune.api.methods import METHOD_TRAITS, SavedAs, saved_as
-from kubetune.contract.display import duration, number
+from kubetune.contract.display import BEFORE_AFTER_ROWS, answer_text, duration, number, prompt_text
 from kubetune_trainer.continual.card import continual_section
 from kubetune_trainer.dp.card import privacy_section
 from kubetune_trainer.moe.report import card_section as moe_card_section
@@ -237,7 +237,35 @@ def _upstream_section(upstream: Any) -> str:
     return "\nEarlier kubetune stages this model depends on:\n\n" + "\n".join(lines) + "\n"
 
 
-def render_model_card(lineage: dict[str, Any]) -> str:
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _before_after_section(responses: dict[str, Any] | None) -> str:
+    """A few prompts of each evaluation set, answered by the baseline and the tuned model."""
+    if not responses:
+        return ""
+    lines = [
+        "## Before and after",
+        "",
+        "Held-out prompts of `spec.evaluation`, greedy decoding (full list in `evaluation.json`).",
+    ]
+    for name, rows in responses.items():
+        lines += ["", f"Set `{name}`:", "", "| prompt | base model | tuned model | expected |"]
+        lines.append("| --- | --- | --- | --- |")
+        for row in rows[:BEFORE_AFTER_ROWS]:
+            cells = (
+                prompt_text(row["prompt"]),
+                answer_text(row["baseline"]),
+                answer_text(row["tuned"]),
+                answer_text(row["reference"]),
+            )
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n\n"
+
+
+def render_model_card(lineage: dict[str, Any], responses: dict[str, Any] | None = None) -> str:
+    """The card; ``responses`` (evaluation.json's, per set) adds the before/after section."""
     job = lineage["job"]
     base = lineage["baseModel"]
     training = lineage["training"]
@@ -288,6 +316,7 @@ def render_model_card(lineage: dict[str, Any]) -> str:
     data_sections = personal_data_card_section(lineage.get("dataPolicy")) + _provenance_section(
         lineage.get("provenance")
     )
+    gates = _gates_section(lineage.get("evaluationGates")) + _before_after_section(responses)
     body = f"""# {job["name"]}
 
 Fine-tuned by kubetune with method **{method}**{policy} from `{base["uri"]}`{revision}.
@@ -314,7 +343,7 @@ Invalid rows are listed with file, line and reason in `data_issues.jsonl` when p
 {data_sections}## Evaluation
 
 {_eval_table(evaluation)}
-{continual}{_gates_section(lineage.get("evaluationGates"))}## Lineage
+{continual}{gates}## Lineage
 {_upstream_section(lineage.get("upstream"))}
 - base model sha256: `{base.get("sha256")}`
 - resolved job config sha256: `{job.get("configHash")}`
