@@ -34,10 +34,10 @@ from common import CACHE, manifest, save_results, train
 
 #: method -> (extra spec, learning rates tried first; neighbours are x3 apart)
 METHODS: dict[str, tuple[dict[str, Any], list[float]]] = {
-    "full": ({}, [3e-4, 1e-3, 3e-3]),
+    "full": ({}, [1e-3, 3e-3, 1e-2]),
     "lora": ({"peft": {"lora": {"r": 16, "alpha": 32, "dropout": 0.0}}}, [3e-3, 1e-2, 3e-2]),
     "adapter": ({"peft": {"adapter": {"bottleneckSize": 64}}}, [3e-3, 1e-2, 3e-2]),
-    "prefix": ({"peft": {"prefix": {"numVirtualTokens": 20}}}, [3e-2, 1e-1, 3e-1]),
+    "prefix": ({"peft": {"prefix": {"numVirtualTokens": 20}}}, [1e-1, 3e-1, 1.0]),
     "prompt": ({"peft": {"prompt": {"numVirtualTokens": 20}}}, [1e-1, 3e-1, 1.0]),
 }
 GLOBAL_BATCH = 16
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
-    parser.add_argument("--extend", type=int, default=1, help="sweep extensions at most")
+    parser.add_argument("--extend", type=int, default=2, help="sweep extensions at most")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "LR", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
