@@ -30,7 +30,7 @@ PII_CHAT_PATHS = {
 }
 #: a Qwen3-MoE-style tiny model (8 experts, top 2) for examples/local/moe-lora.yaml
 TINY_MOE_MODEL = "models/kubetune-tiny-moe"
-#: the demo's base: a tiny model pre-trained on English text (examples/local/lora-demo.yaml)
+#: the demo's base: a tiny model pre-trained on English text (examples/local/demo.yaml)
 SMALL_BASE_MODEL = "models/kubetune-small-base"
 #: PVC path -> demo data (short-list tasks): (kind, rows, seed); "prompts" is the
 #: evaluation set of held-out prompts (chat template rendered in) with references
