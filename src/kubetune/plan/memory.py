@@ -62,6 +62,8 @@ GIB = 2**30
 ADAMW_BYTES = 8  # two fp32 moments
 MASTER_BYTES = 4  # DeepSpeed's fp32 master copy
 LOSS_BYTES_PER_VOCAB = 12  # fp32 log-probs saved + two fp32 gradients at backward start
+#: target positions the trainer's chunked loss projects onto the vocabulary at once
+LOSS_CHUNK_ROWS = 1024
 NF4_BYTES = 0.5 + 1 / 64  # 4-bit values + (double-quantized) block constants
 INT8_BYTES = 1.0 + 4 / 64
 
@@ -331,10 +333,15 @@ def estimate_memory(
         Part("activations", int(activations), f"{how_act}; {tokens:,} tokens per micro-batch")
     )
     loss_tokens = 0 if setup.method == "reward" else round(tokens * loss_token_fraction)
-    logits = loss_tokens * shape.vocab_size * LOSS_BYTES_PER_VOCAB
+    # the chunked loss holds one chunk of rows at a time; logit transforms keep full logits
+    rows = loss_tokens if shape.logit_transform else min(loss_tokens, LOSS_CHUNK_ROWS)
+    logits = rows * shape.vocab_size * LOSS_BYTES_PER_VOCAB
+    chunked = " (one chunk of the loss at a time)" if rows < loss_tokens else ""
     parts.append(
         Part(
-            "logits", logits, f"{loss_tokens:,} tokens x vocabulary {shape.vocab_size:,} x 12 bytes"
+            "logits",
+            logits,
+            f"{rows:,} tokens x vocabulary {shape.vocab_size:,} x 12 bytes{chunked}",
         )
     )
 

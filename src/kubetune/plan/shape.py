@@ -29,6 +29,15 @@ _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 #: Mistral, Qwen, Gemma, Phi-3, ...) is gated (SwiGLU/GeGLU: gate, up and down)
 _PLAIN_MLP = ("gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "starcoder2")
 #: families whose config class ties the output head to the embeddings by default
+#: config fields of logits transformed after the head (softcapping, scaling); the trainer's
+#: chunked loss would skip the transformation, so it keeps full logits for these
+LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 _TIED_BY_DEFAULT = ("gpt2", "gpt_neox", "opt", "bloom", "gemma", "gemma2", "gemma3_text")
 
 
@@ -56,6 +65,9 @@ class ModelShape:
     #: always-on shared experts' total MLP width (DeepSeek, Qwen-MoE), 0 if none
     shared_expert_intermediate_size: int = 0
     model_type: str = ""
+    #: logits transformed after the head (softcapping, scaling): the trainer keeps the
+    #: full-logits loss for these, not its chunked one
+    logit_transform: bool = False
     #: counted from the safetensors headers (the validation pod); else derived
     counted_parameters: int | None = None
 
@@ -103,6 +115,7 @@ class ModelShape:
             ),
             shared_expert_intermediate_size=_shared_width(config) if experts else 0,
             model_type=model_type,
+            logit_transform=any(config.get(k) not in (None, 1.0) for k in LOGIT_TRANSFORMS),
         )
 
     @classmethod

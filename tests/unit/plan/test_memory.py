@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from kubetune.plan import ModelShape, TrainingSetup, estimate_memory
-from kubetune.plan.memory import activation_bytes_per_token_layer
+from kubetune.plan.memory import LOSS_CHUNK_ROWS, activation_bytes_per_token_layer
 
 # A small Llama: h=64, 2 layers, 4 heads of 16 (2 KV), MLP 128, vocabulary 100.
 SHAPE = ModelShape.from_config(
@@ -145,3 +145,20 @@ def test_online_rl_counts_reference_reward_value_and_kv_cache() -> None:
     assert est.part("kv cache") == 2 * L * KV * 2 * 2 * (10 + 6)
     lora = estimate_memory(SHAPE, replace(ppo, lora_rank=4, method="ppo"))
     assert lora.part("reference") == 0, "the base under the adapter is the reference"
+
+
+def test_the_chunked_loss_holds_one_chunk_of_logits_unless_logits_are_transformed() -> None:
+    long = replace(FULL, micro_batch_size=8, max_seq_length=4096)  # 32,768 loss tokens
+    chunked = estimate_memory(SHAPE, long)
+    assert chunked.part("logits") == LOSS_CHUNK_ROWS * V * 12
+    softcapped = estimate_memory(replace(SHAPE, logit_transform=True), long)
+    assert softcapped.part("logits") == 8 * 4096 * V * 12
+    assert ModelShape.from_config(
+        {
+            "hidden_size": 8,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "vocab_size": 16,
+            "final_logit_softcapping": 30.0,
+        }
+    ).logit_transform

@@ -21,18 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-#: target rows projected at once: [4096, V] fp32 is 2 GiB at Llama-3's vocabulary
-DEFAULT_CHUNK_SIZE = 1024
+from kubetune.plan.memory import LOSS_CHUNK_ROWS
+from kubetune.plan.shape import LOGIT_TRANSFORMS
 
-#: config fields of models whose logits are transformed after the head (softcapping,
-#: scaling): the chunked path would skip that transformation, so they keep the plain one
-_LOGIT_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "output_multiplier",
-    "lm_head_multiplier",
-    "logits_scaling",
-)
+#: target rows projected at once ([1024, V] fp32 is 0.5 GiB at Llama-3's vocabulary); shared
+#: with ``kubetune plan``'s memory model
+DEFAULT_CHUNK_SIZE = LOSS_CHUNK_ROWS
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -141,7 +135,7 @@ def chunkable_head(pretrained: nn.Module) -> nn.Linear | None:
     config = getattr(pretrained, "config", None)
     get_text = getattr(config, "get_text_config", None)
     text = get_text() if callable(get_text) else config
-    if any(getattr(text, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
+    if any(getattr(text, name, None) not in (None, 1.0) for name in LOGIT_TRANSFORMS):
         return None
     return head
 
