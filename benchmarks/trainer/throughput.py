@@ -85,6 +85,15 @@ VARIANTS: dict[str, dict[str, str]] = {
         "LM head": "TRL fused head, every position (no Triton on CPU)",
         "extra per step": "entropy + token accuracy (always on in TRL 1.16)",
     },
+    "trl-tuned-unrounded": {
+        "trainer": "TRL 1.16 SFTTrainer, as `trl-tuned` but no shape rounding (ablation)",
+        "batching": "padding_free=True (one packed row, position_ids + cu_seq_lens)",
+        "gradient checkpointing": "off",
+        "loss on": "assistant tokens (assistant_only_loss=True)",
+        "attention": "kubetune_varlen, exact sample lengths",
+        "LM head": "TRL fused head, every position (no Triton on CPU)",
+        "extra per step": "entropy + token accuracy (always on in TRL 1.16)",
+    },
     "kubetune": {
         "trainer": "kubetune trainer, defaults + precision bf16",
         "batching": "padding-free packed row, rounded up to 64 tokens",
@@ -213,12 +222,15 @@ def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    tuned = variant == "trl-tuned"
+    tuned = variant.startswith("trl-tuned")
+    rounded = variant == "trl-tuned"
     attn = "sdpa"
     if tuned:
-        from kubetune_trainer.models.varlen_attention import register_varlen_attention
+        from kubetune_trainer.models import varlen_attention
 
-        attn = register_varlen_attention()
+        attn = varlen_attention.register_varlen_attention()
+        if not rounded:
+            varlen_attention.SAMPLE_MULTIPLE = 1
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation=attn
@@ -245,7 +257,7 @@ def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work
                 "assistant_only_loss": True,
                 # a few row lengths, not one per step, as kubetune's PACKED_ROW_MULTIPLE
                 # (CPU kernels are compiled and cached per shape)
-                "pad_to_multiple_of": 64,
+                "pad_to_multiple_of": 64 if rounded else None,
             }
             if tuned
             else {}
@@ -317,6 +329,8 @@ def child_trl(
 ) -> dict[str, Any]:
     from transformers import TrainerCallback
 
+    from kubetune_trainer.models import varlen_attention
+
     ordered = [rows[i] for i in step_order(model_dir, data, args, len(rows))]
     meter = Meter()
     meter.before_model()
@@ -339,6 +353,9 @@ def child_trl(
     result["settings"] = {
         "train_sampling_strategy": trainer.args.train_sampling_strategy,
         "pad_to_multiple_of": trainer.args.pad_to_multiple_of,
+        "attention_length_multiple": (
+            varlen_attention.SAMPLE_MULTIPLE if variant != "trl-defaults" else None
+        ),
         "gradient_checkpointing": trainer.args.gradient_checkpointing,
         "bf16": trainer.args.bf16,
         "padding_free": trainer.args.padding_free,
@@ -450,6 +467,7 @@ def check_loss(args: argparse.Namespace) -> dict[str, float]:
     from kubetune_trainer.data.formats import ChatExample
     from kubetune_trainer.methods.base import find_pretrained, token_logprobs
     from kubetune_trainer.methods.chunked_ce import chunkable_head
+    from kubetune_trainer.trainer import PACKED_ROW_MULTIPLE
 
     torch.set_num_threads(1)
     root = CACHE / "throughput"
@@ -464,7 +482,13 @@ def check_loss(args: argparse.Namespace) -> dict[str, float]:
         trl_loss = float(trainer.compute_loss(model, dict(trl_batch)))
     encoder = Encoder(trainer.processing_class, 1024, completion_only_loss=True)
     units = [encoder.encode(ChatExample(r["messages"])) for r in rows]
-    batch = collate(units, padding_free=True, pad_token_id=0, dummy=units[0])
+    batch = collate(  # both rows rounded up to 64 tokens, as in training
+        units,
+        padding_free=True,
+        pad_token_id=trainer.processing_class.pad_token_id,
+        dummy=units[0],
+        pad_to_multiple_of=PACKED_ROW_MULTIPLE,
+    )
     with torch.no_grad():
         lp = token_logprobs(model, batch, head=chunkable_head(find_pretrained(model)))
     ours = float(-lp.logprobs.sum() / batch.label_tokens)
