@@ -203,7 +203,7 @@ class Meter:
             self._thread.join()
         self.peak = max(self.peak, _rss())
 
-    def result(self, tokens: float, padded: float) -> dict[str, float]:
+    def result(self, tokens: float, padded: float) -> dict[str, Any]:
         return {
             "tokens": tokens,
             "seconds": self.wall,
@@ -235,6 +235,15 @@ def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation=attn
     )
+    tuned_settings: dict[str, Any] = {
+        "padding_free": True,
+        "max_length": None,  # TRL asks for it with padding_free; samples are <= 526 tokens
+        "gradient_checkpointing": False,
+        "assistant_only_loss": True,
+        # a few row lengths, not one per step, as kubetune's PACKED_ROW_MULTIPLE
+        # (CPU kernels are compiled and cached per shape)
+        "pad_to_multiple_of": 64 if rounded else None,
+    }
     config = SFTConfig(
         output_dir=str(work),
         per_device_train_batch_size=args.batch,
@@ -249,19 +258,7 @@ def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work
         # the rows come in kubetune's step order (see step_order): no reshuffling
         train_sampling_strategy="sequential",
         # the tuned settings; the defaults variant keeps TRL's own
-        **(
-            {
-                "padding_free": True,
-                "max_length": None,  # TRL asks for it with padding_free; samples are <= 526 tokens
-                "gradient_checkpointing": False,
-                "assistant_only_loss": True,
-                # a few row lengths, not one per step, as kubetune's PACKED_ROW_MULTIPLE
-                # (CPU kernels are compiled and cached per shape)
-                "pad_to_multiple_of": 64 if rounded else None,
-            }
-            if tuned
-            else {}
-        ),
+        **(tuned_settings if tuned else {}),
     )
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
@@ -409,7 +406,7 @@ def child_ours(variant: str, model_dir: Path, data: Path, args: Any, work: Path)
         finally:
             meter.stop()
 
-    load.load_causal_lm = loading  # type: ignore[assignment]
+    load.load_causal_lm = loading
     loop.Trainer.train_steps = timed  # type: ignore[method-assign]
     train(doc, work)
     seen = batches[0].result()
