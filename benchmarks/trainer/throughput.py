@@ -1,5 +1,10 @@
 """Throughput and peak memory: our trainer vs. TRL's SFTTrainer, defaults and tuned.
 
+Every variant trains on the same batches: TRL gets the rows in the order kubetune's
+trainer draws them (its seeded shuffle) with ``train_sampling_strategy="sequential"``, and
+each run hashes the real token ids of every training forward; the parent refuses results
+whose digests differ, and reports the tokens of every variant.
+
 Every run is a fresh process (this script re-invokes itself with ``--child VARIANT``
 and reads one JSON line back), so no variant inherits another's allocator state,
 caches or warm-up; rounds run the variants in alternating order and every figure is
@@ -26,6 +31,7 @@ where the LM head and its logits dominate memory. The same weights for every var
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -70,29 +76,49 @@ VARIANTS: dict[str, dict[str, str]] = {
     },
     "trl-tuned": {
         "trainer": "TRL 1.16 SFTTrainer",
+        "batching": "padding_free=True (one packed row, position_ids + cu_seq_lens), "
+        "pad_to_multiple_of=64",
+        "gradient checkpointing": "off",
+        "loss on": "assistant tokens (assistant_only_loss=True)",
+        "attention": "kubetune_varlen (ours: per-sample causal SDPA from cu_seq_lens, "
+        "lengths rounded up to 64)",
+        "LM head": "TRL fused head, every position (no Triton on CPU)",
+        "extra per step": "entropy + token accuracy (always on in TRL 1.16)",
+    },
+    "trl-tuned-unrounded": {
+        "trainer": "TRL 1.16 SFTTrainer, as `trl-tuned` but no shape rounding (ablation)",
         "batching": "padding_free=True (one packed row, position_ids + cu_seq_lens)",
         "gradient checkpointing": "off",
         "loss on": "assistant tokens (assistant_only_loss=True)",
-        "attention": "kubetune_varlen (ours, per-sample causal SDPA from cu_seq_lens)",
+        "attention": "kubetune_varlen, exact sample lengths",
         "LM head": "TRL fused head, every position (no Triton on CPU)",
         "extra per step": "entropy + token accuracy (always on in TRL 1.16)",
     },
     "kubetune": {
         "trainer": "kubetune trainer, defaults + precision bf16",
-        "batching": "padding-free packed row",
+        "batching": "padding-free packed row, rounded up to 64 tokens",
         "gradient checkpointing": "off (default)",
         "loss on": "assistant tokens (completionOnlyLoss default)",
-        "attention": "kubetune_varlen",
+        "attention": "kubetune_varlen (lengths rounded up to 64)",
+        "LM head": "target positions only (rounded up to 64), chunked CE (1024 rows)",
+        "extra per step": "none",
+    },
+    "kubetune-unrounded": {
+        "trainer": "kubetune trainer, as `kubetune` but no shape rounding (ablation)",
+        "batching": "padding-free packed row",
+        "gradient checkpointing": "off (default)",
+        "loss on": "assistant tokens",
+        "attention": "kubetune_varlen, exact sample lengths",
         "LM head": "target positions only, chunked CE (1024 rows)",
         "extra per step": "none",
     },
     "kubetune-full-logits": {
         "trainer": "kubetune trainer, as `kubetune` but chunked CE off (ablation)",
-        "batching": "padding-free packed row",
+        "batching": "padding-free packed row, rounded up to 64 tokens",
         "gradient checkpointing": "off (default)",
         "loss on": "assistant tokens",
-        "attention": "kubetune_varlen",
-        "LM head": "target positions only, full [targets, vocab] logits + cross_entropy",
+        "attention": "kubetune_varlen (lengths rounded up to 64)",
+        "LM head": "target positions only (exact count), full [targets, vocab] logits + CE",
         "extra per step": "none",
     },
 }
@@ -177,7 +203,7 @@ class Meter:
             self._thread.join()
         self.peak = max(self.peak, _rss())
 
-    def result(self, tokens: float, padded: float) -> dict[str, float]:
+    def result(self, tokens: float, padded: float) -> dict[str, Any]:
         return {
             "tokens": tokens,
             "seconds": self.wall,
@@ -196,16 +222,28 @@ def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    tuned = variant == "trl-tuned"
+    tuned = variant.startswith("trl-tuned")
+    rounded = variant == "trl-tuned"
     attn = "sdpa"
     if tuned:
-        from kubetune_trainer.models.varlen_attention import register_varlen_attention
+        from kubetune_trainer.models import varlen_attention
 
-        attn = register_varlen_attention()
+        attn = varlen_attention.register_varlen_attention()
+        if not rounded:
+            varlen_attention.SAMPLE_MULTIPLE = 1
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation=attn
     )
+    tuned_settings: dict[str, Any] = {
+        "padding_free": True,
+        "max_length": None,  # TRL asks for it with padding_free; samples are <= 526 tokens
+        "gradient_checkpointing": False,
+        "assistant_only_loss": True,
+        # a few row lengths, not one per step, as kubetune's PACKED_ROW_MULTIPLE
+        # (CPU kernels are compiled and cached per shape)
+        "pad_to_multiple_of": 64 if rounded else None,
+    }
     config = SFTConfig(
         output_dir=str(work),
         per_device_train_batch_size=args.batch,
@@ -217,17 +255,10 @@ def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work
         logging_steps=10_000,
         seed=42,
         disable_tqdm=True,
+        # the rows come in kubetune's step order (see step_order): no reshuffling
+        train_sampling_strategy="sequential",
         # the tuned settings; the defaults variant keeps TRL's own
-        **(
-            {
-                "padding_free": True,
-                "max_length": None,  # TRL asks for it with padding_free; samples are <= 526 tokens
-                "gradient_checkpointing": False,
-                "assistant_only_loss": True,
-            }
-            if tuned
-            else {}
-        ),
+        **(tuned_settings if tuned else {}),
     )
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
@@ -235,26 +266,74 @@ def _trl_trainer(variant: str, model_dir: Path, rows: list[Any], args: Any, work
     return trainer, model
 
 
+def step_order(model_dir: Path, data: Path, args: Any, n_rows: int) -> list[int]:
+    """The rows kubetune's trainer draws in its first ``--steps`` steps, in order: TRL gets
+    them in this order with a sequential sampler, so every variant trains on the same
+    batches (the digests in the results prove it)."""
+    from kubetune.api import FineTuneJob
+    from kubetune.api.resolve import resolve
+    from kubetune_trainer.data.batching import BatchPlan
+
+    doc = manifest("full", model_dir, data, data.parent, hyper=_hyper(args))
+    job = resolve(FineTuneJob.model_validate(doc), nodes=1, nproc_per_node=1)
+    plan = BatchPlan(n_rows, args.batch, args.batch, 1, 1, job.spec.hyperparameters.seed)
+    return [i for step in range(args.steps) for ids in plan.micro_batches(step, 0) for i in ids]
+
+
+def _hyper(args: Any) -> dict[str, Any]:
+    return {
+        "maxSteps": args.steps,
+        "globalBatchSize": args.batch,
+        "microBatchSize": args.batch,
+        "learningRate": 1e-4,
+        "precision": "bf16",  # TRL's default, also on CPU: like with like
+    }
+
+
+class BatchLog:
+    """Real tokens and a digest of the token ids of every training forward, counted the
+    same way for every variant (at the model: the Trainer collates one batch ahead)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad = pad_token_id
+        self.tokens = 0
+        self.padded = 0
+        self.digest = hashlib.sha256()
+
+    def attach(self, model: Any) -> None:
+        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: Any, a: Any, kwargs: dict[str, Any]) -> None:
+        if not module.training:
+            return
+        ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        if mask is not None:  # padded rows
+            real = ids[mask.bool()]
+        else:  # one packed row, padded at its end to a multiple of 64 tokens
+            row = ids.flatten()
+            keep = (row != self.pad).nonzero()
+            real = row[: int(keep[-1]) + 1] if keep.numel() else row[:0]
+        self.tokens += real.numel()
+        self.padded += ids.numel()
+        self.digest.update(real.long().numpy().tobytes())
+
+    def result(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "padded": self.padded, "digest": self.digest.hexdigest()}
+
+
 def child_trl(
-    variant: str, model_dir: Path, rows: list[Any], args: Any, work: Path
+    variant: str, model_dir: Path, data: Path, rows: list[Any], args: Any, work: Path
 ) -> dict[str, Any]:
     from transformers import TrainerCallback
 
+    from kubetune_trainer.models import varlen_attention
+
+    ordered = [rows[i] for i in step_order(model_dir, data, args, len(rows))]
     meter = Meter()
     meter.before_model()
-    trainer, model = _trl_trainer(variant, model_dir, rows, args, work)
-    counted = {"tokens": 0.0, "padded": 0.0}
-
-    def count(module: Any, a: Any, kwargs: dict[str, Any]) -> None:
-        # at the model, not the collator: the Trainer collates one batch ahead
-        if not module.training:
-            return
-        mask = kwargs.get("attention_mask")
-        ids = kwargs["input_ids"]
-        counted["tokens"] += float(mask.sum()) if mask is not None else float(ids.numel())
-        counted["padded"] += float(ids.numel())
-
-    model.register_forward_pre_hook(count, with_kwargs=True)
+    trainer, model = _trl_trainer(variant, model_dir, ordered, args, work)
+    batches = BatchLog(trainer.processing_class.pad_token_id)
+    batches.attach(model)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a: Any, **k: Any) -> None:
@@ -265,8 +344,15 @@ def child_trl(
 
     trainer.add_callback(Clock())
     trainer.train()
-    result = meter.result(counted["tokens"], counted["padded"])
+    seen = batches.result()
+    result = meter.result(seen["tokens"], seen["padded"])
+    result["batch_digest"] = seen["digest"]
     result["settings"] = {
+        "train_sampling_strategy": trainer.args.train_sampling_strategy,
+        "pad_to_multiple_of": trainer.args.pad_to_multiple_of,
+        "attention_length_multiple": (
+            varlen_attention.SAMPLE_MULTIPLE if variant != "trl-defaults" else None
+        ),
         "gradient_checkpointing": trainer.args.gradient_checkpointing,
         "bf16": trainer.args.bf16,
         "padding_free": trainer.args.padding_free,
@@ -278,33 +364,40 @@ def child_trl(
 
 
 def child_ours(variant: str, model_dir: Path, data: Path, args: Any, work: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
     import kubetune_trainer.models.load as load
     import kubetune_trainer.trainer as loop
     from kubetune_trainer.methods.base import Method
 
     if variant == "kubetune-full-logits":
         Method.lm_head_chunk_size = None
+    if variant == "kubetune-unrounded":  # one kernel shape per distinct length, as before
+        from kubetune_trainer.methods import chunked_ce
+        from kubetune_trainer.models import varlen_attention
+
+        loop.PACKED_ROW_MULTIPLE = chunked_ce.ROW_MULTIPLE = varlen_attention.SAMPLE_MULTIPLE = 1
     out = work / "out"
     doc = manifest(
         "full",
         model_dir,
         data,
         out,
-        hyper={
-            "maxSteps": args.steps,
-            "globalBatchSize": args.batch,
-            "microBatchSize": args.batch,
-            "learningRate": 1e-4,
-            "precision": "bf16",  # TRL's default, also on CPU: like with like
-        },
+        hyper=_hyper(args),
     )
     meter = Meter()
+    batches: list[BatchLog] = []
     load_model, train_steps = load.load_causal_lm, loop.Trainer.train_steps
 
     def loading(*a: Any, **k: Any) -> Any:
-        if not meter.rss_before_model:  # the trained model, not a later reload for export
+        first = not meter.rss_before_model  # the trained model, not a reload for export
+        if first:
             meter.before_model()
-        return load_model(*a, **k)
+        model = load_model(*a, **k)
+        if first:
+            batches.append(BatchLog(AutoTokenizer.from_pretrained(model_dir).pad_token_id))
+            batches[0].attach(model)
+        return model
 
     def timed(self: Any, *a: Any, **k: Any) -> Any:
         meter.start()
@@ -313,12 +406,23 @@ def child_ours(variant: str, model_dir: Path, data: Path, args: Any, work: Path)
         finally:
             meter.stop()
 
-    load.load_causal_lm = loading  # type: ignore[assignment]
+    load.load_causal_lm = loading
     loop.Trainer.train_steps = timed  # type: ignore[method-assign]
     train(doc, work)
-    tokens = sum(r["tokens"] for r in train_log(out))
-    result = meter.result(tokens, tokens)
-    result["settings"] = {"lm_head_chunk_size": Method.lm_head_chunk_size}
+    seen = batches[0].result()
+    if seen["tokens"] != sum(r["tokens"] for r in train_log(out)):
+        raise RuntimeError("the token count at the model disagrees with the train log")
+    result = meter.result(seen["tokens"], seen["padded"])
+    result["batch_digest"] = seen["digest"]
+    from kubetune_trainer.methods.chunked_ce import ROW_MULTIPLE
+    from kubetune_trainer.models.varlen_attention import SAMPLE_MULTIPLE
+
+    result["settings"] = {
+        "lm_head_chunk_size": Method.lm_head_chunk_size,
+        "packed_row_multiple": loop.PACKED_ROW_MULTIPLE,
+        "lm_head_row_multiple": ROW_MULTIPLE,
+        "attention_length_multiple": SAMPLE_MULTIPLE,
+    }
     return result
 
 
@@ -342,7 +446,7 @@ def child(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
     try:
         if args.child.startswith("trl"):
-            result = child_trl(args.child, model, rows, args, work)
+            result = child_trl(args.child, model, data, rows, args, work)
         else:
             result = child_ours(args.child, model, data, args, work)
     finally:
@@ -360,6 +464,7 @@ def check_loss(args: argparse.Namespace) -> dict[str, float]:
     from kubetune_trainer.data.formats import ChatExample
     from kubetune_trainer.methods.base import find_pretrained, token_logprobs
     from kubetune_trainer.methods.chunked_ce import chunkable_head
+    from kubetune_trainer.trainer import PACKED_ROW_MULTIPLE
 
     torch.set_num_threads(1)
     root = CACHE / "throughput"
@@ -374,7 +479,13 @@ def check_loss(args: argparse.Namespace) -> dict[str, float]:
         trl_loss = float(trainer.compute_loss(model, dict(trl_batch)))
     encoder = Encoder(trainer.processing_class, 1024, completion_only_loss=True)
     units = [encoder.encode(ChatExample(r["messages"])) for r in rows]
-    batch = collate(units, padding_free=True, pad_token_id=0, dummy=units[0])
+    batch = collate(  # both rows rounded up to 64 tokens, as in training
+        units,
+        padding_free=True,
+        pad_token_id=trainer.processing_class.pad_token_id,
+        dummy=units[0],
+        pad_to_multiple_of=PACKED_ROW_MULTIPLE,
+    )
     with torch.no_grad():
         lp = token_logprobs(model, batch, head=chunkable_head(find_pretrained(model)))
     ours = float(-lp.logprobs.sum() / batch.label_tokens)
@@ -442,8 +553,13 @@ def bench_distribution(distribution: str, args: argparse.Namespace) -> dict[str,
     def median(key: str) -> dict[str, float]:
         return {n: statistics.median(r[key] for r in rs) for n, rs in runs.items()}
 
+    digests = {r["batch_digest"] for rs in runs.values() for r in rs}
+    if len(digests) != 1:
+        raise RuntimeError(f"[{distribution}] variants trained on different batches: {digests}")
     return {
         "lengths": length_stats(model, rows),
+        "same_batches": True,
+        "tokens": {n: rs[0]["tokens"] for n, rs in runs.items()},
         "median_tokens_per_cpu_second": median("tokens_per_cpu_second"),
         "median_tokens_per_second": median("tokens_per_second"),
         "median_peak_memory_bytes": median("peak_memory_bytes"),

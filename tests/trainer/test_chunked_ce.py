@@ -129,7 +129,9 @@ def test_full_vocabulary_logits_are_never_materialised(
     largest = max(projected_rows)
     if chunked:
         assert largest <= 16, projected_rows
-        assert sum(projected_rows) == 2 * targets  # forward and the backward's recomputation
+        # forward and the backward's recomputation, rows rounded up to ROW_MULTIPLE
+        multiple = chunked_ce.ROW_MULTIPLE
+        assert sum(projected_rows) == 2 * -(-targets // multiple) * multiple
     else:
         assert largest == targets
 
@@ -138,3 +140,14 @@ def test_models_with_transformed_logits_keep_the_plain_head() -> None:
     model = _model()
     model.config.final_logit_softcapping = 30.0  # Gemma-2's transform after the head
     assert chunkable_head(find_pretrained(model)) is None
+
+
+def test_rows_are_rounded_up_to_a_few_shapes(projected_rows: list[int]) -> None:
+    """53 targets are projected as 64 rows (CPU kernels are compiled per shape)."""
+    head = nn.Linear(24, VOCAB)
+    hidden = torch.randn(53, 24, requires_grad=True)
+    out = chunked_target_logprobs(hidden, head, torch.randint(0, VOCAB, (53,)), 1024)
+    out.sum().backward()
+    assert out.shape == (53,)
+    assert projected_rows == [64]  # one chunk: its softmax is kept for the backward
+    assert hidden.grad is not None and hidden.grad.shape == (53, 24)

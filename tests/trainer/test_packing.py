@@ -121,3 +121,41 @@ def test_varlen_model_equals_sdpa_on_padded_batches() -> None:
         ours = _model("llama", "kubetune_varlen")(**batch.inputs).logits
         stock = _model("llama", "sdpa")(**batch.inputs).logits
     torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_row_is_rounded_up_with_a_label_free_segment() -> None:
+    """pad_to_multiple_of adds one isolated, label-free sample; the loss is unchanged."""
+    from kubetune_trainer.models.varlen_attention import register_varlen_attention
+
+    model = _model("llama", register_varlen_attention())
+    samples = _samples()  # 60 tokens
+    plain = collate(samples, padding_free=True, pad_token_id=0, dummy=samples[0])
+    padded = collate(
+        samples, padding_free=True, pad_token_id=0, dummy=samples[0], pad_to_multiple_of=64
+    )
+    assert padded.inputs["input_ids"].shape == (1, 64)
+    assert padded.inputs["packed_layout"].sizes == (9, 17, 4, 30, 4)
+    assert padded.labels[0, 60:].eq(IGNORE).all()
+    assert padded.inputs["position_ids"][0, 60:].tolist() == [0, 1, 2, 3]
+    assert (padded.num_sequences, padded.real_tokens) == (plain.num_sequences, 60)
+    torch.testing.assert_close(
+        token_logprobs(model, padded).logprobs, token_logprobs(model, plain).logprobs
+    )
+
+
+def test_the_trainer_rounds_packed_rows_up() -> None:
+    from types import SimpleNamespace
+
+    from kubetune_trainer.trainer import PACKED_ROW_MULTIPLE, Trainer
+
+    samples = _samples()
+    owner = SimpleNamespace(
+        padding_free=True,
+        pad_token_id=0,
+        method=SimpleNamespace(attach=lambda batch, split: None),
+        env=SimpleNamespace(device=torch.device("cpu")),
+    )
+    batch = Trainer.batch(owner, samples, [0, 1, 2], "train")  # type: ignore[arg-type]
+    assert PACKED_ROW_MULTIPLE > 1
+    assert batch.inputs["input_ids"].shape[1] % PACKED_ROW_MULTIPLE == 0
+    assert batch.real_tokens == 30

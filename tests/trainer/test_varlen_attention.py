@@ -176,3 +176,20 @@ def test_device_boundaries_without_layout_are_refused() -> None:
     with pytest.raises(ValueError, match="packed_layout"):
         va.layout_from_boundaries(on_device)
     assert va.layout_from_boundaries(torch.tensor([0, 3, 7])).sizes == (3, 4)
+
+
+def test_per_sample_sdpa_runs_lengths_rounded_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples reach SDPA padded to SAMPLE_MULTIPLE (CPU kernels are compiled per length);
+    the outputs are those of the real rows (the masked reference above checks values)."""
+    lengths: list[int] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+        lengths.append(q.shape[2])
+        return sdpa(q, *a, **k)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    q, k, v = _qkv(4, 2, grad=False)
+    out = va.per_sample_sdpa(q, k, v, va.PackedLayout(SIZES))
+    assert out.shape == (1, sum(SIZES), 4, 8)
+    assert lengths == [va.SAMPLE_MULTIPLE] * len(SIZES), (SIZES, lengths)

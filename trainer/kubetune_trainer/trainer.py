@@ -92,6 +92,10 @@ log = logging.getLogger("kubetune.trainer")
 
 #: guard warnings kept in the progress document (the newest)
 MAX_WARNINGS = 4
+#: padding-free rows are rounded up to a multiple of this many tokens (a label-free
+#: segment): a handful of row shapes instead of a new one per step, so CPU kernels
+#: compiled per shape (oneDNN bf16 matmuls) are reused instead of accumulating
+PACKED_ROW_MULTIPLE = 64
 
 
 @dataclass
@@ -273,6 +277,7 @@ class Trainer:
             padding_free=self.padding_free,
             pad_token_id=self.pad_token_id,
             dummy=examples[0],
+            pad_to_multiple_of=PACKED_ROW_MULTIPLE,
         )
         batch.unit_ids = ids or [0]
         self.method.attach(batch, split)

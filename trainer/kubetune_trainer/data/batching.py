@@ -187,10 +187,24 @@ def padding_free_batches(job: ResolvedJob) -> bool:
 
 
 def collate(
-    units: list[Encoded], *, padding_free: bool, pad_token_id: int, dummy: Encoded
+    units: list[Encoded],
+    *,
+    padding_free: bool,
+    pad_token_id: int,
+    dummy: Encoded,
+    pad_to_multiple_of: int = 1,
 ) -> Batch:
-    """Build one micro-batch; an empty ``units`` list gives a zero-weight dummy batch."""
-    batch = _collate(units, padding_free=padding_free, pad_token_id=pad_token_id, dummy=dummy)
+    """Build one micro-batch; an empty ``units`` list gives a zero-weight dummy batch.
+
+    ``pad_to_multiple_of`` rounds a padding-free row's length up (see :func:`_pad_segment`).
+    """
+    batch = _collate(
+        units,
+        padding_free=padding_free,
+        pad_token_id=pad_token_id,
+        dummy=dummy,
+        pad_to_multiple_of=pad_to_multiple_of,
+    )
     unpaired = [u for u in units or [dummy] if isinstance(u, EncodedUnpaired)]
     if unpaired:
         batch.desirable = torch.tensor([u.desirable for u in unpaired], dtype=torch.bool)
@@ -203,17 +217,43 @@ def collate(
     return batch
 
 
+def _pad_segment(seqs: list[EncodedSample], multiple: int, pad_token_id: int) -> EncodedSample:
+    """A label-free sample that rounds the packed row up to a multiple of ``multiple`` tokens.
+
+    On CPU, oneDNN JIT-compiles and caches a bf16 matmul kernel per distinct shape, so a
+    packed row whose length changes every step grows memory by megabytes per step (and
+    pays a compilation); a few rounded lengths are reused instead. The segment is its own
+    sample in the layout (it attends only to itself) and has no labels: the loss and the
+    gradients are those of the real samples.
+    """
+    total = sum(len(s.input_ids) for s in seqs)
+    n = -total % multiple
+    return EncodedSample(input_ids=[pad_token_id] * n, labels=[IGNORE] * n)
+
+
 def _collate(
-    units: list[Encoded], *, padding_free: bool, pad_token_id: int, dummy: Encoded
+    units: list[Encoded],
+    *,
+    padding_free: bool,
+    pad_token_id: int,
+    dummy: Encoded,
+    pad_to_multiple_of: int = 1,
 ) -> Batch:
     seqs, samples, weights = _sequences(units, dummy)
     real_tokens = sum(len(s.input_ids) for s in seqs) if samples else 0
     if padding_free:
+        num_sequences = len(seqs)
+        pad = _pad_segment(seqs, pad_to_multiple_of, pad_token_id)
+        if pad.input_ids:  # carries the last sample's id; unused, as it has no labels
+            seqs = [*seqs, pad]
         ids = torch.tensor([t for s in seqs for t in s.input_ids], dtype=torch.long)
         labels = torch.tensor([t for s in seqs for t in s.labels], dtype=torch.long)
         positions = torch.cat([torch.arange(len(s.input_ids)) for s in seqs])
         seq_ids = torch.cat(
-            [torch.full((len(s.input_ids),), i, dtype=torch.long) for i, s in enumerate(seqs)]
+            [
+                torch.full((len(s.input_ids),), min(i, num_sequences - 1), dtype=torch.long)
+                for i, s in enumerate(seqs)
+            ]
         )
         layout = PackedLayout([len(s.input_ids) for s in seqs])
         bounds = layout.cu_seq_lens()
@@ -233,7 +273,7 @@ def _collate(
             },
             labels=labels[None],
             sequence_ids=seq_ids[None],
-            num_sequences=len(seqs),
+            num_sequences=num_sequences,
             pair_weights=weights,
             real_tokens=real_tokens,
             samples=samples,

@@ -28,6 +28,10 @@ from kubetune.plan.shape import LOGIT_TRANSFORMS
 #: with ``kubetune plan``'s memory model
 DEFAULT_CHUNK_SIZE = LOSS_CHUNK_ROWS
 
+#: rows are padded to a multiple of this: on CPU oneDNN compiles and caches a bf16 matmul
+#: kernel per distinct shape, so a row count that changes every step grows memory per step
+ROW_MULTIPLE = 64
+
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     device = hidden.device.type
@@ -118,12 +122,18 @@ def chunked_target_logprobs(
 ) -> torch.Tensor:
     """Log p(target) of each row of ``hidden`` ([..., H], rows in order) under ``head``."""
     flat = hidden.reshape(-1, hidden.shape[-1])
-    if flat.shape[0] != targets.numel():
-        raise ValueError(f"{flat.shape[0]} hidden rows for {targets.numel()} targets")
+    n = flat.shape[0]
+    if n != targets.numel():
+        raise ValueError(f"{n} hidden rows for {targets.numel()} targets")
+    targets = targets.reshape(-1)
+    pad = -n % ROW_MULTIPLE
+    if pad:  # zero rows, sliced off below: they get no gradient and add none to the head's
+        flat = torch.cat([flat, flat.new_zeros(pad, flat.shape[1])])
+        targets = torch.cat([targets, targets.new_zeros(pad)])
     out: torch.Tensor = ChunkedTargetLogprob.apply(
-        flat, head.weight, head.bias, targets.reshape(-1), chunk_size
+        flat, head.weight, head.bias, targets, chunk_size
     )
-    return out
+    return out[:n]
 
 
 def chunkable_head(pretrained: nn.Module) -> nn.Linear | None:

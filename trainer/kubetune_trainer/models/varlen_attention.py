@@ -151,6 +151,12 @@ def flex_varlen(
     return out.transpose(1, 2).contiguous()
 
 
+#: per_sample_sdpa pads each sample to a multiple of this length: CPU SDPA JIT-compiles
+#: and caches a (oneDNN brgemm) kernel per distinct sequence length, so unpadded, memory
+#: grows with every new sample length (~1 MiB each) instead of settling
+SAMPLE_MULTIPLE = 64
+
+
 def per_sample_sdpa(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -160,15 +166,30 @@ def per_sample_sdpa(
     scale: float | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """query [1, H, T, D], key/value [1, H_kv, T, D] -> [1, T, H, D], one SDPA per sample."""
+    """query [1, H, T, D], key/value [1, H_kv, T, D] -> [1, T, H, D], one SDPA per sample.
+
+    Each sample is padded at its end to a multiple of :data:`SAMPLE_MULTIPLE`: under the
+    causal mask no real position attends to the padding, so the real rows are unchanged.
+    """
     sizes = list(layout.sizes)
     gqa = query.shape[1] != key.shape[1]
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        n = -x.shape[2] % SAMPLE_MULTIPLE
+        return F.pad(x, (0, 0, 0, n)) if n else x
+
     # split (not slicing in a loop): its backward is one concatenation, not one
     # full-size zero tensor per sample
     outputs = [
         F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, scale=scale, is_causal=True, enable_gqa=gqa
-        ).transpose(1, 2)
+            padded(q),
+            padded(k),
+            padded(v),
+            dropout_p=dropout_p,
+            scale=scale,
+            is_causal=True,
+            enable_gqa=gqa,
+        )[:, :, : q.shape[2]].transpose(1, 2)
         for q, k, v in zip(
             query.split(sizes, dim=2),
             key.split(sizes, dim=2),
