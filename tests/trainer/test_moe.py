@@ -189,6 +189,56 @@ def test_aux_loss_is_the_library_loss_and_changes_the_objective(
     off.recorder.close()
 
 
+def test_a_packed_rows_rounding_segment_is_not_routed_or_balanced(
+    moe_models: dict[str, Path],
+) -> None:
+    """The label-free tokens that round a packed row's length count in no routing figure."""
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_trainer.data.batching import collate
+    from kubetune_trainer.data.encode import IGNORE, EncodedSample
+    from kubetune_trainer.methods.base import LossOutput
+    from kubetune_trainer.models.varlen_attention import register_varlen_attention
+    from kubetune_trainer.moe.layout import find_layout
+    from kubetune_trainer.moe.training import MoeTraining
+
+    model = AutoModelForCausalLM.from_pretrained(
+        moe_models["qwen3_moe"],
+        dtype=torch.float32,
+        attn_implementation=register_varlen_attention(),
+    )
+    layout = find_layout(model)
+    assert layout is not None
+    g = torch.Generator().manual_seed(3)
+    samples = [
+        EncodedSample(ids, [IGNORE, *ids[1:]])
+        for ids in (torch.randint(5, 300, (n,), generator=g).tolist() for n in (11, 7))
+    ]
+
+    def routed(multiple: int) -> tuple[list[float], float]:
+        batch = collate(
+            samples,
+            padding_free=True,
+            pad_token_id=0,
+            dummy=samples[0],
+            pad_to_multiple_of=multiple,
+        )
+        moe = MoeTraining(model, layout, MoeSpec(router_aux_loss_coef=1.0))
+        with moe.capture():
+            model(**batch.inputs, use_cache=False)
+        aux = moe.add_aux_loss(LossOutput(torch.tensor(0.0), 1.0), 1.0).loss_sum
+        totals = moe.recorder.step_totals()
+        moe.recorder.close()
+        return totals, float(aux)
+
+    exact, rounded = routed(1), routed(64)
+    layers = len(layout.layers)
+    rows = rounded[0][-2 - layers : -2]  # step_totals: counts, entropy, rows, aux sums
+    assert rows == [18.0] * layers  # the 18 real tokens, not the 64 of the rounded row
+    assert rounded[0] == pytest.approx(exact[0], rel=1e-5)  # counts, entropy, rows
+    assert rounded[1] == pytest.approx(exact[1], rel=1e-5)  # the load-balancing loss
+
+
 def test_lora_on_experts_trains_and_reports_expert_load(
     moe_models: dict[str, Path], data_dir: Path, tmp_path: Path
 ) -> None:

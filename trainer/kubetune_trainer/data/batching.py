@@ -255,7 +255,7 @@ def _collate(
                 for i, s in enumerate(seqs)
             ]
         )
-        layout = PackedLayout([len(s.input_ids) for s in seqs])
+        layout = PackedLayout([len(s.input_ids) for s in seqs], padding=len(pad.input_ids))
         bounds = layout.cu_seq_lens()
         return Batch(
             # position restarts isolate samples for SDPA/eager (transformers builds a

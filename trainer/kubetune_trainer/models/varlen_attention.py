@@ -47,14 +47,24 @@ class PackedLayout:
     DDP/FSDP input movers pass it through untouched, so it never reaches a device.
     """
 
-    __slots__ = ("_block_masks", "max_length", "sizes")
+    __slots__ = ("_block_masks", "max_length", "padding", "sizes")
 
-    def __init__(self, sizes: Sequence[int]) -> None:
+    def __init__(self, sizes: Sequence[int], *, padding: int = 0) -> None:
         if not sizes or min(sizes) < 0 or sum(sizes) < 1:
             raise ValueError(f"a packed row needs at least one token, got lengths {list(sizes)}")
         self.sizes: tuple[int, ...] = tuple(int(n) for n in sizes)
         self.max_length = max(self.sizes)
+        #: trailing tokens that only round the row's length (the collator's label-free
+        #: segment): per-token statistics such as expert routing skip them
+        self.padding = padding
         self._block_masks: dict[torch.device, BlockMask] = {}
+
+    def token_mask(self) -> torch.Tensor:
+        """1 for the row's real tokens, 0 for the trailing padding ([1, T], CPU)."""
+        mask = torch.ones(1, self.total, dtype=torch.long)
+        if self.padding:
+            mask[:, self.total - self.padding :] = 0
+        return mask
 
     @property
     def total(self) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kubetune_trainer.models.varlen_attention import LAYOUT_KWARG, PackedLayout
 from kubetune_trainer.moe.layout import MoeLayout
 
 
@@ -89,6 +90,9 @@ class RoutingRecorder:
     def _pre_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         if self._window:
             mask = kwargs.get("attention_mask")
+            layout = kwargs.get(LAYOUT_KWARG)
+            if mask is None and isinstance(layout, PackedLayout) and layout.padding:
+                mask = layout.token_mask()  # a packed row's rounding segment
             self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     def _hook(self, index: int) -> Any:
